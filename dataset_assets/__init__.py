@@ -1,0 +1,1 @@
+"""dataset_assets: verified, versioned, PyTorch-ready WebDataset shards as Dagster assets."""

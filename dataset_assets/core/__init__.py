@@ -1,0 +1,1 @@
+"""Plain-Python core: nothing below this package imports dagster."""

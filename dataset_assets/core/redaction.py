@@ -1,0 +1,62 @@
+"""Redaction of secrets (signed query strings, URL credentials) before text leaves the process.
+
+Signed URLs carry their credential in the query string, so every query string is treated as
+secret: `https://h/p?Expires=1&Signature=abc` becomes `https://h/p?<redacted>`. User info in
+the authority (`https://user:pass@h`) is dropped the same way.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+REDACTED = "<redacted>"
+
+_URL_IN_TEXT = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<rest>[^\s'\"<>()\[\]{}]+)")
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)\b(aws_secret_access_key|aws_session_token|secret|token|password|signature|sig)"
+    r"(\s*[=:]\s*)['\"]?[A-Za-z0-9/+=%._-]{6,}"
+)
+
+
+def redact_url(url: str) -> str:
+    """Return `url` without its query string values and without user info."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
+    query = REDACTED if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def redact_text(text: str) -> str:
+    """Redact every URL and every `token=...`-like assignment found in free text."""
+    redacted = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    return _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", redacted)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that rewrites each record's message with `redact_text`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        record.msg = redact_text(message)
+        record.args = None
+        return True
+
+
+def get_logger(name: str) -> logging.Logger:
+    """Return the named logger with a `RedactingFilter` attached (idempotent).
+
+    Logger filters only see records logged on that very logger, so each module asks for its own
+    redacting logger; httpx and httpcore, which log request URLs, are covered on import.
+    """
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+        logger.addFilter(RedactingFilter())
+    return logger
+
+
+for _third_party in ("httpx", "httpcore"):
+    get_logger(_third_party)
