@@ -27,7 +27,9 @@ def redact_url(url: str) -> str:
         return REDACTED
     netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
     query = REDACTED if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    redacted = urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    # Text already redacted ("...?<redacted>") reaches here as "...?"; keep its "?" so it stays stable.
+    return redacted + "?" if url.endswith("?") and not parts.query else redacted
 
 
 def redact_text(text: str) -> str:

@@ -57,6 +57,9 @@ class _HashingFile(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
+    def tell(self) -> int:
+        return self.size
+
     def write(self, data: bytes) -> int:  # type: ignore[override]
         self._handle.write(data)
         self.sha256.update(data)
@@ -186,3 +189,13 @@ def iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
         raise DatasetAssetsError(f"{path}: not a readable tar archive ({error})") from error
     if key is not None:
         yield key, sample
+
+
+def count_samples(path: Path) -> int:
+    """Number of samples in a shard, from member headers only (no payload is read)."""
+    keys: set[str] = set()
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            check_member(str(path), member)
+            keys.add(split_member_name(member.name)[0])
+    return len(keys)

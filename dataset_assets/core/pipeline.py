@@ -1,0 +1,156 @@
+"""The steps of a signed-URL dataset, as plain functions the Dagster assets (and the CLI) call.
+
+snapshot_manifest -> download_sequence (per sequence) -> preprocess_sequence (per sequence and
+config) -> write_splits (per config). Each takes plain arguments and returns a frozen result
+whose `metadata()` is what the asset reports.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dataset_assets.core.catalog import DatasetSpec, SplitSpec
+from dataset_assets.core.manifest import UrlManifest, load_manifest_file
+from dataset_assets.core.preprocess import PreprocessConfig, PreprocessResult, preprocess_shards
+from dataset_assets.core.shards import count_samples
+from dataset_assets.core.splits import Split, load_split_json, split_sequences, write_split_yamls
+from dataset_assets.core.storage import atomic_file
+from dataset_assets.core.transfer import (
+    DownloadReport,
+    ProgressCallback,
+    TransferSettings,
+    download_entries,
+    fetch_manifest,
+    make_client,
+)
+
+
+@dataclass(frozen=True)
+class ManifestSnapshot:
+    """A fetched, validated manifest saved at `path` (it holds live signed URLs: mode 0600)."""
+
+    path: Path
+    manifest: UrlManifest
+    content_version: str
+    sequences: tuple[str, ...]
+
+    def metadata(self) -> dict[str, object]:
+        expiry = self.manifest.earliest_expiry()
+        return {
+            "source": self.manifest.source,
+            "configs": sorted(self.manifest.configs),
+            "sequences": len(self.sequences),
+            "files": len(self.manifest.all_entries()),
+            "bytes": sum(entry.size or 0 for entry in self.manifest.all_entries()),
+            "earliest_link_expiry": expiry.isoformat() if expiry else "none",
+            "content_version": self.content_version,
+        }
+
+
+def content_version(manifest: UrlManifest) -> str:
+    """A hash of what the manifest publishes (names, sizes, sha1s), ignoring the links themselves.
+
+    Refreshing links therefore leaves the data version unchanged and downstream assets fresh.
+    """
+    listing = [(e.config, e.sequence, e.filename, e.sha1, e.size) for e in manifest.all_entries()]
+    return hashlib.sha256(json.dumps(listing, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def usable_sequences(manifest: UrlManifest, raw_configs: Sequence[str]) -> tuple[str, ...]:
+    """Sequences published in every raw config the dataset needs."""
+    manifest.require_configs(list(raw_configs))
+    sets = [set(manifest.sequences(config)) for config in raw_configs]
+    return tuple(sorted(set.intersection(*sets))) if sets else ()
+
+
+def snapshot_manifest(spec: DatasetSpec, dest: Path, settings: TransferSettings) -> ManifestSnapshot:
+    """Fetch the dataset's manifest, check it publishes every needed config, save it atomically."""
+    client = make_client(settings)
+    try:
+        manifest, raw = fetch_manifest(spec.manifest.location, client)
+    finally:
+        client.close()
+    sequences = usable_sequences(manifest, spec.raw_configs)
+    with atomic_file(dest) as part:
+        part.write_bytes(raw)
+        os.chmod(part, 0o600)
+    return ManifestSnapshot(dest, manifest, content_version(manifest), sequences)
+
+
+def read_snapshot(path: Path) -> UrlManifest:
+    return load_manifest_file(path)
+
+
+def download_sequence(manifest: UrlManifest, raw_folders: Mapping[str, Path], sequence: str,
+                      settings: TransferSettings, progress: ProgressCallback | None = None) -> DownloadReport:
+    """Download one sequence's files of every raw config into `raw_folders[config]/<sequence>/`."""
+    entries = [entry for config in sorted(raw_folders) for entry in manifest.entries(config, sequence)]
+    return download_entries(entries, raw_folders, settings, progress)
+
+
+def preprocess_sequence(manifest: UrlManifest, config: PreprocessConfig, sequence: str, raw_folder: Path,
+                        out_folder: Path, source_version: str | None = None) -> PreprocessResult:
+    """Preprocess one sequence's raw shards (manifest order) into `out_folder` with lineage."""
+    entries = manifest.entries(config.source_config, sequence)
+    raw_paths = [raw_folder / entry.relative_path for entry in entries]
+    source = {
+        "sequence": sequence,
+        "raw_config": config.source_config,
+        "raw_data_version": source_version,
+        "raw_files": {entry.relative_path: entry.sha1 for entry in entries},
+    }
+    return preprocess_shards(raw_paths, config, out_folder, source)
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    split: Split
+    yamls: Mapping[str, Path]
+    samples: Mapping[str, int]
+    missing: tuple[str, ...]
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "train_sequences": len(self.split.train),
+            "validation_sequences": len(self.split.validation),
+            "train_samples": self.samples["train"],
+            "validation_samples": self.samples["validation"],
+            "sequences_without_shards": list(self.missing),
+            "ignored_split_names": list(self.split.ignored),
+            **{name: str(path) for name, path in sorted(self.yamls.items())},
+        }
+
+
+def _split_for(sequences: Sequence[str], spec: SplitSpec) -> Split:
+    if spec.json_path is not None:
+        return load_split_json(spec.json_path, sequences)
+    return split_sequences(sequences, spec.ratio, spec.seed, spec.max_sequences)
+
+
+def write_splits(manifest: UrlManifest, spec: DatasetSpec, config: PreprocessConfig,
+                 shard_set_folder: Path) -> SplitResult:
+    """Split the sequences that have published shards; write local and streamable YAMLs.
+
+    `local_*` list this config's preprocessed shards relative to the YAML (ATEK layout);
+    `streamable_*` list the signed URLs of the source raw config for the same split.
+    """
+    candidates = usable_sequences(manifest, [config.source_config])
+    with_shards = [seq for seq in candidates if (shard_set_folder / seq / "_lineage.json").exists()]
+    missing = tuple(seq for seq in candidates if seq not in with_shards)
+    split = _split_for(with_shards, spec.split)
+    local = {seq: [f"{seq}/{path.name}" for path in sorted((shard_set_folder / seq).glob("*.tar"))]
+             for seq in split.all}
+    streamable = {seq: [entry.url for entry in manifest.entries(config.source_config, seq)] for seq in split.all}
+    yamls = {f"local_{name}": path for name, path in
+             write_split_yamls(shard_set_folder, split, local, "local").items()}
+    yamls |= {f"streamable_{name}": path for name, path in
+              write_split_yamls(shard_set_folder, split, streamable, "streamable").items()}
+    samples = {
+        name: sum(count_samples(shard_set_folder / rel) for seq in seqs for rel in local[seq])
+        for name, seqs in (("train", split.train), ("validation", split.validation))
+    }
+    return SplitResult(split, yamls, samples, missing)

@@ -1,0 +1,125 @@
+"""Asset factory for datasets published as signed, expiring links (the ATEK data store shape).
+
+`<ds>/url_manifest` -> `<ds>/raw_shards` (per sequence) -> `<ds>/shards__<config>` (per sequence)
+-> `<ds>/splits__<config>`. Every asset body resolves resources, calls one core function from
+`core.pipeline` and reports its metadata.
+"""
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
+    AssetsDefinition,
+    DataVersion,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
+
+from dataset_assets.core.catalog import DatasetSpec
+from dataset_assets.core.pipeline import (
+    download_sequence,
+    preprocess_sequence,
+    read_snapshot,
+    snapshot_manifest,
+    write_splits,
+)
+from dataset_assets.core.preprocess import PreprocessConfig
+from dataset_assets.defs.partitions import sequence_partitions
+from dataset_assets.defs.progress import LoggedProgress
+from dataset_assets.defs.resources import DatasetHome, TransferResource
+
+
+def _metadata(values: dict[str, object]) -> dict[str, object]:
+    """Dagster metadata: nested values as JSON, paths as paths, the rest as they are."""
+    converted: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, (dict, list)):
+            converted[key] = MetadataValue.json(value)
+        elif key.endswith("yaml") or key in ("path", "folder"):
+            converted[key] = MetadataValue.path(str(value))
+        else:
+            converted[key] = value
+    return converted
+
+
+def latest_data_version(context: AssetExecutionContext, key: AssetKey, partition: str) -> str | None:
+    """The data version of the newest materialization of one partition of `key`, if any."""
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    return records[0].asset_materialization.tags.get(DATA_VERSION_TAG)
+
+
+def build_signed_url_assets(spec: DatasetSpec) -> list[AssetsDefinition]:
+    dataset = spec.name
+    sequences = sequence_partitions(dataset)
+    manifest_key = AssetKey([dataset, "url_manifest"])
+    raw_key = AssetKey([dataset, "raw_shards"])
+    common = {"group_name": dataset, "owners": list(spec.owners) or None}
+
+    @asset(key=manifest_key, kinds={"json"}, **common,
+           description=f"The published URL manifest of {dataset} ({spec.manifest.describe()}); "
+                       "registers one partition per sequence and records when links expire.")
+    def url_manifest(context: AssetExecutionContext, home: DatasetHome, transfer: TransferResource
+                     ) -> MaterializeResult:
+        snapshot = snapshot_manifest(spec, home.manifest_path(dataset), transfer.settings())
+        known = set(context.instance.get_dynamic_partitions(sequences.name))
+        new = [sequence for sequence in snapshot.sequences if sequence not in known]
+        if new:
+            context.instance.add_dynamic_partitions(sequences.name, new)
+        context.log.info(f"{len(snapshot.sequences)} sequences published, {len(new)} new")
+        return MaterializeResult(metadata=_metadata({**snapshot.metadata(), "new_sequences": new}),
+                                 data_version=DataVersion(snapshot.content_version))
+
+    @asset(key=raw_key, deps=[manifest_key], partitions_def=sequences, kinds={"webdataset"}, **common,
+           description=f"Raw WebDataset shards of one {dataset} sequence for configs "
+                       f"{', '.join(spec.raw_configs)}: resumable download, size and sha1 verified.")
+    def raw_shards(context: AssetExecutionContext, home: DatasetHome, transfer: TransferResource
+                   ) -> MaterializeResult:
+        sequence = context.partition_key
+        manifest = read_snapshot(home.manifest_path(dataset))
+        folders = {config: home.raw_folder(dataset, config) for config in spec.raw_configs}
+        total = sum(entry.size or 0 for config in folders for entry in manifest.entries(config, sequence))
+        progress = LoggedProgress(context.log, sequence, total)
+        result = download_sequence(manifest, folders, sequence, transfer.settings(), progress)
+        return MaterializeResult(metadata=_metadata(result.metadata()), data_version=DataVersion(result.data_version))
+
+    def build_shards(config: PreprocessConfig) -> AssetsDefinition:
+        @asset(key=AssetKey([dataset, f"shards__{config.name}"]), deps=[raw_key], partitions_def=sequences,
+               code_version=config.hash, kinds={"webdataset", "pytorch"}, **common,
+               description=f"{dataset} shards of one sequence preprocessed with config '{config.name}' "
+                           f"(source config {config.source_config}); code version = config hash.")
+        def shards(context: AssetExecutionContext, home: DatasetHome) -> MaterializeResult:
+            sequence = context.partition_key
+            manifest = read_snapshot(home.manifest_path(dataset))
+            result = preprocess_sequence(
+                manifest, config, sequence, home.raw_folder(dataset, config.source_config),
+                home.shard_set_folder(dataset, config.name) / sequence,
+                latest_data_version(context, raw_key, sequence),
+            )
+            metadata = {**result.metadata(), "config": config.to_dict(), "folder": result.folder}
+            return MaterializeResult(metadata=_metadata(metadata), data_version=DataVersion(result.data_version))
+
+        return shards
+
+    def build_splits(config: PreprocessConfig, shards_key: AssetKey) -> AssetsDefinition:
+        @asset(key=AssetKey([dataset, f"splits__{config.name}"]), deps=[shards_key], kinds={"yaml"}, **common,
+               description=f"Train/validation/all split manifests of {dataset} config '{config.name}': "
+                           "local_*_tars.yaml (preprocessed shards) and streamable_*_tars.yaml (signed URLs).")
+        def splits(context: AssetExecutionContext, home: DatasetHome) -> MaterializeResult:
+            manifest = read_snapshot(home.manifest_path(dataset))
+            result = write_splits(manifest, spec, config, home.shard_set_folder(dataset, config.name))
+            if result.missing:
+                context.log.warning(f"sequences without shards (not in the split): {', '.join(result.missing)}")
+            return MaterializeResult(metadata=_metadata(result.metadata()))
+
+        return splits
+
+    assets: list[AssetsDefinition] = [url_manifest, raw_shards]
+    for config in spec.preprocess.values():
+        shards_asset = build_shards(config)
+        assets += [shards_asset, build_splits(config, shards_asset.key)]
+    return assets

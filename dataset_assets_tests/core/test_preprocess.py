@@ -1,0 +1,348 @@
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy
+import pytest
+import webdataset
+from PIL import Image
+
+from dataset_assets.core.errors import CatalogError, DatasetAssetsError
+from dataset_assets.core.preprocess import PreprocessConfig, preprocess_shards, transform_sample
+from dataset_assets.core.shards import ShardWriter, iter_tar_samples
+from dataset_assets.core.storage import digest_file
+
+CATALOG = "catalog/aria.yaml"
+FIELD = "datasets.aria.configs.small"
+
+
+def jpeg_bytes(width: int = 96, height: int = 72) -> bytes:
+    """Left half red, right half blue, so crops are visible in the decoded pixels."""
+    pixels = numpy.zeros((height, width, 3), dtype=numpy.uint8)
+    pixels[:, : width // 2] = (255, 0, 0)
+    pixels[:, width // 2 :] = (0, 0, 255)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def npy_bytes(frame: int) -> bytes:
+    buffer = io.BytesIO()
+    numpy.save(buffer, numpy.arange(12, dtype=numpy.float32).reshape(3, 4) + frame / 8, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def raw_sample(sequence: str, frame: int) -> dict[str, bytes]:
+    ground_truth = {"sequence": sequence, "frame": frame, "boxes": [[1.5, 2.0, 30.0, 40.0]]}
+    return {"jpg": jpeg_bytes(), "json": json.dumps(ground_truth).encode(), "npy": npy_bytes(frame)}
+
+
+def write_raw_shards(folder: Path, sequence: str = "seq_a", frames: int = 5, per_shard: int = 3) -> list[Path]:
+    with ShardWriter(folder, max_samples=per_shard) as writer:
+        for frame in range(frames):
+            writer.write(f"{sequence}_f{frame:04d}", raw_sample(sequence, frame))
+    return [folder / shard.name for shard in writer.shards]
+
+
+def read_back(folder: Path) -> list[dict[str, object]]:
+    tars = sorted(str(path) for path in folder.glob("shards-*.tar"))
+    dataset = webdataset.WebDataset(tars, shardshuffle=False, empty_check=False)
+    return list(dataset)
+
+
+def decoded_image(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def config(**options: object) -> PreprocessConfig:
+    return PreprocessConfig.from_mapping("small", {"source_config": "raw", **options}, CATALOG, FIELD)
+
+
+@pytest.fixture()
+def raw_shards(tmp_path: Path) -> list[Path]:
+    return write_raw_shards(tmp_path / "raw")
+
+
+def test_same_input_and_config_give_byte_identical_shards(raw_shards: list[Path], tmp_path: Path) -> None:
+    chosen = config(image_size=[48, 36], tensor_dtype="float16", samples_per_shard=2)
+    first = preprocess_shards(raw_shards, chosen, tmp_path / "first", source={"partition": "seq_a"})
+    second = preprocess_shards(raw_shards, chosen, tmp_path / "second", source={"partition": "seq_a"})
+
+    assert [shard.name for shard in first.shards] == ["shards-0000.tar", "shards-0001.tar", "shards-0002.tar"]
+    assert first.shards == second.shards
+    for shard in first.shards:
+        assert (tmp_path / "first" / shard.name).read_bytes() == (tmp_path / "second" / shard.name).read_bytes()
+    assert (tmp_path / "first" / "_lineage.json").read_bytes() == (tmp_path / "second" / "_lineage.json").read_bytes()
+
+
+def test_output_is_readable_by_webdataset_in_input_order(raw_shards: list[Path], tmp_path: Path) -> None:
+    result = preprocess_shards(raw_shards, config(samples_per_shard=2), tmp_path / "out")
+
+    samples = read_back(tmp_path / "out")
+    assert [sample["__key__"] for sample in samples] == [f"seq_a_f{frame:04d}" for frame in range(5)]
+    assert result.samples == 5
+    assert [shard.samples for shard in result.shards] == [2, 2, 1]
+
+
+def test_resize_changes_decoded_image_size(raw_shards: list[Path], tmp_path: Path) -> None:
+    preprocess_shards(raw_shards, config(image_size=[48, 36]), tmp_path / "out")
+
+    for sample in read_back(tmp_path / "out"):
+        assert decoded_image(sample["jpg"]).size == (48, 36)
+
+
+def test_crop_is_applied_before_resize(raw_shards: list[Path], tmp_path: Path) -> None:
+    preprocess_shards(raw_shards, config(crop=[0, 0, 40, 72], image_size=[20, 36]), tmp_path / "out")
+
+    image = decoded_image(read_back(tmp_path / "out")[0]["jpg"])
+    pixels = numpy.asarray(image.convert("RGB")).astype(int)
+    assert image.size == (20, 36)
+    assert pixels[..., 0].min() > 200 and pixels[..., 2].max() < 60, "only the red left half survives the crop"
+
+
+def test_crop_larger_than_image_names_sample_and_member() -> None:
+    with pytest.raises(DatasetAssetsError, match=r"'seq_a_f0000'.*'jpg'.*crop box"):
+        transform_sample("seq_a_f0000", raw_sample("seq_a", 0), config(crop=[0, 0, 200, 72]))
+
+
+def test_png_format_renames_member_and_reencodes(raw_shards: list[Path], tmp_path: Path) -> None:
+    preprocess_shards(raw_shards, config(image_format="png"), tmp_path / "out")
+
+    sample = read_back(tmp_path / "out")[0]
+    assert "jpg" not in sample
+    image = decoded_image(sample["png"])
+    assert (image.format, image.size) == ("PNG", (96, 72))
+
+
+def test_image_quality_changes_jpeg_bytes() -> None:
+    sample = raw_sample("seq_a", 0)
+    low = transform_sample("seq_a_f0000", sample, config(image_quality=20))["jpg"]
+    high = transform_sample("seq_a_f0000", sample, config(image_quality=95))["jpg"]
+
+    assert len(low) < len(high)
+    assert decoded_image(low).format == "JPEG"
+
+
+def test_tensor_dtype_cast_to_float16(raw_shards: list[Path], tmp_path: Path) -> None:
+    preprocess_shards(raw_shards, config(tensor_dtype="float16"), tmp_path / "out")
+
+    for frame, sample in enumerate(read_back(tmp_path / "out")):
+        array = numpy.load(io.BytesIO(sample["npy"]), allow_pickle=False)
+        assert array.dtype == numpy.float16
+        expected = numpy.arange(12, dtype=numpy.float32).reshape(3, 4) + frame / 8
+        numpy.testing.assert_allclose(array, expected, rtol=1e-3)
+
+
+def test_tensors_pass_through_unchanged_without_dtype() -> None:
+    sample = raw_sample("seq_a", 1)
+
+    assert transform_sample("seq_a_f0001", sample, config())["npy"] == sample["npy"]
+
+
+def test_json_passes_through_unchanged() -> None:
+    sample = raw_sample("seq_a", 2)
+
+    assert transform_sample("seq_a_f0002", sample, config(image_size=[10, 10]))["json"] == sample["json"]
+
+
+def test_keep_filters_members(raw_shards: list[Path], tmp_path: Path) -> None:
+    preprocess_shards(raw_shards, config(keep=["json", "jpg"]), tmp_path / "out")
+
+    for sample in read_back(tmp_path / "out"):
+        assert sorted(key for key in sample if not key.startswith("__")) == ["jpg", "json"]
+
+
+def test_keep_names_output_extensions() -> None:
+    kept = transform_sample("seq_a_f0000", raw_sample("seq_a", 0), config(image_format="png", keep=["png"]))
+
+    assert sorted(kept) == ["png"]
+
+
+def test_keep_dropping_every_member_names_the_sample() -> None:
+    with pytest.raises(DatasetAssetsError, match="seq_a_f0000"):
+        transform_sample("seq_a_f0000", raw_sample("seq_a", 0), config(keep=["txt"]))
+
+
+def test_undecodable_image_names_sample_and_member() -> None:
+    sample = {**raw_sample("seq_a", 0), "jpg": b"not a jpeg"}
+
+    with pytest.raises(DatasetAssetsError, match=r"sample 'seq_a_f0000': member 'jpg'"):
+        transform_sample("seq_a_f0000", sample, config())
+
+
+def test_pickled_npy_is_refused_not_loaded() -> None:
+    buffer = io.BytesIO()
+    numpy.save(buffer, numpy.array([{"a": 1}], dtype=object), allow_pickle=True)
+    sample = {**raw_sample("seq_a", 0), "npy": buffer.getvalue()}
+
+    with pytest.raises(DatasetAssetsError, match=r"sample 'seq_a_f0000': member 'npy'"):
+        transform_sample("seq_a_f0000", sample, config(tensor_dtype="float32"))
+
+
+def test_config_hash_ignores_name_and_changes_with_any_field() -> None:
+    base = config()
+    renamed = PreprocessConfig.from_mapping("renamed", {"source_config": "raw"}, CATALOG, FIELD)
+    variants = [
+        config(source_config="raw_v2"),
+        config(image_size=[48, 36]),
+        config(crop=[0, 0, 10, 10]),
+        config(image_format="png"),
+        config(image_quality=91),
+        config(keep=["jpg"]),
+        config(tensor_dtype="float16"),
+        config(samples_per_shard=999),
+        config(max_shard_bytes=1 << 20),
+    ]
+
+    assert renamed.hash == base.hash
+    assert len(base.hash) == 16 and int(base.hash, 16) >= 0
+    assert len({variant.hash for variant in variants} | {base.hash}) == len(variants) + 1
+
+
+def test_config_hash_is_stable_across_runs() -> None:
+    # A changed hash re-materializes every shard: change this literal only on purpose.
+    chosen = config(image_size=[48, 36], keep=["jpg", "json"], tensor_dtype="float16")
+
+    assert chosen.to_dict() == {
+        "source_config": "raw",
+        "image_size": [48, 36],
+        "crop": None,
+        "image_format": "jpeg",
+        "image_quality": 90,
+        "keep": ["jpg", "json"],
+        "tensor_dtype": "float16",
+        "samples_per_shard": 1000,
+        "max_shard_bytes": None,
+    }
+    canonical = (
+        '{"crop":null,"image_format":"jpeg","image_quality":90,"image_size":[48,36],"keep":["jpg","json"],'
+        '"max_shard_bytes":null,"samples_per_shard":1000,"source_config":"raw","tensor_dtype":"float16"}'
+    )
+    assert chosen.hash == hashlib.sha256(canonical.encode()).hexdigest()[:16] == "eadd0433fec881c1"
+
+
+def test_keep_order_does_not_change_the_hash() -> None:
+    assert config(keep=["json", "jpg"]).hash == config(keep=["jpg", "json"]).hash
+
+
+def test_config_round_trips_through_to_dict() -> None:
+    chosen = config(image_size=[48, 36], crop=[1, 2, 60, 70], keep=["jpg"], max_shard_bytes=4096)
+
+    assert PreprocessConfig.from_mapping("small", chosen.to_dict(), CATALOG, FIELD) == chosen
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("image_quality", 0),
+        ("image_quality", 101),
+        ("image_quality", True),
+        ("image_quality", "90"),
+        ("image_size", [48]),
+        ("image_size", [48, -1]),
+        ("image_size", "48x36"),
+        ("crop", [10, 0, 5, 20]),
+        ("image_format", "gif"),
+        ("keep", []),
+        ("keep", "jpg"),
+        ("tensor_dtype", "complex64"),
+        ("samples_per_shard", 0),
+        ("max_shard_bytes", -5),
+        ("source_config", ""),
+        ("resolution", 3),
+    ],
+)
+def test_bad_config_field_names_file_field_and_value(key: str, value: object) -> None:
+    with pytest.raises(CatalogError) as caught:
+        config(**{key: value})
+
+    message = str(caught.value)
+    assert CATALOG in message
+    assert caught.value.field.startswith(f"{FIELD}.{key}")
+    assert f"'{caught.value.field}'" in message
+    assert repr(caught.value.value) in message
+
+
+def test_config_requires_source_config_and_a_mapping() -> None:
+    with pytest.raises(CatalogError, match=r"datasets\.aria\.configs\.small\.source_config"):
+        PreprocessConfig.from_mapping("small", {"image_quality": 80}, CATALOG, FIELD)
+    with pytest.raises(CatalogError, match="must be a mapping"):
+        PreprocessConfig.from_mapping("small", ["source_config"], CATALOG, FIELD)
+
+
+def test_failed_preprocess_publishes_nothing(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    with ShardWriter(raw, max_samples=2) as writer:
+        for frame in range(3):
+            writer.write(f"seq_a_f{frame:04d}", raw_sample("seq_a", frame))
+        writer.write("seq_a_f0003", {**raw_sample("seq_a", 3), "jpg": b"truncated"})
+    raw_shards = [raw / shard.name for shard in writer.shards]
+    out = tmp_path / "published" / "seq_a"
+
+    with pytest.raises(DatasetAssetsError, match="seq_a_f0003"):
+        preprocess_shards(raw_shards, config(samples_per_shard=1), out)
+
+    assert not out.exists()
+    assert list(out.parent.iterdir()) == []
+
+
+def test_failed_preprocess_keeps_the_previous_shard_set(raw_shards: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    preprocess_shards(raw_shards, config(), out)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    with pytest.raises(DatasetAssetsError, match="crop box"):
+        preprocess_shards(raw_shards, config(crop=[0, 0, 500, 500]), out)
+
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "raw"]
+
+
+def test_duplicate_keys_across_raw_shards_are_rejected(tmp_path: Path) -> None:
+    first = write_raw_shards(tmp_path / "one", frames=2)
+    second = write_raw_shards(tmp_path / "two", frames=2)
+
+    with pytest.raises(DatasetAssetsError, match="seq_a_f0000.*more than once"):
+        preprocess_shards(first + second, config(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_lineage_records_config_source_and_library_versions(raw_shards: list[Path], tmp_path: Path) -> None:
+    chosen = config(image_size=[48, 36])
+    source = {"partition": "seq_a", "raw_sha256": {"shards-0000.tar": digest_file(raw_shards[0]).sha256}}
+    result = preprocess_shards(raw_shards, chosen, tmp_path / "out", source=source)
+
+    lineage = json.loads((tmp_path / "out" / "_lineage.json").read_text())
+    assert lineage["config"] == chosen.to_dict()
+    assert (lineage["config_name"], lineage["config_hash"]) == ("small", chosen.hash)
+    assert lineage["source"] == source
+    assert {"python", "pillow", "numpy", "webdataset"} <= set(lineage["library_versions"])
+    assert [shard["sha256"] for shard in lineage["shards"]] == [shard.sha256 for shard in result.shards]
+    assert "created" not in json.dumps(lineage)
+
+
+def test_metadata_is_plain_json_and_matches_the_files(raw_shards: list[Path], tmp_path: Path) -> None:
+    chosen = config(samples_per_shard=2)
+    result = preprocess_shards(raw_shards, chosen, tmp_path / "out")
+
+    metadata = json.loads(json.dumps(result.metadata()))
+    assert metadata["sample_count"] == 5
+    assert metadata["shard_count"] == 3
+    assert metadata["config_hash"] == chosen.hash
+    assert metadata["bytes"] == sum(path.stat().st_size for path in (tmp_path / "out").glob("*.tar"))
+    for name, sha256 in metadata["shard_sha256"].items():
+        assert digest_file(tmp_path / "out" / name).sha256 == sha256
+
+
+def test_max_shard_bytes_rolls_shards(raw_shards: list[Path], tmp_path: Path) -> None:
+    result = preprocess_shards(raw_shards, config(max_shard_bytes=1), tmp_path / "out")
+
+    assert [shard.samples for shard in result.shards] == [1, 1, 1, 1, 1]
+    assert [key for shard in result.shards for key, _ in iter_tar_samples(tmp_path / "out" / shard.name)] == [
+        f"seq_a_f{frame:04d}" for frame in range(5)
+    ]

@@ -1,0 +1,30 @@
+"""Secrets are redacted from URLs, free text and log records."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from dataset_assets.core.redaction import get_logger, redact_text, redact_url
+
+
+def test_redact_url_drops_query_and_credentials() -> None:
+    assert redact_url("https://user:pw@h:8/p/f.tar?Expires=1&Signature=abcdef") == "https://h:8/p/f.tar?<redacted>"
+    assert redact_url("https://h/p/f.tar") == "https://h/p/f.tar"
+
+
+def test_redact_text_rewrites_every_url_and_token_assignment() -> None:
+    text = ("GET https://a/x?sig=AAAA1111 failed; retry http://b/y?token=BBBB2222 "
+            "aws_secret_access_key=CCCC3333DDDD token: EEEE4444FFFF")
+    redacted = redact_text(text)
+    for secret in ("AAAA1111", "BBBB2222", "CCCC3333", "EEEE4444"):
+        assert secret not in redacted
+    assert "https://a/x?<redacted>" in redacted
+
+
+def test_logger_from_get_logger_redacts_records(caplog: pytest.LogCaptureFixture) -> None:
+    logger = get_logger("dataset_assets.test_redaction")
+    with caplog.at_level(logging.INFO, logger="dataset_assets.test_redaction"):
+        logger.info("fetching %s", "https://h/f?Signature=SECRETSECRET")
+    assert "SECRETSECRET" not in caplog.text
+    assert "https://h/f?<redacted>" in caplog.text

@@ -1,0 +1,77 @@
+"""Interrupted downloads resume from verified bytes; config changes make shard assets stale."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+from dagster import AssetKey, DagsterInstance
+from dagster._core.definitions.data_version import StaleStatus
+from dagster._utils.test.data_versions import get_stale_status_resolver
+
+from dataset_assets.core.catalog import Catalog
+from dataset_assets.core.manifest import load_manifest_file
+from dataset_assets.defs.materialize import materialize_dataset
+from dataset_assets.demo.server import DemoServer
+from dataset_assets_tests.defs.conftest import DEMO, make_defs
+
+RAW = AssetKey([DEMO, "raw_shards"])
+MANIFEST = AssetKey([DEMO, "url_manifest"])
+
+
+def test_rematerialization_after_dropped_connection_fetches_only_missing_range(
+    demo_catalog: Catalog, home: Path, instance: DagsterInstance, demo_server: DemoServer
+) -> None:
+    defs = make_defs(demo_catalog, home, max_attempts=1)
+    job = defs.resolve_implicit_global_asset_job_def()
+    job.execute_in_process(instance=instance, asset_selection=[MANIFEST])
+    target = load_manifest_file(home / DEMO / "url_manifest.json").entries("cubercnn", "seq_000")[0]
+    url_path = f"/files/cubercnn/{target.relative_path}"
+    cut = target.size // 3
+    demo_server.faults.drop_after_bytes(cut, times=1, path_contains=url_path)
+
+    first = job.execute_in_process(instance=instance, asset_selection=[RAW], partition_key="seq_000",
+                                   raise_on_error=False)
+    assert not first.success
+    part = home / DEMO / "raw" / "cubercnn" / f"{target.relative_path}.part"
+    assert part.stat().st_size == cut
+    assert not (home / DEMO / "raw" / "cubercnn" / target.relative_path).exists()
+
+    demo_server.stats.reset()
+    second = job.execute_in_process(instance=instance, asset_selection=[RAW], partition_key="seq_000")
+    assert second.success
+    assert demo_server.stats.body_bytes_sent() == target.size - cut
+    ranged = [r for r in demo_server.stats.requests if r.path == url_path]
+    assert [r.range_header for r in ranged] == [f"bytes={cut}-"]
+    final = home / DEMO / "raw" / "cubercnn" / target.relative_path
+    assert hashlib.sha1(final.read_bytes()).hexdigest() == target.sha1
+    assert not part.exists()
+
+
+def _with_quality(catalog: Catalog, config_name: str, quality: int) -> Catalog:
+    spec = catalog.dataset(DEMO)
+    changed = dataclasses.replace(spec.preprocess[config_name], image_quality=quality)
+    preprocess = {**spec.preprocess, config_name: changed}
+    return dataclasses.replace(catalog, datasets={DEMO: dataclasses.replace(spec, preprocess=preprocess)})
+
+
+def test_changed_config_changes_code_version_and_makes_only_its_shards_stale(
+    demo_catalog: Catalog, home: Path, instance: DagsterInstance
+) -> None:
+    defs = make_defs(demo_catalog, home)
+    materialize_dataset(defs, instance, DEMO, partitions=["seq_000"])
+    small, png = AssetKey([DEMO, "shards__cubercnn_small"]), AssetKey([DEMO, "shards__efm_png"])
+
+    same_defs = make_defs(demo_catalog, home)
+    changed_defs = make_defs(_with_quality(demo_catalog, "cubercnn_small", 55), home)
+    original, same, changed = ({k: d.resolve_assets_def(k).code_versions_by_key[k] for k in (small, png)}
+                               for d in (defs, same_defs, changed_defs))
+    assert same == original
+    assert changed[small] != original[small]
+    assert changed[png] == original[png]
+
+    unchanged = get_stale_status_resolver(instance, list(same_defs.resolve_asset_graph().assets_defs))
+    assert unchanged.get_status(small, "seq_000") == StaleStatus.FRESH
+    stale = get_stale_status_resolver(instance, list(changed_defs.resolve_asset_graph().assets_defs))
+    assert stale.get_status(small, "seq_000") == StaleStatus.STALE
+    assert stale.get_status(png, "seq_000") == StaleStatus.FRESH
