@@ -47,8 +47,13 @@ def _start_demo_server(home: Path, port: int):  # type: ignore[no-untyped-def]
 
 def _demo_environment(home: Path) -> None:
     os.environ[HOME_ENV] = str(home)
-    os.environ.setdefault("DAGSTER_HOME", str(home / "dagster"))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    if not os.environ.get("DAGSTER_HOME"):
+        os.environ["DAGSTER_HOME"] = str(home / "dagster")
+    dagster_home = Path(os.environ["DAGSTER_HOME"])
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    instance_config = dagster_home / "dagster.yaml"
+    if not instance_config.exists():
+        instance_config.write_text("telemetry:\n  enabled: false\n")
 
 
 def demo_run(home: Path, port: int) -> int:

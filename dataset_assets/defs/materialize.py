@@ -12,6 +12,8 @@ from dagster import AssetKey, DagsterInstance, Definitions
 
 from dataset_assets.defs.partitions import sequence_partitions
 
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
 
 @dataclass(frozen=True)
 class DatasetRunSummary:
@@ -27,7 +29,8 @@ def materialize_dataset(defs: Definitions, instance: DagsterInstance, dataset: s
     """url_manifest, then raw + preprocessed shards per sequence, then the split manifests.
 
     A failing sequence does not stop the others; the splits then cover the sequences that have
-    shards, and the summary names the ones that failed.
+    shards, and the summary names the ones that failed. The console shows warnings and errors only;
+    every event still lands in the instance's event log.
     """
     job = defs.resolve_implicit_global_asset_job_def()
     keys = [key for key in defs.resolve_all_asset_keys() if key.path[0] == dataset]
@@ -36,18 +39,19 @@ def materialize_dataset(defs: Definitions, instance: DagsterInstance, dataset: s
     run_ids: list[str] = []
 
     on_step(f"{dataset}: fetching the URL manifest")
-    result = job.execute_in_process(instance=instance, asset_selection=[AssetKey([dataset, "url_manifest"])])
+    result = job.execute_in_process(instance=instance, asset_selection=[AssetKey([dataset, "url_manifest"])],
+                                    run_config=QUIET_RUN_CONFIG)
     run_ids.append(result.run_id)
     selected = list(partitions or instance.get_dynamic_partitions(sequence_partitions(dataset).name))
     failed: list[str] = []
     for index, sequence in enumerate(selected, start=1):
         on_step(f"{dataset}: sequence {sequence} ({index}/{len(selected)})")
         result = job.execute_in_process(instance=instance, asset_selection=per_sequence, partition_key=sequence,
-                                        raise_on_error=False)
+                                        raise_on_error=False, run_config=QUIET_RUN_CONFIG)
         run_ids.append(result.run_id)
         if not result.success:
             failed.append(sequence)
     on_step(f"{dataset}: writing split manifests")
-    result = job.execute_in_process(instance=instance, asset_selection=splits)
+    result = job.execute_in_process(instance=instance, asset_selection=splits, run_config=QUIET_RUN_CONFIG)
     run_ids.append(result.run_id)
     return DatasetRunSummary(dataset, tuple(selected), tuple(failed), tuple(run_ids))
