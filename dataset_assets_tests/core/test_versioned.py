@@ -125,8 +125,9 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, size: int = 1, link: str =
      (_member("assets/link", tarfile.SYMTYPE, link="/etc/passwd"), "symlink"),
      (_member("assets/dev", tarfile.CHRTYPE), "device"), (_member("../d/", tarfile.DIRTYPE), "escape")],
 )
-def test_crafted_tar_is_rejected_and_nothing_extracted(tmp_path: Path, member: tarfile.TarInfo,
-                                                        reason: str) -> None:
+def test_crafted_tar_is_rejected_and_nothing_extracted(
+    tmp_path: Path, member: tarfile.TarInfo, reason: str
+) -> None:
     archive = crafted_tar(tmp_path / "bad.tar", member, b"x" if member.isreg() else b"")
     with pytest.raises(UnsafeArchiveError, match=reason):
         extract_tar_safely(archive, tmp_path / "out")
