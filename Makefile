@@ -3,8 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SCALE_STAMP := $(VENV)/.installed-scale
 
-.PHONY: install demo ui test lint clean-demo
+.PHONY: install demo ui test lint clean-demo scale-demo test-scale
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,19 @@ ui: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Scaling out (README "Scaling out"): the `scale` extra, plus Debian's postgresql and redis-server.
+$(SCALE_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,scale]'
+	touch $(SCALE_STAMP)
+
+# Postgres, Redis, two Celery workers, dagster-daemon and the UI on 127.0.0.1; one backfill of the
+# demo spread over the workers; every process stopped by pid at the end, Ctrl-C included.
+scale-demo: $(SCALE_STAMP)
+	$(BIN)/python -m dataset_assets.scale.demo
+
+test-scale: $(SCALE_STAMP)
+	DATASET_ASSETS_SCALE_TESTS=1 $(BIN)/python -m pytest -m scale dataset_assets_tests/scale
 
 lint: install
 	$(BIN)/flake8 dataset_assets dataset_assets_tests benchmarks

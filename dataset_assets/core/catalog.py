@@ -16,13 +16,26 @@ from typing import Any
 
 import yaml
 
-from dataset_assets.core.errors import CatalogError
+from dataset_assets.core.errors import CatalogError, InvalidInputError
+from dataset_assets.core.handlers.registry import get_handler, handler_names
 from dataset_assets.core.preprocess import PreprocessConfig
 from dataset_assets.core.redaction import redact_url
+from dataset_assets.core.versioned import (
+    COMPONENT_KINDS,
+    REQUIRED_COMPONENTS,
+    Component,
+    PublishSpec,
+    VersionedSource,
+    check_version,
+)
 
 CATALOG_ENV = "DATASET_ASSETS_CATALOG"
 PACKAGED_CATALOG = Path(__file__).resolve().parent.parent / "catalog.yaml"
-KINDS = ("signed_url",)
+KINDS = ("signed_url", "handler", "versioned")
+VERSIONED_FIELDS = ("kind", "description", "owners", "base_url", "versions", "components", "publish")
+PUBLISH_FIELDS = ("bucket", "prefix", "part_size_mib", "concurrency", "endpoint_url")
+HANDLER_FIELDS = ("kind", "description", "owners", "handler", "base_url", "artifacts", "samples_per_shard", "split")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
@@ -54,6 +67,24 @@ class SplitSpec:
 
 
 @dataclass(frozen=True)
+class ArtifactPin:
+    """A catalog override of one handler artifact: another URL (a mirror, or `manual`) and/or its sha256."""
+
+    url: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class HandlerSource:
+    """A raw-artifact dataset (kind `handler`): the registered handler and where its artifacts come from."""
+
+    name: str
+    base_url: str | None = None
+    artifacts: Mapping[str, ArtifactPin] = field(default_factory=dict)
+    samples_per_shard: int = 1000
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     kind: str
@@ -62,6 +93,8 @@ class DatasetSpec:
     split: SplitSpec = field(default_factory=SplitSpec)
     description: str = ""
     owners: tuple[str, ...] = ()
+    handler: HandlerSource | None = None
+    versioned: VersionedSource | None = None
 
     @property
     def raw_configs(self) -> list[str]:
@@ -167,9 +200,168 @@ def _read_owners(reader: _Reader, value: Any, field_path: str) -> tuple[str, ...
     return tuple(reader.string(owner, f"{field_path}[{index}]") for index, owner in enumerate(value))
 
 
+def _read_url(reader: _Reader, value: Any, field_path: str, allow_manual: bool = False) -> str:
+    url = reader.string(value, field_path)
+    if not url.startswith(("http://", "https://")) and not (allow_manual and url == "manual"):
+        expected = "an http(s) URL or 'manual'" if allow_manual else "an http(s) URL"
+        raise reader.fail(field_path, redact_url(url), f"must be {expected}")
+    return url
+
+
+def _read_pins(reader: _Reader, value: Any, field_path: str, handler: str) -> dict[str, ArtifactPin]:
+    known = [artifact.name for artifact in get_handler(handler).artifacts]
+    pins: dict[str, ArtifactPin] = {}
+    for name, pin_value in reader.mapping(value, field_path).items():
+        if name not in known:
+            raise reader.fail(f"{field_path}.{name}", name,
+                              f"is not an artifact of handler {handler} (artifacts: {', '.join(known)})")
+        body = reader.mapping(pin_value, f"{field_path}.{name}")
+        reader.known_keys(body, f"{field_path}.{name}", ("url", "sha256"))
+        url = None if "url" not in body else _read_url(reader, body["url"], f"{field_path}.{name}.url", True)
+        sha256 = None if "sha256" not in body else reader.string(body["sha256"], f"{field_path}.{name}.sha256")
+        if sha256 is not None and not SHA256.match(sha256):
+            raise reader.fail(f"{field_path}.{name}.sha256", sha256, "must be 64 lowercase hex digits")
+        pins[name] = ArtifactPin(url=url, sha256=sha256)
+    return pins
+
+
+def _read_handler_dataset(reader: _Reader, name: str, body: Mapping[str, Any]) -> DatasetSpec:
+    """A `kind: handler` dataset: `handler`, optional `base_url`, `artifacts` pins, `samples_per_shard`, `split`."""
+    field_path = f"datasets.{name}"
+    reader.known_keys(body, field_path, HANDLER_FIELDS)
+    handler = body.get("handler")
+    if handler not in handler_names():
+        raise reader.fail(f"{field_path}.handler", handler, f"must be one of: {', '.join(handler_names())}")
+    base_url = None if "base_url" not in body else _read_url(reader, body["base_url"], f"{field_path}.base_url")
+    samples = body.get("samples_per_shard", 1000)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise reader.fail(f"{field_path}.samples_per_shard", samples, "must be a positive integer")
+    split = _read_split(reader, body.get("split", {}), f"{field_path}.split")
+    for unused in ("max_sequences", "json_path"):
+        if getattr(split, unused) is not None:
+            raise reader.fail(f"{field_path}.split.{unused}", body["split"][unused],
+                              "is not used by handler datasets (only ratio and seed are)")
+    description = body.get("description", "")
+    if not isinstance(description, str):
+        raise reader.fail(f"{field_path}.description", description, "must be a string")
+    pins = _read_pins(reader, body.get("artifacts", {}), f"{field_path}.artifacts", handler)
+    owners = _read_owners(reader, body.get("owners", []), f"{field_path}.owners")
+    source = HandlerSource(name=handler, base_url=base_url, artifacts=pins, samples_per_shard=samples)
+    # Handler datasets have no URL manifest or preprocessing configs: those fields stay empty.
+    return DatasetSpec(name=name, kind="handler", manifest=ManifestSource(), preprocess={}, split=split,
+                       description=description, owners=owners, handler=source)
+
+
+def _read_version(reader: _Reader, value: Any, field_path: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise reader.fail(field_path, value, "must be a quoted string: YAML reads an unquoted 2023_07_28 as a number")
+    try:
+        return check_version(value, str(reader.path), field_path)
+    except InvalidInputError as error:
+        raise reader.fail(field_path, value, error.problem) from None
+
+
+def _read_versions(reader: _Reader, value: Any, field_path: str) -> tuple[str, ...]:
+    """A list of `YYYY_MM_DD` versions, or `dynamic` (the versions sensor lists the published ones): `()`."""
+    if value == "dynamic":
+        return ()
+    if not isinstance(value, list) or not value:
+        raise reader.fail(field_path, value, "must be a non-empty list of quoted YYYY_MM_DD versions or 'dynamic'")
+    versions = tuple(_read_version(reader, version, f"{field_path}[{index}]") for index, version in enumerate(value))
+    if len(set(versions)) != len(versions):
+        raise reader.fail(field_path, value, "must not list a version twice")
+    return versions
+
+
+def _read_component_path(reader: _Reader, value: Any, field_path: str) -> str:
+    path = reader.string(value, field_path)
+    rest = path.replace("{version}", "")
+    if "{version}" not in path or "{" in rest or "}" in rest or path.startswith("/") or ".." in path.split("/"):
+        raise reader.fail(field_path, path, "must be a relative path below base_url containing '{version}' "
+                                            "(e.g. '{version}/assets.tar')")
+    return path
+
+
+def _read_component(reader: _Reader, name: str, value: Any, field_path: str, versions: tuple[str, ...]) -> Component:
+    body = reader.mapping({} if value is None else value, field_path)
+    reader.known_keys(body, field_path, ("path", "sha256"))
+    kind = COMPONENT_KINDS[name]
+    path = _read_component_path(reader, body.get("path", kind.default_path), f"{field_path}.path")
+    pins: dict[str, str] = {}
+    for version, digest in reader.mapping(body.get("sha256", {}), f"{field_path}.sha256").items():
+        where = f"{field_path}.sha256.{version}"
+        version = _read_version(reader, version, where)
+        if versions and version not in versions:
+            raise reader.fail(where, version, f"is not a listed version ({', '.join(versions)})")
+        if not isinstance(digest, str) or not SHA256.match(digest):
+            raise reader.fail(where, digest, "must be 64 lowercase hex digits")
+        pins[version] = digest
+    return Component(kind, path, pins)
+
+
+def _read_components(reader: _Reader, value: Any, field_path: str, versions: tuple[str, ...]
+                     ) -> dict[str, Component]:
+    body = reader.mapping(value, field_path)
+    reader.known_keys(body, field_path, tuple(COMPONENT_KINDS))
+    for required in REQUIRED_COMPONENTS:
+        if required not in body:
+            raise reader.fail(f"{field_path}.{required}", None, "is required")
+    return {name: _read_component(reader, name, component, f"{field_path}.{name}", versions)
+            for name, component in body.items()}
+
+
+def _read_int(reader: _Reader, body: Mapping[str, Any], key: str, default: int, minimum: int, field_path: str) -> int:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise reader.fail(f"{field_path}.{key}", value, f"must be an integer of at least {minimum}")
+    return value
+
+
+def _read_publish(reader: _Reader, value: Any, field_path: str) -> PublishSpec:
+    """`bucket`, `prefix`, `part_size_mib` (at least 5, the S3 minimum), `concurrency`, `endpoint_url`."""
+    body = reader.mapping(value, field_path)
+    reader.known_keys(body, field_path, PUBLISH_FIELDS)
+    bucket = reader.string(body.get("bucket"), f"{field_path}.bucket")
+    prefix = "" if "prefix" not in body else reader.expand(str(body["prefix"]), f"{field_path}.prefix").strip("/")
+    endpoint = None if "endpoint_url" not in body else reader.string(body["endpoint_url"], f"{field_path}.endpoint_url")
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise reader.fail(f"{field_path}.endpoint_url", endpoint, "must be an http(s) URL (or empty: AWS's own)")
+    return PublishSpec(bucket=bucket, prefix=prefix,
+                       part_size_mib=_read_int(reader, body, "part_size_mib", PublishSpec.part_size_mib, 5, field_path),
+                       concurrency=_read_int(reader, body, "concurrency", PublishSpec.concurrency, 1, field_path),
+                       endpoint_url=endpoint or None)
+
+
+def _read_versioned_dataset(reader: _Reader, name: str, body: Mapping[str, Any]) -> DatasetSpec:
+    """A `kind: versioned` dataset: `base_url`, `versions` (list or `dynamic`), `components`, optional `publish`."""
+    field_path = f"datasets.{name}"
+    reader.known_keys(body, field_path, VERSIONED_FIELDS)
+    versions = _read_versions(reader, body.get("versions"), f"{field_path}.versions")
+    publish = None if "publish" not in body else _read_publish(reader, body["publish"], f"{field_path}.publish")
+    if not versions and publish is None:
+        raise reader.fail(f"{field_path}.versions", "dynamic", "needs a 'publish' section: the versions sensor "
+                                                               "lists the versions published there")
+    description = body.get("description", "")
+    if not isinstance(description, str):
+        raise reader.fail(f"{field_path}.description", description, "must be a string")
+    source = VersionedSource(
+        base_url=_read_url(reader, body.get("base_url"), f"{field_path}.base_url"),
+        versions=versions,
+        components=_read_components(reader, body.get("components"), f"{field_path}.components", versions),
+        publish=publish,
+    )
+    # Versioned datasets have no URL manifest or preprocessing configs: those fields stay empty.
+    return DatasetSpec(name=name, kind="versioned", manifest=ManifestSource(), preprocess={}, description=description,
+                       owners=_read_owners(reader, body.get("owners", []), f"{field_path}.owners"), versioned=source)
+
+
 def _read_dataset(reader: _Reader, name: str, value: Any) -> DatasetSpec:
     field_path = f"datasets.{name}"
     body = reader.mapping(value, field_path)
+    if body.get("kind") == "handler":
+        return _read_handler_dataset(reader, name, body)
+    if body.get("kind") == "versioned":
+        return _read_versioned_dataset(reader, name, body)
     reader.known_keys(body, field_path, ("kind", "description", "owners", "manifest", "preprocess", "split"))
     if "kind" not in body:
         raise reader.fail(f"{field_path}.kind", None, f"is required (one of: {', '.join(KINDS)})")

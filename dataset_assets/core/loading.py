@@ -1,29 +1,48 @@
-"""Turn split YAMLs into tar lists and tar lists into streaming PyTorch datasets.
+"""Turn split YAMLs into tar lists, and tar lists into streaming or map-style PyTorch datasets.
 
 `load_yaml_and_extract_tar_list` has ATEK's semantics (URLs kept, relative paths resolved
-against the YAML's folder). `make_shard_dataset` wraps `webdataset.WebDataset` so shards are
-split across nodes and DataLoader workers without duplicates, and decodes members with an
-explicit allow-list (images, JSON, `.npy` without pickle); nothing is ever unpickled or
-`torch.load`-ed, whatever a shard contains.
+against the YAML's folder). `ShardStream` is an `IterableDataset` that reads shards sequentially
+from local paths, http(s) URLs or s3 URLs, split across distributed ranks and DataLoader workers
+(each shard goes to exactly one (rank, worker) slot), with an optional seeded shuffle buffer.
+`IndexedShardDataset` is a map-style `Dataset` over local shard sets: `ds[i]` is one positional
+read through the set's `_index.json`. Both expand zstd blocks and decode members with an explicit
+allow-list (images to float CHW tensors, `.npy` to tensors without pickle, JSON, text), which a
+user can extend or override per extension, then apply an optional `decoder` hook to the sample.
+Nothing is ever unpickled or `torch.load`-ed, whatever a shard contains.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import botocore.exceptions
+import httpx
 import numpy
-import webdataset
+import torch
 import yaml
-from torch.utils.data import IterableDataset
+from PIL import Image
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from dataset_assets.core.errors import DatasetAssetsError, SplitError
-from dataset_assets.core.redaction import redact_text
+from dataset_assets.core.index import INDEX_FILE, Block, IndexEntry, Member, read_index
+from dataset_assets.core.redaction import redact_text, redact_url
+from dataset_assets.core.s3 import make_s3_client
+from dataset_assets.core.shards import ShardFiles, iter_stream_samples, open_shard
+from dataset_assets.core.transfer import make_client
 
 URL_SCHEMES = frozenset({"http", "https", "s3", "gs"})
+HTTP_CHUNK_BYTES = 1 << 20
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff"})
+
+MemberDecoder = Callable[[bytes], object]
+SampleDecoder = Callable[[dict[str, object]], object]
+RawSample = dict[str, bytes]
 
 
 def is_url(entry: str) -> bool:
@@ -50,12 +69,8 @@ def _sequence_entries(path: Path, sequence: object, entries: object) -> list[str
     return entries
 
 
-def load_yaml_and_extract_tar_list(yaml_path: str | Path) -> list[str]:
-    """All tars of a `{"tars": {sequence: [path or URL, ...]}}` YAML, in file order.
-
-    URLs (http, https, s3, gs) are kept as they are; any other entry is joined to the YAML's
-    folder and returned as an absolute path, so a `pipe:` entry can never reach a shell.
-    """
+def load_tars_by_sequence(yaml_path: str | Path) -> dict[str, list[str]]:
+    """`{sequence: [tar, ...]}` of a split YAML; URLs kept, paths made absolute against the YAML's folder."""
     path = Path(yaml_path)
     document = _read_yaml(path)
     if not isinstance(document, dict) or "tars" not in document:
@@ -64,38 +79,178 @@ def load_yaml_and_extract_tar_list(yaml_path: str | Path) -> list[str]:
     if not isinstance(sequences, dict):
         raise SplitError(str(path), "tars", sequences, "must map sequence names to lists of tars")
     folder = os.path.dirname(os.path.abspath(path))
-    tars: list[str] = []
-    for sequence, entries in sequences.items():
-        for entry in _sequence_entries(path, sequence, entries):
-            tars.append(entry if is_url(entry) else os.path.abspath(os.path.join(folder, entry)))
-    return tars
+    return {
+        str(sequence): [
+            entry if is_url(entry) else os.path.abspath(os.path.join(folder, entry))
+            for entry in _sequence_entries(path, sequence, entries)
+        ]
+        for sequence, entries in sequences.items()
+    }
 
 
-def _decode_plain(key: str, data: bytes) -> object:
-    """webdataset handler for the non-image members we trust; others stay raw bytes."""
-    extension = key.rpartition(".")[2].lower()
-    if extension == "json":
-        return json.loads(data)
-    if extension == "npy":
-        return numpy.load(io.BytesIO(data), allow_pickle=False)
-    return None
+def load_yaml_and_extract_tar_list(yaml_path: str | Path) -> list[str]:
+    """All tars of a `{"tars": {sequence: [path or URL, ...]}}` YAML, in file order.
 
-
-def _raise_naming_sample(error: Exception) -> bool:
-    """webdataset error handler: its DecodingError has an empty message, so name shard, sample and member.
-
-    The shard URL is redacted because streamable tar lists carry signed, expiring links.
+    URLs (http, https, s3, gs) are kept as they are; any other entry is joined to the YAML's
+    folder and returned as an absolute path, so a `pipe:` entry can never reach a shell.
     """
-    if isinstance(error, webdataset.DecodingError):
-        shard = redact_text(str(error.url))
-        raise DatasetAssetsError(
-            f"{shard}: sample {error.key!r}: member {error.k!r} could not be decoded ({error.__cause__!r})"
-        ) from error
-    raise error
+    return [tar for tars in load_tars_by_sequence(yaml_path).values() for tar in tars]
 
 
-def _check_tar_list(tar_list: Sequence[str]) -> list[str]:
-    if isinstance(tar_list, str):
+def missing_tars(yaml_path: str | Path) -> list[str]:
+    """Local entries of a split YAML that are not existing files (URLs are not fetched)."""
+    return [tar for tar in load_yaml_and_extract_tar_list(yaml_path) if not is_url(tar) and not os.path.isfile(tar)]
+
+
+def split_overlap(train_yaml: str | Path, validation_yaml: str | Path) -> list[str]:
+    """Sequences or tars listed in both split YAMLs (empty when the split is clean)."""
+    train, validation = load_tars_by_sequence(train_yaml), load_tars_by_sequence(validation_yaml)
+    both = sorted(set(train) & set(validation))
+    train_tars = {tar for tars in train.values() for tar in tars}
+    return both + sorted({tar for tars in validation.values() for tar in tars} & train_tars)
+
+
+# Decoding: an allow-list by extension; anything else stays bytes.
+
+
+def decode_image(data: bytes) -> torch.Tensor:
+    """An RGB image as a float32 (3, H, W) tensor in [0, 1], like webdataset's "torchrgb"."""
+    with Image.open(io.BytesIO(data)) as image:
+        pixels = numpy.array(image.convert("RGB"))
+    return torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
+
+
+def decode_npy(data: bytes) -> torch.Tensor | numpy.ndarray:
+    """A `.npy` array as a tensor (numpy array if torch has no such dtype); pickled arrays are refused."""
+    array = numpy.load(io.BytesIO(data), allow_pickle=False)
+    try:
+        return torch.from_numpy(array)
+    except TypeError:
+        return array
+
+
+def decode_json(data: bytes) -> object:
+    return json.loads(data)
+
+
+def decode_text(data: bytes) -> str:
+    return data.decode("utf-8")
+
+
+def decode_class(data: bytes) -> int:
+    return int(data.decode("ascii").strip())
+
+
+DEFAULT_DECODERS: Mapping[str, MemberDecoder] = {
+    **{extension: decode_image for extension in IMAGE_EXTENSIONS},
+    "npy": decode_npy,
+    "json": decode_json,
+    "txt": decode_text,
+    "cls": decode_class,
+}
+
+
+class SampleDecoding:
+    """Decode raw members by extension (full extension first, then its last dotted part), then apply `hook`.
+
+    `member_decoders` adds or overrides per-extension decoders; mapping an extension to None
+    keeps that member as raw bytes. Errors name the shard (redacted), sample and member.
+    """
+
+    def __init__(self, member_decoders: Mapping[str, MemberDecoder | None] | None = None,
+                 hook: SampleDecoder | None = None) -> None:
+        self.decoders: dict[str, MemberDecoder | None] = {**DEFAULT_DECODERS, **(member_decoders or {})}
+        self.hook = hook
+
+    def _member(self, shard: str, key: str, extension: str, data: bytes) -> object:
+        decoder = self.decoders.get(extension, self.decoders.get(extension.rpartition(".")[2].lower()))
+        if decoder is None:
+            return data
+        try:
+            return decoder(data)
+        except Exception as error:  # any decoder failure becomes one error naming where it happened
+            raise DatasetAssetsError(
+                f"{redact_text(shard)}: sample {key!r}: member {extension!r} could not be decoded ({error!r})"
+            ) from error
+
+    def __call__(self, shard: str, key: str, sample: RawSample) -> object:
+        decoded: dict[str, object] = {"__key__": key, "__url__": shard}
+        decoded.update((ext, self._member(shard, key, ext, data)) for ext, data in sample.items())
+        return self.hook(decoded) if self.hook is not None else decoded
+
+
+# Opening shards: local files, http(s) and s3.
+
+
+class _ChunkStream(io.RawIOBase):
+    """A readable raw stream over an iterator of byte chunks (an HTTP body)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._chunk = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._chunk:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._chunk = memoryview(chunk)
+        size = min(len(buffer), len(self._chunk))
+        buffer[:size] = self._chunk[:size]
+        self._chunk = self._chunk[size:]
+        return size
+
+
+@contextlib.contextmanager
+def _open_http(url: str) -> Iterator[io.BufferedReader]:
+    """A GET response body as a stream; transport errors (also mid-body) name the redacted URL."""
+    try:
+        with make_client() as client, client.stream("GET", url) as response:
+            if response.status_code != 200:
+                hint = " (a signed link may have expired: refresh the manifest)" if response.status_code == 403 else ""
+                raise DatasetAssetsError(f"{redact_url(url)}: HTTP {response.status_code}{hint}")
+            yield io.BufferedReader(_ChunkStream(response.iter_bytes(HTTP_CHUNK_BYTES)), HTTP_CHUNK_BYTES)
+    except httpx.HTTPError as error:
+        raise DatasetAssetsError(f"{redact_url(url)}: {redact_text(str(error))}") from error
+
+
+@contextlib.contextmanager
+def _open_s3(url: str) -> Iterator[io.BufferedReader]:
+    """An s3 object via the project's S3 client: AWS env/config credentials, `AWS_ENDPOINT_URL` for MinIO/R2."""
+    parts = urlsplit(url)
+    try:
+        body = make_s3_client().get_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"))["Body"]
+    except botocore.exceptions.ClientError as error:
+        raise DatasetAssetsError(f"{redact_url(url)}: cannot read s3 object ({error})") from error
+    chunks = iter(lambda: body.read(HTTP_CHUNK_BYTES), b"")
+    try:
+        yield io.BufferedReader(_ChunkStream(chunks), HTTP_CHUNK_BYTES)
+    finally:
+        body.close()
+
+
+@contextlib.contextmanager
+def open_tar(entry: str) -> Iterator[io.RawIOBase | io.BufferedReader]:
+    """A readable stream of one tar-list entry: a local path, an http(s) URL or an s3 URL."""
+    scheme = urlsplit(entry).scheme.lower()
+    if scheme in ("http", "https"):
+        with _open_http(entry) as stream:
+            yield stream
+    elif scheme == "s3":
+        with _open_s3(entry) as stream:
+            yield stream
+    elif scheme in URL_SCHEMES:
+        raise DatasetAssetsError(f"{redact_url(entry)}: {scheme}:// URLs are not supported for reading")
+    else:
+        with open_shard(Path(entry)) as stream:
+            yield stream
+
+
+def _check_tar_list(tar_list: Sequence[str | Path]) -> list[str]:
+    if isinstance(tar_list, (str, Path)):
         raise TypeError("tar_list must be a sequence of paths or URLs, not a single string")
     tars = [str(tar) for tar in tar_list]
     if not tars:
@@ -106,24 +261,169 @@ def _check_tar_list(tar_list: Sequence[str]) -> list[str]:
     return tars
 
 
-def make_shard_dataset(
-    tar_list: Sequence[str],
-    decoder: Callable[[dict], dict] | None = None,
-    shuffle_buffer: int = 0,
-) -> IterableDataset:
-    """A streaming dataset of decoded samples: images as float CHW tensors, JSON as dicts, npy as arrays.
+def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is None or world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    return rank, world_size
 
-    Each sample also carries webdataset's `__key__` and `__url__`. Shards are split by node and
-    by DataLoader worker; a worker left without shards yields nothing instead of failing.
+
+def _shuffled(samples: Iterator[tuple[str, str, RawSample]], size: int,
+              rng: random.Random) -> Iterator[tuple[str, str, RawSample]]:
+    """Reservoir-style shuffle buffer: each incoming sample swaps with a random buffered one."""
+    buffer: list[tuple[str, str, RawSample]] = []
+    for sample in samples:
+        if len(buffer) < size:
+            buffer.append(sample)
+            continue
+        slot = rng.randrange(size)
+        buffer[slot], sample = sample, buffer[slot]
+        yield sample
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class ShardStream(IterableDataset):
+    """Stream decoded samples of a tar list (local paths, http(s) or s3 URLs), shards read sequentially.
+
+    The shard list is split across ranks (`rank`/`world_size`, else `torch.distributed` when
+    initialized) and DataLoader workers: slot `rank * workers + worker` reads shards
+    `slot, slot + slots, ...`, so every sample is read exactly once per epoch. With more slots than
+    shards some slots read nothing (for DDP, give every rank as many shards). `shuffle_buffer > 0`
+    shuffles the shard order (same permutation on every rank, seeded by `seed` and `set_epoch`)
+    and samples through a buffer of that many raw samples.
     """
-    dataset = webdataset.WebDataset(
-        _check_tar_list(tar_list),
-        shardshuffle=False,
-        nodesplitter=webdataset.split_by_node,
-        workersplitter=webdataset.split_by_worker,
-        empty_check=False,
-    )
-    dataset = dataset.shuffle(shuffle_buffer).decode(
-        webdataset.imagehandler("torchrgb"), _decode_plain, pre=[], post=[], handler=_raise_naming_sample
-    )
-    return dataset.map(decoder) if decoder is not None else dataset
+
+    def __init__(
+        self,
+        tar_list: Sequence[str | Path],
+        decoder: SampleDecoder | None = None,
+        member_decoders: Mapping[str, MemberDecoder | None] | None = None,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        self.tars = _check_tar_list(tar_list)
+        self.decoding = SampleDecoding(member_decoders, decoder)
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        _distributed(rank, world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _slot(self) -> tuple[int, int]:
+        rank, world_size = _distributed(self.rank, self.world_size)
+        worker = get_worker_info()
+        workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
+        return rank * workers + worker_id, world_size * workers
+
+    def shards_for_this_worker(self) -> list[str]:
+        """The shards this (rank, worker) slot reads this epoch."""
+        order = list(self.tars)
+        if self.shuffle_buffer:
+            random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
+        slot, slots = self._slot()
+        return order[slot::slots]
+
+    def raw_samples(self) -> Iterator[tuple[str, str, RawSample]]:
+        """`(shard, key, {extension: bytes})` of this slot's shards, undecoded and unshuffled."""
+        for tar in self.shards_for_this_worker():
+            with open_tar(tar) as stream:
+                for key, sample in iter_stream_samples(stream, redact_url(tar) if is_url(tar) else tar):
+                    yield tar, key, sample
+
+    def __iter__(self) -> Iterator[object]:
+        samples = self.raw_samples()
+        if self.shuffle_buffer:
+            slot = self._slot()[0]
+            samples = _shuffled(samples, self.shuffle_buffer, random.Random(f"{self.seed}:{self.epoch}:{slot}"))
+        for shard, key, sample in samples:
+            yield self.decoding(shard, key, sample)
+
+
+def make_shard_dataset(
+    tar_list: Sequence[str | Path], decoder: SampleDecoder | None = None, shuffle_buffer: int = 0
+) -> ShardStream:
+    """A `ShardStream` of decoded samples: images as float CHW tensors, JSON as objects, npy as tensors.
+
+    Each sample also carries `__key__` and `__url__` (the shard it came from).
+    """
+    return ShardStream(tar_list, decoder=decoder, shuffle_buffer=shuffle_buffer)
+
+
+class IndexedShardDataset(Dataset):
+    """Map-style dataset over indexed local shard sets: `len(ds)`, and `ds[i]` by positional reads.
+
+    `sources` are shard paths (each must be listed in the `_index.json` of its own folder, as in
+    a split YAML's tar list) or shard-set folders (every shard of their index, in index order).
+    Samples are numbered in source order, then index order, which is the order `ShardStream`
+    yields them in without shuffling. Reads go through `ShardFiles`: per-thread, per-process
+    handles, so it is safe from threads and from DataLoader workers (`num_workers > 0`).
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[str | Path],
+        decoder: SampleDecoder | None = None,
+        member_decoders: Mapping[str, MemberDecoder | None] | None = None,
+        max_open_files: int = 64,
+    ) -> None:
+        paths: list[str] = []
+        self.keys: list[str] = []
+        self._rows: list[tuple[int, tuple[Member, ...], Block | None]] = []
+        for folder, shard_names in _resolve_sources(_check_tar_list(sources)):
+            index = read_index(folder)
+            entries: dict[int, list[IndexEntry]] = {number: [] for number in range(len(index.shards))}
+            for entry in index.entries:
+                entries[entry.shard].append(entry)
+            by_name = {shard.name: number for number, shard in enumerate(index.shards)}
+            for name in shard_names or list(by_name):
+                if name not in by_name:
+                    raise DatasetAssetsError(f"{folder / name}: not listed in {folder / INDEX_FILE}")
+                paths.append(str(folder / name))
+                for entry in entries[by_name[name]]:
+                    self.keys.append(entry.key)
+                    block = None if entry.block is None else index.blocks[entry.block]
+                    self._rows.append((len(paths) - 1, entry.members, block))
+        self.files = ShardFiles(paths, max_open=max_open_files)
+        self.decoding = SampleDecoding(member_decoders, decoder)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def read(self, index: int) -> tuple[str, str, RawSample]:
+        """`(shard, key, {extension: bytes})` of sample `index`, undecoded."""
+        if index < 0:
+            index += len(self._rows)
+        if not 0 <= index < len(self._rows):
+            raise IndexError(f"sample index {index} out of range for {len(self._rows)} samples")
+        shard, members, block = self._rows[index]
+        return self.files.paths[shard], self.keys[index], self.files.read_members(shard, members, block)
+
+    def __getitem__(self, index: int) -> object:
+        return self.decoding(*self.read(index))
+
+
+def _resolve_sources(sources: Sequence[str]) -> list[tuple[Path, list[str]]]:
+    """Group sources into (index folder, shard names); an empty name list means the whole folder."""
+    resolved: list[tuple[Path, list[str]]] = []
+    for source in sources:
+        if is_url(source):
+            raise DatasetAssetsError(f"{redact_url(source)}: the map-style dataset reads local shards only")
+        path = Path(source)
+        if path.is_dir():
+            resolved.append((path, []))
+        elif resolved and resolved[-1][0] == path.parent and resolved[-1][1]:
+            resolved[-1][1].append(path.name)
+        else:
+            resolved.append((path.parent, [path.name]))
+    return resolved

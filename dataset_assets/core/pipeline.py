@@ -18,7 +18,7 @@ from dataset_assets.core.manifest import UrlManifest, load_manifest_file
 from dataset_assets.core.preprocess import PreprocessConfig, PreprocessResult, preprocess_shards
 from dataset_assets.core.shards import count_samples
 from dataset_assets.core.splits import Split, load_split_json, split_sequences, write_split_yamls
-from dataset_assets.core.storage import atomic_file
+from dataset_assets.core.storage import Destination, atomic_file
 from dataset_assets.core.transfer import (
     DownloadReport,
     ProgressCallback,
@@ -85,9 +85,9 @@ def read_snapshot(path: Path) -> UrlManifest:
     return load_manifest_file(path)
 
 
-def download_sequence(manifest: UrlManifest, raw_folders: Mapping[str, Path], sequence: str,
+def download_sequence(manifest: UrlManifest, raw_folders: Mapping[str, Path | Destination], sequence: str,
                       settings: TransferSettings, progress: ProgressCallback | None = None) -> DownloadReport:
-    """Download one sequence's files of every raw config into `raw_folders[config]/<sequence>/`."""
+    """Download one sequence's files of every raw config into `raw_folders[config]/<sequence>/` (a folder or S3)."""
     entries = [entry for config in sorted(raw_folders) for entry in manifest.entries(config, sequence)]
     return download_entries(entries, raw_folders, settings, progress)
 
@@ -117,8 +117,10 @@ class SplitResult:
         return {
             "train_sequences": len(self.split.train),
             "validation_sequences": len(self.split.validation),
+            "all_sequences": len(self.split.all),
             "train_samples": self.samples["train"],
             "validation_samples": self.samples["validation"],
+            "all_samples": self.samples["train"] + self.samples["validation"],
             "sequences_without_shards": list(self.missing),
             "ignored_split_names": list(self.split.ignored),
             **{name: str(path) for name, path in sorted(self.yamls.items())},

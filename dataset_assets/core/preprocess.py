@@ -4,8 +4,10 @@ A `PreprocessConfig` is read from the catalog and validated field by field; its 
 every field except the name, so it can serve as the Dagster code_version of the shards it makes.
 `preprocess_shards` streams raw WebDataset shards through `transform_sample` (crop, resize and
 re-encode images; cast `npy` tensors; keep selected members) into new deterministic shards that
-are published atomically together with a `_lineage.json` recording config, source and library
-versions, so "which config produced this shard" is answerable outside Dagster too.
+are published atomically together with their `_index.json` and a `_lineage.json` recording
+config, source (partition, data version, input sha256), library versions and creation time, so
+"which config produced this shard" is answerable outside Dagster too. Only `_lineage.json`
+carries the time: shards and index are byte-identical across runs.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import platform
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy
@@ -23,14 +26,19 @@ from PIL import Image
 
 from dataset_assets.core import storage
 from dataset_assets.core.errors import CatalogError, DatasetAssetsError
-from dataset_assets.core.shards import ShardInfo, ShardWriter, iter_tar_samples
+from dataset_assets.core.index import INDEX_FILE
+from dataset_assets.core.shards import Compression, Sample, ShardInfo, ShardWriter, iter_tar_samples
 
 LINEAGE_FILE = "_lineage.json"
 IMAGE_FORMATS = {"jpeg": "jpg", "png": "png"}
 IMAGE_SUFFIXES = frozenset({"jpg", "jpeg", "png"})
 TENSOR_DTYPES = ("float16", "float32", "float64", "int32", "int64", "uint8")
 MAX_IMAGE_SIDE = 65535
-LINEAGE_PACKAGES = ("dataset_assets", "pillow", "numpy", "webdataset")
+LINEAGE_PACKAGES = ("dataset_assets", "pillow", "numpy", "webdataset", "zstandard")
+PREVIEW_SAMPLES = 5
+# Options added after the first release are hashed only when set, so adding one keeps every
+# existing config's hash (hence its shards' code_version and materializations) valid.
+HASHED_WHEN_SET = frozenset({"compression"})
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,8 @@ class PreprocessConfig:
     `crop` is (left, top, right, bottom) in source pixels and is applied before the
     (width, height) `image_size` resize. `keep` lists the member extensions of the *output*
     sample to keep (so `png` when `image_format` is "png"); None keeps every member.
+    `compression` (catalog: `{level: 3, block_samples: 16}`) writes zstd-blocked shards that
+    only this project's readers expand (see `core.shards`); None writes plain WebDataset tars.
     """
 
     name: str
@@ -52,6 +62,7 @@ class PreprocessConfig:
     tensor_dtype: str | None = None
     samples_per_shard: int = 1000
     max_shard_bytes: int | None = None
+    compression: Compression | None = None
 
     @classmethod
     def from_mapping(cls, name: str, mapping: object, source: str, field: str) -> PreprocessConfig:
@@ -72,9 +83,11 @@ class PreprocessConfig:
         return cls(name=name, **checked)
 
     def to_dict(self) -> dict[str, object]:
-        """Every field but `name`, as plain JSON values (tuples become lists)."""
+        """Every field but `name` (and unset later options), as plain JSON values."""
         return {
-            option.name: _plain(getattr(self, option.name)) for option in fields(self) if option.name != "name"
+            option.name: _plain(getattr(self, option.name))
+            for option in fields(self)
+            if option.name != "name" and not (option.name in HASHED_WHEN_SET and getattr(self, option.name) is None)
         }
 
     @property
@@ -85,6 +98,8 @@ class PreprocessConfig:
 
 
 def _plain(value: object) -> object:
+    if isinstance(value, Compression):
+        return asdict(value)
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -163,6 +178,15 @@ def _max_shard_bytes(value: object, source: str, where: str) -> int | None:
     return None if value is None else _int_in_range(value, 1, None, source, where)
 
 
+def _compression(value: object, source: str, where: str) -> Compression | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not set(value) <= {"level", "block_samples"}:
+        raise CatalogError(source, where, value, "must be a mapping with keys 'level' and/or 'block_samples'")
+    level = _int_in_range(value.get("level", 3), 1, 22, source, f"{where}.level")
+    return Compression(level, _int_in_range(value.get("block_samples", 16), 1, None, source, f"{where}.block_samples"))
+
+
 _VALIDATORS: dict[str, Callable[[object, str, str], object]] = {
     "source_config": _string,
     "image_size": _image_size,
@@ -173,6 +197,7 @@ _VALIDATORS: dict[str, Callable[[object, str, str], object]] = {
     "tensor_dtype": _tensor_dtype,
     "samples_per_shard": _samples_per_shard,
     "max_shard_bytes": _max_shard_bytes,
+    "compression": _compression,
 }
 
 
@@ -260,6 +285,50 @@ def transform_sample(key: str, sample: Mapping[str, bytes], config: PreprocessCo
     return result
 
 
+def _describe_npy(data: bytes) -> str:
+    stream = io.BytesIO(data)
+    version = numpy.lib.format.read_magic(stream)
+    reader = numpy.lib.format.read_array_header_1_0 if version == (1, 0) else numpy.lib.format.read_array_header_2_0
+    shape, _, dtype = reader(stream)
+    return f"{dtype} {list(shape)}"
+
+
+def _describe_json(data: bytes) -> str:
+    value = json.loads(data)
+    if isinstance(value, dict):
+        return f"object, {len(value)} keys"
+    return f"list, {len(value)} items" if isinstance(value, list) else type(value).__name__
+
+
+def _describe_image(data: bytes) -> str:
+    with Image.open(io.BytesIO(data)) as image:
+        return f"{image.format} {image.width}x{image.height} {image.mode}"
+
+
+_DESCRIBERS: dict[str, Callable[[bytes], str]] = {
+    "npy": _describe_npy, "json": _describe_json, **dict.fromkeys(IMAGE_SUFFIXES, _describe_image)
+}
+
+
+def describe_member(extension: str, data: bytes) -> str:
+    """A short human description of one member (image size, array dtype/shape, JSON shape) from its headers."""
+    describe = _DESCRIBERS.get(_split_suffix(extension)[1].lower())
+    try:
+        return describe(data) if describe is not None else f"{len(data)} bytes"
+    except (OSError, ValueError, SyntaxError):
+        return f"{len(data)} bytes (unreadable)"
+
+
+def preview_markdown(samples: Sequence[tuple[str, Sample]]) -> str:
+    """A markdown table: one row per sample key, one column per member extension."""
+    extensions = sorted({extension for _, sample in samples for extension in sample})
+    lines = ["| key | " + " | ".join(extensions) + " |", "|---" * (len(extensions) + 1) + "|"]
+    for key, sample in samples:
+        cells = [describe_member(ext, sample[ext]) if ext in sample else "" for ext in extensions]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 @dataclass(frozen=True)
 class PreprocessResult:
     """The published shard set of one preprocessing run."""
@@ -269,12 +338,13 @@ class PreprocessResult:
     samples: int
     bytes: int
     config_hash: str
+    index_path: Path
+    preview: str
 
     @property
     def data_version(self) -> str:
         """A hash of the published shards' bytes: equal shard sets have equal versions."""
-        listing = "".join(f"{shard.name}:{shard.sha256};" for shard in self.shards)
-        return hashlib.sha256(listing.encode()).hexdigest()[:16]
+        return shards_data_version(self.shards)
 
     def metadata(self) -> dict[str, object]:
         """Plain JSON-able values, e.g. for Dagster asset metadata."""
@@ -283,8 +353,15 @@ class PreprocessResult:
             "bytes": self.bytes,
             "shard_count": len(self.shards),
             "config_hash": self.config_hash,
+            "index_path": str(self.index_path),
             "shard_sha256": {shard.name: shard.sha256 for shard in self.shards},
+            "preview": self.preview,
         }
+
+
+def shards_data_version(shards: Sequence[ShardInfo]) -> str:
+    listing = "".join(f"{shard.name}:{shard.sha256};" for shard in shards)
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
 def library_versions() -> dict[str, str]:
@@ -298,28 +375,49 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _write_samples(raw_shards: Sequence[Path], config: PreprocessConfig, folder: Path) -> tuple[ShardInfo, ...]:
+@dataclass(frozen=True)
+class _Written:
+    writer: ShardWriter
+    preview: list[tuple[str, Sample]]
+
+
+def _write_samples(raw_shards: Sequence[Path], config: PreprocessConfig, folder: Path) -> _Written:
     seen: set[str] = set()
-    with ShardWriter(folder, max_samples=config.samples_per_shard, max_bytes=config.max_shard_bytes) as writer:
+    preview: list[tuple[str, Sample]] = []
+    with ShardWriter(folder, max_samples=config.samples_per_shard, max_bytes=config.max_shard_bytes,
+                     compression=config.compression) as writer:
         for raw_shard in raw_shards:
             for key, sample in iter_tar_samples(raw_shard):
                 if key in seen:
                     raise DatasetAssetsError(f"{raw_shard}: sample key {key!r} appears more than once in the input")
                 seen.add(key)
-                writer.write(key, transform_sample(key, sample, config))
+                transformed = transform_sample(key, sample, config)
+                if len(preview) < PREVIEW_SAMPLES:
+                    preview.append((key, transformed))
+                writer.write(key, transformed)
     if not writer.shards:
         raise DatasetAssetsError(f"no samples found in raw shards {[str(path) for path in raw_shards]}")
-    return tuple(writer.shards)
+    return _Written(writer, preview)
 
 
-def _lineage(config: PreprocessConfig, shards: Sequence[ShardInfo], source: Mapping[str, object] | None) -> bytes:
+def _inputs(raw_shards: Sequence[Path]) -> list[dict[str, object]]:
+    digests = [(path, storage.digest_file(path)) for path in raw_shards]
+    return [{"name": path.name, "bytes": digest.size, "sha256": digest.sha256} for path, digest in digests]
+
+
+def _lineage(config: PreprocessConfig, shards: Sequence[ShardInfo], index: bytes,
+             source: Mapping[str, object] | None, inputs: list[dict[str, object]]) -> bytes:
     lineage = {
         "config": config.to_dict(),
         "config_name": config.name,
         "config_hash": config.hash,
         "source": dict(source or {}),
+        "inputs": inputs,
         "library_versions": library_versions(),
         "shards": [asdict(shard) for shard in shards],
+        "index": {"file": INDEX_FILE, "sha256": hashlib.sha256(index).hexdigest()},
+        "data_version": shards_data_version(shards),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return (json.dumps(lineage, sort_keys=True, indent=2) + "\n").encode("utf-8")
 
@@ -332,16 +430,21 @@ def preprocess_shards(
 ) -> PreprocessResult:
     """Transform `raw_shards` (in the given order) into a new shard set published at `out_folder`.
 
-    The set is built in a staging folder and swapped in only when complete, so on any error
-    `out_folder` keeps whatever it held before.
+    Shards, `_index.json` and `_lineage.json` are built in a staging folder and swapped in only
+    when complete, so on any error `out_folder` keeps whatever it held before.
     """
     with storage.atomic_folder(out_folder) as staging:
-        shards = _write_samples(raw_shards, config, staging)
-        (staging / LINEAGE_FILE).write_bytes(_lineage(config, shards, source))
+        written = _write_samples(raw_shards, config, staging)
+        shards = tuple(written.writer.shards)
+        index = written.writer.index.to_json()
+        (staging / INDEX_FILE).write_bytes(index)
+        (staging / LINEAGE_FILE).write_bytes(_lineage(config, shards, index, source, _inputs(raw_shards)))
     return PreprocessResult(
         folder=out_folder,
         shards=shards,
         samples=sum(shard.samples for shard in shards),
         bytes=sum(shard.bytes for shard in shards),
         config_hash=config.hash,
+        index_path=out_folder / INDEX_FILE,
+        preview=preview_markdown(written.preview),
     )

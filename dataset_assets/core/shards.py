@@ -1,33 +1,82 @@
-"""WebDataset shard writing and safe shard reading.
+"""WebDataset shard writing (deterministic, indexed, optionally zstd-blocked) and safe shard reading.
 
 Shards are POSIX tars whose members are `<key>.<ext>`, grouped per sample, members of a sample
 sorted by extension, with mtime 0, uid/gid 0 and mode 0644, so the same samples always produce
-the same bytes. Reading goes through `iter_tar_samples`, which refuses any member that is not a
-plain file with a relative, non-escaping name.
+the same bytes (byte-identical to `tarfile` in PAX format). `ShardWriter` records where every
+member's data lands, which becomes the shard set's `_index.json` (see `core.index`).
+
+With `Compression`, every `block_samples` consecutive samples of a shard are written as one
+plain tar (same member headers, ending in two zero blocks), compressed as a single zstd frame
+(content size and checksum included) and stored as the member `zstd-block-NNNNNN.tar.zst`.
+`zstd -d` + `tar t` lists such a block; our readers expand blocks transparently, plain
+`webdataset` sees one opaque member per block. `block_samples=1` compresses each sample alone.
+
+Reading goes through `iter_tar_members`, a streaming parser that refuses any member that is not
+a plain file with a relative, non-escaping name (symlinks, hard links, devices, `..`, absolute).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
+import os
+import re
+import shutil
 import tarfile
-from collections.abc import Iterator, Mapping
+import threading
+import uuid
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO, NamedTuple
 
+import zstandard
+
+from dataset_assets.core import storage
 from dataset_assets.core.errors import DatasetAssetsError, UnsafeArchiveError
+from dataset_assets.core.index import (
+    INDEX_FILE,
+    Block,
+    IndexEntry,
+    Member,
+    ShardIndex,
+    ShardInfo,
+    member_span,
+    read_index,
+    slice_members,
+    write_index,
+)
 
 Sample = Mapping[str, bytes]
+BLOCKSIZE = tarfile.BLOCKSIZE
+RECORDSIZE = tarfile.RECORDSIZE
+BLOCK_PREFIX = "zstd-block-"
+BLOCK_NAME = re.compile(r"zstd-block-\d{6}\.tar\.zst")
+MAX_BLOCK_BYTES = 1 << 30
+WRITE_BUFFER_BYTES = 1 << 20
+SMALL_MEMBER_BYTES = 1 << 16
+SPAN_READ_BYTES = 1 << 16
+_ZERO_BLOCK = b"\0" * BLOCKSIZE
+_END_OF_ARCHIVE = 2 * _ZERO_BLOCK
+_EXTENDED_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME)
 
 
 @dataclass(frozen=True)
-class ShardInfo:
-    """One written shard: its file name (relative to its folder), sample count, size and sha256."""
+class Compression:
+    """zstd compression of blocks of `block_samples` consecutive samples at `level`."""
 
-    name: str
-    samples: int
-    bytes: int
-    sha256: str
+    level: int = 3
+    block_samples: int = 16
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.level <= 22:
+            raise ValueError(f"zstd level must be between 1 and 22, got {self.level}")
+        if self.block_samples < 1:
+            raise ValueError(f"block_samples must be >= 1, got {self.block_samples}")
 
 
 def _tar_info(name: str, size: int) -> tarfile.TarInfo:
@@ -40,38 +89,66 @@ def _tar_info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def _header(name: str, size: int) -> bytes:
+    return _tar_info(name, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _padded(size: int) -> int:
+    """A member's size rounded up to whole tar blocks."""
+    return size + (-size % BLOCKSIZE)
+
+
 def check_sample_key(key: str) -> None:
     """A sample key becomes a tar member prefix, so it must not contain dots or escape."""
-    if not key or "." in key or key.startswith("/") or "\\" in key:
+    if not key or "." in key or key.startswith("/") or "\\" in key or ".." in key.split("/"):
         raise DatasetAssetsError(f"invalid sample key {key!r}: must be non-empty, relative, without dots")
+    if key.rpartition("/")[2].startswith(BLOCK_PREFIX):
+        raise DatasetAssetsError(f"invalid sample key {key!r}: the prefix {BLOCK_PREFIX!r} names compressed blocks")
 
 
-class _HashingFile(io.RawIOBase):
-    """A write-only file wrapper that counts and sha256-hashes what passes through."""
+def _check_extension(key: str, extension: str) -> None:
+    if not extension or "/" in extension or extension.startswith("."):
+        raise DatasetAssetsError(f"sample {key!r}: invalid member extension {extension!r}")
 
-    def __init__(self, handle: io.BufferedWriter) -> None:
-        self._handle = handle
-        self.sha256 = hashlib.sha256()
+
+class _TarBuilder:
+    """Appends deterministic members to a byte sink, recording where each member's data starts."""
+
+    def __init__(self, sink: BinaryIO, hashing: bool) -> None:
+        self.sink = sink
         self.size = 0
+        self.sha256 = hashlib.sha256() if hashing else None
 
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.size
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        self._handle.write(data)
-        self.sha256.update(data)
+    def _put(self, data: bytes) -> None:
+        self.sink.write(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
         self.size += len(data)
-        return len(data)
+
+    def add(self, name: str, data: bytes) -> int:
+        """Write one member; returns the offset of its data."""
+        self._put(_header(name, len(data)))
+        offset = self.size
+        self._put(data)
+        self._put(_ZERO_BLOCK[: -len(data) % BLOCKSIZE])
+        return offset
+
+    def add_sample(self, key: str, sample: Sample) -> tuple[Member, ...]:
+        return tuple((ext, self.add(f"{key}.{ext}", sample[ext]), len(sample[ext])) for ext in sorted(sample))
+
+    def finish(self, record: bool) -> None:
+        """End-of-archive blocks, padded to a whole tar record when `record` (as `tarfile` does)."""
+        self._put(_END_OF_ARCHIVE)
+        if record:
+            self._put(b"\0" * (-self.size % RECORDSIZE))
 
 
 class ShardWriter:
-    """Write samples into `folder/<pattern % n>` shards, rolling by sample count or bytes.
+    """Write samples into `folder/<pattern>` shards, rolling by sample count or bytes.
 
     The caller owns atomicity of the shard *set* (write into a staging folder from
-    `storage.atomic_folder`); this class guarantees each shard's bytes are deterministic.
+    `storage.atomic_folder`); this class guarantees each shard's bytes are deterministic and
+    records the set's `index` (shard numbers in it start at 0 whatever `start` is).
     """
 
     def __init__(
@@ -80,6 +157,8 @@ class ShardWriter:
         pattern: str = "shards-{index:04d}.tar",
         max_samples: int = 1000,
         max_bytes: int | None = None,
+        compression: Compression | None = None,
+        start: int = 0,
     ) -> None:
         if max_samples < 1:
             raise ValueError(f"max_samples must be >= 1, got {max_samples}")
@@ -87,46 +166,83 @@ class ShardWriter:
         self.pattern = pattern
         self.max_samples = max_samples
         self.max_bytes = max_bytes
+        self.compression = compression
+        self.start = start
         self.shards: list[ShardInfo] = []
-        self._tar: tarfile.TarFile | None = None
-        self._file: io.BufferedWriter | None = None
-        self._hashing: _HashingFile | None = None
+        self._entries: list[IndexEntry] = []
+        self._blocks: list[Block] = []
+        self._pending: list[tuple[str, Sample]] = []
+        self._pending_bytes = 0
+        self._file: BinaryIO | None = None
+        self._tar: _TarBuilder | None = None
         self._samples_in_shard = 0
         self._name = ""
 
+    @property
+    def index(self) -> ShardIndex:
+        """The index of every shard closed so far."""
+        return ShardIndex(tuple(self.shards), tuple(self._entries), tuple(self._blocks))
+
     def _open_next(self) -> None:
-        self._name = self.pattern.format(index=len(self.shards))
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.folder / self._name, "wb")
-        self._hashing = _HashingFile(self._file)
-        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)
+        self._name = self.pattern.format(index=self.start + len(self.shards))
+        path = self.folder / self._name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "wb", buffering=WRITE_BUFFER_BYTES)
+        self._tar = _TarBuilder(self._file, hashing=True)
         self._samples_in_shard = 0
 
-    def _close_current(self) -> None:
-        if self._tar is None or self._file is None or self._hashing is None:
+    def _flush_block(self) -> None:
+        if not self._pending or self._tar is None or self.compression is None:
             return
-        self._tar.close()
+        raw = io.BytesIO()
+        block_tar = _TarBuilder(raw, hashing=False)
+        located = [(key, block_tar.add_sample(key, sample)) for key, sample in self._pending]
+        block_tar.finish(record=False)
+        compressor = zstandard.ZstdCompressor(level=self.compression.level, write_checksum=True)
+        data = compressor.compress(raw.getvalue())
+        block = len(self._blocks)
+        offset = self._tar.add(f"{BLOCK_PREFIX}{block:06d}.tar.zst", data)
+        self._blocks.append(Block(len(self.shards), offset, len(data)))
+        self._entries += [IndexEntry(key, len(self.shards), members, block) for key, members in located]
+        self._pending, self._pending_bytes = [], 0
+
+    def _close_current(self) -> None:
+        if self._tar is None or self._file is None:
+            return
+        self._flush_block()
+        self._tar.finish(record=True)
         self._file.close()
+        assert self._tar.sha256 is not None
+        compression = "zstd" if self.compression is not None else None
         self.shards.append(
-            ShardInfo(self._name, self._samples_in_shard, self._hashing.size, self._hashing.sha256.hexdigest())
+            ShardInfo(self._name, self._samples_in_shard, self._tar.size, self._tar.sha256.hexdigest(), compression)
         )
-        self._tar = self._file = self._hashing = None
+        self._tar = self._file = None
+
+    def _full(self) -> bool:
+        if self._tar is None:
+            return False
+        size = self._tar.size + self._pending_bytes
+        return self._samples_in_shard >= self.max_samples or (self.max_bytes is not None and size >= self.max_bytes)
 
     def write(self, key: str, sample: Sample) -> None:
         check_sample_key(key)
         if not sample:
             raise DatasetAssetsError(f"sample {key!r} has no members")
-        if self._tar is not None and (
-            self._samples_in_shard >= self.max_samples
-            or (self.max_bytes is not None and self._hashing is not None and self._hashing.size >= self.max_bytes)
-        ):
+        for extension in sample:
+            _check_extension(key, extension)
+        if self._full():
             self._close_current()
         if self._tar is None:
             self._open_next()
         assert self._tar is not None
-        for extension in sorted(sample):
-            data = sample[extension]
-            self._tar.addfile(_tar_info(f"{key}.{extension}", len(data)), io.BytesIO(data))
+        if self.compression is None:
+            self._entries.append(IndexEntry(key, len(self.shards), self._tar.add_sample(key, sample)))
+        else:
+            self._pending.append((key, dict(sample)))
+            self._pending_bytes += sum(len(data) + 2 * BLOCKSIZE for data in sample.values())
+            if len(self._pending) >= self.compression.block_samples:
+                self._flush_block()
         self._samples_in_shard += 1
 
     def close(self) -> list[ShardInfo]:
@@ -141,23 +257,95 @@ class ShardWriter:
     ) -> None:
         if exc_type is None:
             self.close()
-        elif self._tar is not None and self._file is not None:
+        elif self._file is not None:
             self._file.close()
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on a shard set, so concurrent appends cannot lose each other's rows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".index.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _first_free_number(folder: Path, pattern: str, index: ShardIndex) -> int:
+    taken = {shard.name for shard in index.shards}
+    number = len(index.shards)
+    while pattern.format(index=number) in taken or (folder / pattern.format(index=number)).exists():
+        number += 1
+    return number
+
+
+def append_shards(
+    folder: Path,
+    samples: Iterable[tuple[str, Sample]],
+    pattern: str = "shards-{index:04d}.tar",
+    max_samples: int = 1000,
+    max_bytes: int | None = None,
+    compression: Compression | None = None,
+) -> ShardIndex:
+    """Add `samples` as new shards of the set in `folder` and extend its `_index.json`.
+
+    Existing shards are never opened for writing. New shards are built in a staging folder,
+    renamed in, and only then is the extended index swapped in, so a reader of the index never
+    sees a shard that is not complete. A key already in the index (or twice in `samples`) is refused.
+    """
+    with _locked(folder):
+        existing = read_index(folder) if (folder / INDEX_FILE).exists() else ShardIndex()
+        known = set(existing.keys())
+        staging = folder / f".append-{uuid.uuid4().hex[:8]}.staging"
+        try:
+            start = _first_free_number(folder, pattern, existing)
+            with ShardWriter(staging, pattern, max_samples, max_bytes, compression, start) as writer:
+                for key, sample in samples:
+                    if key in known:
+                        raise DatasetAssetsError(f"{folder / INDEX_FILE}: sample key {key!r} is already indexed")
+                    known.add(key)
+                    writer.write(key, sample)
+            combined = existing.extend(writer.index)
+            for shard in writer.shards:
+                storage.fsync_path(staging / shard.name)
+                (folder / shard.name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / shard.name, folder / shard.name)
+            write_index(folder, combined)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return combined
+
+
+_KINDS = {
+    tarfile.SYMTYPE: "symlink",
+    tarfile.LNKTYPE: "hard link",
+    tarfile.DIRTYPE: "directory",
+    tarfile.GNUTYPE_SPARSE: "sparse file",
+}
+_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+
+
+def _unsafe_reason(name: str, kind: bytes) -> str | None:
+    """Why a member of this name and type flag may not be read, or None when it is a safe plain file."""
+    if kind not in _FILE_TYPES or (kind == tarfile.AREGTYPE and name.endswith("/")):
+        described = "directory" if kind == tarfile.AREGTYPE else _KINDS.get(kind, "device or special file")
+        return f"{described} members are not allowed"
+    if not name:
+        return "empty names are not allowed"
+    if name.startswith(("/", "\\")) or name[1:2] == ":":
+        return "absolute paths are not allowed"
+    if ".." in name.replace("\\", "/").split("/"):
+        return "'..' would escape the archive folder"
+    return None
 
 
 def check_member(archive: str, member: tarfile.TarInfo) -> None:
     """Raise `UnsafeArchiveError` unless `member` is a regular file with a safe relative name."""
-    name = member.name
-    path = PurePosixPath(name)
-    if not member.isreg():
-        kind = "symlink" if member.issym() else "hard link" if member.islnk() else "device or special file"
-        if member.isdir():
-            kind = "directory"
-        raise UnsafeArchiveError(archive, name, f"{kind} members are not allowed")
-    if path.is_absolute() or name.startswith("\\") or (len(name) > 1 and name[1] == ":"):
-        raise UnsafeArchiveError(archive, name, "absolute paths are not allowed")
-    if ".." in path.parts:
-        raise UnsafeArchiveError(archive, name, "'..' would escape the archive folder")
+    reason = _unsafe_reason(member.name, member.type)
+    if reason is not None:
+        raise UnsafeArchiveError(archive, member.name, reason)
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -169,33 +357,378 @@ def split_member_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), extension
 
 
-def iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield `(key, {extension: bytes})` for each sample of a shard, refusing unsafe members."""
+class TarMember(NamedTuple):
+    """One regular-file member: its name, the offset of its data in the archive, its size and data."""
+
+    name: str
+    offset: int
+    size: int
+    data: bytes | None
+
+
+class _Header(NamedTuple):
+    name: str
+    size: int
+    kind: bytes
+
+
+def _read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """Up to `size` bytes: fewer only at the end of the stream (sockets may return short reads)."""
+    data = stream.read(size)
+    while data is not None and len(data) < size:
+        more = stream.read(size - len(data))
+        if not more:
+            break
+        data += more
+    return data or b""
+
+
+def _read_exact(stream: BinaryIO, size: int, archive: str, what: str) -> bytes:
+    data = _read_up_to(stream, size)
+    if len(data) < size:
+        raise DatasetAssetsError(f"{archive}: truncated tar archive ({what}: {len(data)} of {size} bytes)")
+    return data
+
+
+def _skip(stream: BinaryIO, size: int, archive: str, what: str) -> None:
+    if stream.seekable():
+        stream.seek(size, os.SEEK_CUR)
+    else:
+        _read_exact(stream, size, archive, what)
+
+
+def _read_then_header(stream: BinaryIO, size: int, archive: str, what: str) -> tuple[bytes, bytes]:
+    """`size` bytes and the header block after them, in one read (the header is b"" at the end)."""
+    chunk = _read_up_to(stream, size + BLOCKSIZE)
+    if len(chunk) < size or len(chunk) not in (size, size + BLOCKSIZE):
+        raise DatasetAssetsError(f"{archive}: truncated tar archive ({what})")
+    return chunk[:size], chunk[size:]
+
+
+def _pax_fields(payload: bytes, archive: str) -> dict[str, str]:
+    """Records `"<length> <keyword>=<value>\\n"` of a pax extended header."""
+    fields: dict[str, str] = {}
+    position = 0
+    while position < len(payload) and payload[position] != 0:
+        space = payload.find(b" ", position)
+        length = int(payload[position:space]) if payload[position:space].isdigit() else 0
+        if length <= space - position:
+            raise DatasetAssetsError(f"{archive}: malformed pax header record at byte {position}")
+        keyword, _, value = payload[space + 1: position + length - 1].partition(b"=")
+        fields[keyword.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        position += length
+    return fields
+
+
+def _pax_size(pax: Mapping[str, str], archive: str, header: _Header) -> int:
+    if "size" not in pax:
+        return header.size
+    value = pax["size"]
+    if not value.isdigit():
+        raise DatasetAssetsError(f"{archive}: member {header.name!r}: pax size {value!r} is not a number >= 0")
+    return int(value)
+
+
+def _octal(field: bytes) -> int:
+    if field[0] & 0x80:  # GNU base-256, for sizes past 8 GiB
+        return tarfile.nti(field)
+    text = field.partition(b"\0")[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _checksum_matches(block: bytes, stored: int) -> bool:
+    """tar's checksum is the byte sum of the header with its checksum field read as spaces.
+
+    zlib's adler32 yields that sum modulo 65521 at C speed (Python's `sum` costs more than the
+    rest of the parse): equal modulo 65521 catches any corruption of fewer than 257 bytes.
+    Old tars that summed signed bytes take the slow exact path.
+    """
+    byte_sum = ((zlib.adler32(block) & 0xFFFF) - (zlib.adler32(block[148:156]) & 0xFFFF) + 8 * 32) % 65521
+    return byte_sum == stored % 65521 or stored in tarfile.calc_chksums(block)
+
+
+def _parse_header(block: bytes, archive: str, offset: int) -> _Header:
+    """Name, size and type flag of a ustar/pax/GNU header block, its checksum verified.
+
+    Parsed here rather than by `tarfile.TarInfo.frombuf`, which costs ~10x more per member.
+    """
+    try:
+        size, checksum = _octal(block[124:136]), _octal(block[148:156])
+    except (ValueError, tarfile.InvalidHeaderError) as error:
+        raise DatasetAssetsError(f"{archive}: invalid tar header at byte {offset} ({error})") from error
+    if not _checksum_matches(block, checksum):
+        raise DatasetAssetsError(f"{archive}: invalid tar header at byte {offset} (checksum mismatch)")
+    kind, name, prefix = block[156:157], block[:100].partition(b"\0")[0], block[345:500].partition(b"\0")[0]
+    if prefix and kind not in tarfile.GNU_TYPES:
+        name = prefix + b"/" + name
+    return _Header(name.decode("utf-8", "surrogateescape"), size, kind)
+
+
+def iter_tar_members(stream: BinaryIO, archive: str, read_data: bool = True) -> Iterator[TarMember]:
+    """Parse a tar stream member by member, refusing unsafe members; stops at the end-of-archive block.
+
+    Supports ustar, pax (`path`, `size`) and GNU long names. With `read_data=False` member data
+    is skipped (seeked over when the stream allows), so only headers are read. Each member costs
+    one read (small members, read with their padding and the next header) or two (large ones,
+    read straight into their own bytes), so an unbuffered file needs no extra copy.
+    """
+    offset = 0
+    long_name: str | None = None
+    pax: dict[str, str] = {}
+    _, block = _read_then_header(stream, 0, archive, "header")
+    while block and block != _ZERO_BLOCK:
+        header = _parse_header(block, archive, offset)
+        offset += BLOCKSIZE
+        padded = _padded(header.size)
+        if header.kind in _EXTENDED_TYPES:
+            payload, block = _read_then_header(stream, padded, archive, "extended header")
+            offset += padded
+            if header.kind == tarfile.XHDTYPE:
+                pax = _pax_fields(payload[: header.size], archive)
+                if any(keyword.startswith("GNU.sparse") for keyword in pax):
+                    raise UnsafeArchiveError(archive, pax.get("path", header.name), "sparse members are not allowed")
+            elif header.kind == tarfile.GNUTYPE_LONGNAME:
+                long_name = payload[: header.size].rstrip(b"\0").decode("utf-8", "surrogateescape")
+            continue
+        name, size = header.name, header.size
+        if pax or long_name:
+            name, size = pax.get("path", long_name or name), _pax_size(pax, archive, header)
+        reason = _unsafe_reason(name, header.kind)
+        if reason is not None:
+            raise UnsafeArchiveError(archive, name, reason)
+        padded = _padded(size)
+        data, block = _member_data(stream, size, padded, read_data, archive, name)
+        yield TarMember(name, offset, size, data)
+        offset += padded
+        long_name, pax = None, {}
+
+
+def _member_data(
+    stream: BinaryIO, size: int, padded: int, read_data: bool, archive: str, name: str
+) -> tuple[bytes | None, bytes]:
+    """A member's data (None when skipped) and the header block after it."""
+    what = f"member {name!r}"
+    if not read_data:
+        _skip(stream, padded, archive, what)
+        return None, _read_then_header(stream, 0, archive, "header")[1]
+    if size < SMALL_MEMBER_BYTES:
+        chunk, block = _read_then_header(stream, padded, archive, what)
+        return chunk[:size], block
+    data = _read_exact(stream, size, archive, what)
+    return data, _read_then_header(stream, padded - size, archive, what)[1]
+
+
+def is_block(name: str) -> bool:
+    return BLOCK_NAME.fullmatch(name.rpartition("/")[2]) is not None
+
+
+def decompress_block(data: bytes, where: str) -> bytes:
+    """Decompress one zstd block in memory, refusing frames without a size or larger than 1 GiB."""
+    size = zstandard.frame_content_size(data)
+    if size < 0 or size > MAX_BLOCK_BYTES:
+        raise DatasetAssetsError(f"{where}: zstd block declares content size {size}, outside 0..{MAX_BLOCK_BYTES}")
+    try:
+        return zstandard.ZstdDecompressor().decompress(data)
+    except zstandard.ZstdError as error:
+        raise DatasetAssetsError(f"{where}: corrupt zstd block ({error})") from error
+
+
+def _samples(members: Iterator[TarMember], archive: str, in_block: bool = False
+             ) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Group consecutive members by key into samples; a zstd block yields the samples inside it."""
     key: str | None = None
     sample: dict[str, bytes] = {}
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for member in tar:
-                check_member(str(path), member)
-                member_key, extension = split_member_name(member.name)
-                if key is not None and member_key != key:
-                    yield key, sample
-                    sample = {}
-                key = member_key
-                extracted = tar.extractfile(member)
-                assert extracted is not None
-                sample[extension] = extracted.read()
-    except tarfile.TarError as error:
-        raise DatasetAssetsError(f"{path}: not a readable tar archive ({error})") from error
+    for member in members:
+        assert member.data is not None
+        if BLOCK_PREFIX in member.name and is_block(member.name):
+            if in_block:
+                raise UnsafeArchiveError(archive, member.name, "nested zstd blocks are not allowed")
+            if key is not None:
+                yield key, sample
+            key, sample = None, {}
+            where = f"{archive}:{member.name}"
+            yield from _samples(iter_tar_members(io.BytesIO(decompress_block(member.data, where)), where), where, True)
+            continue
+        member_key, extension = split_member_name(member.name)
+        if member_key != key:
+            if key is not None:
+                yield key, sample
+            key, sample = member_key, {}
+        elif extension in sample:
+            raise DatasetAssetsError(f"{archive}: sample {member_key!r} has member {extension!r} twice")
+        sample[extension] = member.data
     if key is not None:
         yield key, sample
 
 
+def iter_stream_samples(stream: BinaryIO, archive: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield `(key, {extension: bytes})` per sample of a shard stream, expanding zstd blocks."""
+    return _samples(iter_tar_members(stream, archive), archive)
+
+
+def open_shard(path: Path) -> BinaryIO:
+    """An unbuffered handle: `iter_tar_members` reads in whole members, a buffer would only add a copy."""
+    try:
+        return open(path, "rb", buffering=0)
+    except OSError as error:
+        raise DatasetAssetsError(f"{path}: cannot open shard ({error.strerror})") from error
+
+
+def iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield `(key, {extension: bytes})` for each sample of a local shard, refusing unsafe members."""
+    with open_shard(path) as stream:
+        yield from iter_stream_samples(stream, str(path))
+
+
 def count_samples(path: Path) -> int:
-    """Number of samples in a shard, from member headers only (no payload is read)."""
+    """Number of samples in a shard; plain members are counted from headers only (data is seeked over)."""
     keys: set[str] = set()
-    with tarfile.open(path, mode="r:") as tar:
-        for member in tar:
-            check_member(str(path), member)
-            keys.add(split_member_name(member.name)[0])
+    with open_shard(path) as stream:
+        for member in iter_tar_members(stream, str(path), read_data=False):
+            if not is_block(member.name):
+                keys.add(split_member_name(member.name)[0])
+                continue
+            data = os.pread(stream.fileno(), member.size, member.offset)
+            where = f"{path}:{member.name}"
+            inner = iter_tar_members(io.BytesIO(decompress_block(data, where)), where, read_data=False)
+            keys.update(split_member_name(item.name)[0] for item in inner)
     return len(keys)
+
+
+class ShardFiles:
+    """Positional reads (`os.pread`) of shard files by number; safe across threads and processes.
+
+    Every thread of every process opens its own handles (at most `max_open`, least recently used
+    closed first) and keeps its own small cache of decompressed blocks, so no lock is held while
+    reading and a DataLoader worker never shares a handle with its parent. Pickles without handles.
+    """
+
+    def __init__(self, paths: Sequence[str], max_open: int = 64, cached_blocks: int = 4) -> None:
+        self.paths = list(paths)
+        self.max_open = max_open
+        self.cached_blocks = cached_blocks
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"paths": self.paths, "max_open": self.max_open, "cached_blocks": self.cached_blocks}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def _caches(self) -> tuple[OrderedDict[int, io.FileIO], OrderedDict[tuple[int, int], bytes]]:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            local.pid, local.handles, local.blocks = os.getpid(), OrderedDict(), OrderedDict()
+        return local.handles, local.blocks
+
+    def _handle(self, shard: int) -> io.FileIO:
+        handles, _ = self._caches()
+        handle = handles.get(shard)
+        if handle is None:
+            try:
+                handle = handles[shard] = io.FileIO(self.paths[shard], "r")
+            except OSError as error:
+                raise DatasetAssetsError(f"{self.paths[shard]}: cannot open shard ({error.strerror})") from error
+            if len(handles) > self.max_open:
+                handles.popitem(last=False)[1].close()
+        else:
+            handles.move_to_end(shard)
+        return handle
+
+    def read(self, shard: int, offset: int, size: int) -> bytes:
+        """Exactly `size` bytes at `offset` of shard `shard`, or an error naming the file."""
+        data = os.pread(self._handle(shard).fileno(), size, offset)
+        if len(data) != size:
+            raise DatasetAssetsError(
+                f"{self.paths[shard]}: bytes {offset}..{offset + size} are past the end of the file"
+            )
+        return data
+
+    def read_block(self, shard: int, offset: int, size: int) -> bytes:
+        """The decompressed zstd block stored at `offset`, from this thread's cache when recent."""
+        _, blocks = self._caches()
+        data = blocks.get((shard, offset))
+        if data is None:
+            where = f"{self.paths[shard]}@{offset}"
+            data = blocks[(shard, offset)] = decompress_block(self.read(shard, offset, size), where)
+            if len(blocks) > self.cached_blocks:
+                blocks.popitem(last=False)
+        return data
+
+    def read_members(self, shard: int, members: Sequence[Member], block: Block | None = None) -> dict[str, bytes]:
+        """One sample's members: slices of its decompressed block, or of one read covering them all.
+
+        Past `SPAN_READ_BYTES` each member is read on its own instead: a read per member costs less
+        than copying large members a second time out of a shared buffer.
+        """
+        if block is not None:
+            return slice_members(self.read_block(shard, block.offset, block.size), 0, members)
+        start, end = member_span(members)
+        if end - start > SPAN_READ_BYTES:
+            return {extension: self.read(shard, offset, size) for extension, offset, size in members}
+        return slice_members(self.read(shard, start, end - start), start, members)
+
+
+@dataclass(frozen=True)
+class ShardSetCheck:
+    """What `verify_shard_set` found: index rows, samples counted in the shard files, and problems."""
+
+    index_rows: int
+    samples: int
+    problems: tuple[str, ...]
+
+
+def _verify_shard(folder: Path, index: ShardIndex, number: int, files: ShardFiles) -> tuple[int, list[str]]:
+    """(samples found in shard `number`, problems with it and its index entries)."""
+    shard = index.shards[number]
+    path = folder / shard.name
+    if not path.is_file():
+        return 0, [f"{path}: listed in the index but missing"]
+    digest = storage.digest_file(path)
+    problems = [] if (digest.size, digest.sha256) == (shard.bytes, shard.sha256) else [
+        f"{path}: {digest.size} bytes, sha256 {digest.sha256[:12]}..., but the index records "
+        f"{shard.bytes} bytes, sha256 {shard.sha256[:12]}..."
+    ]
+    entries = [entry for entry in index.entries if entry.shard == number]
+    try:
+        samples = list(iter_tar_samples(path))
+    except DatasetAssetsError as error:
+        return 0, [*problems, str(error)]
+    if [key for key, _ in samples] != [entry.key for entry in entries]:
+        problems.append(f"{path}: its {len(samples)} sample keys differ from its {len(entries)} index rows")
+    for entry, (key, sample) in zip(entries, samples):
+        block = None if entry.block is None else index.blocks[entry.block]
+        try:
+            indexed = files.read_members(number, entry.members, block)
+        except DatasetAssetsError as error:
+            problems.append(f"sample {entry.key!r}: {error}")
+            continue
+        if indexed != sample:
+            problems.append(f"{path}: sample {key!r}: the bytes at its indexed offsets differ from the tar's members")
+    return len(samples), problems
+
+
+def verify_shard_set(folder: Path) -> ShardSetCheck:
+    """Read every shard of the set sequentially and through its index, and compare.
+
+    Problems: a shard missing or whose size/sha256 differ from the index, a `*.tar` in the
+    folder that the index does not list (its samples are counted), an unreadable or unsafe tar,
+    keys out of step with the index, an entry past the end of its shard, or bytes read at an
+    entry's offsets that differ from what sequential tar reading yields.
+    """
+    index = read_index(folder)
+    files = ShardFiles([str(folder / shard.name) for shard in index.shards])
+    samples, problems = 0, []
+    for number in range(len(index.shards)):
+        found, shard_problems = _verify_shard(folder, index, number, files)
+        samples += found
+        problems += shard_problems
+    listed = {folder / shard.name for shard in index.shards}
+    for stray in sorted(set(folder.glob("*.tar")) - listed):
+        problems.append(f"{stray}: a shard in the set's folder that the index does not list")
+        try:
+            samples += count_samples(stray)
+        except DatasetAssetsError as error:
+            problems.append(str(error))
+    return ShardSetCheck(len(index), samples, tuple(problems))

@@ -1,21 +1,34 @@
-"""Local storage primitives: atomic publish of files and folders, and file digests.
+"""Storage primitives: atomic publish of files and folders, digests, and transfer destinations.
 
 A reader must never see a half-written file at its final path: everything is written to a
 sibling `*.part` path, flushed and fsynced, then renamed into place (rename is atomic within a
 filesystem). Folders are published by building a sibling staging folder and swapping it in.
+
+Downloads write through one small interface, `Destination` -> `FileSink`, so the transfer engine
+does not care where bytes land: `LocalDestination` (a folder; the `.part` file and its sidecar
+survive interruptions and are resumed) here, `S3Destination` (multipart upload) in `core.s3`.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from dataset_assets.core.errors import DatasetAssetsError
 
 CHUNK_BYTES = 1 << 20
+HASH_BATCH_BYTES = 1 << 20
+_hashers_lock = threading.Lock()
+_hashers: tuple[int, ThreadPoolExecutor] | None = None
 
 
 @dataclass(frozen=True)
@@ -25,15 +38,61 @@ class FileDigest:
     sha256: str
 
 
-def digest_file(path: Path) -> FileDigest:
-    """Size, sha1 and sha256 of a file, read once in 1 MiB chunks."""
-    sha1, sha256, size = hashlib.sha1(), hashlib.sha256(), 0
+def _hash_pool() -> ThreadPoolExecutor:
+    """This process's hashing helper threads; a forked child makes its own (threads do not survive fork)."""
+    global _hashers
+    with _hashers_lock:
+        if _hashers is None or _hashers[0] != os.getpid():
+            _hashers = (os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="digest"))
+        return _hashers[1]
+
+
+class StreamDigest:
+    """Size, sha1 and sha256 of a byte stream, fed chunk by chunk, hashed off the caller's thread.
+
+    Chunks are batched to `HASH_BATCH_BYTES` and hashed on a helper thread, one batch behind
+    (hashlib releases the GIL), so the thread receiving and writing bytes does not wait for them.
+    """
+
+    def __init__(self) -> None:
+        self._sha1, self._sha256, self.size = hashlib.sha1(), hashlib.sha256(), 0
+        self._batch: list[bytes] = []
+        self._batched = 0
+        self._pending: Future[None] | None = None
+
+    def update(self, chunk: bytes) -> None:
+        self._batch.append(chunk)
+        self._batched += len(chunk)
+        self.size += len(chunk)
+        if self._batched >= HASH_BATCH_BYTES:
+            batch, self._batch, self._batched = self._batch, [], 0
+            self._wait()
+            self._pending = _hash_pool().submit(self._hash, batch)
+
+    def _hash(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self._sha1.update(chunk)
+            self._sha256.update(chunk)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def result(self) -> FileDigest:
+        self._wait()
+        self._hash(self._batch)
+        self._batch, self._batched = [], 0
+        return FileDigest(size=self.size, sha1=self._sha1.hexdigest(), sha256=self._sha256.hexdigest())
+
+
+def digest_file(path: Path, digest: StreamDigest | None = None) -> FileDigest:
+    """Size, sha1 and sha256 of a file, read once in 1 MiB chunks (into `digest` if given)."""
+    digest = digest or StreamDigest()
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK_BYTES):
-            sha1.update(chunk)
-            sha256.update(chunk)
-            size += len(chunk)
-    return FileDigest(size=size, sha1=sha1.hexdigest(), sha256=sha256.hexdigest())
+            digest.update(chunk)
+    return digest.result()
 
 
 def fsync_path(path: Path) -> None:
@@ -93,3 +152,127 @@ def atomic_folder(final: Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)
+
+
+class StorageError(DatasetAssetsError):
+    """A destination refused or lost bytes; the message names the object and the operation."""
+
+
+class FileSink(Protocol):
+    """Where one file's bytes go, possibly across several HTTP attempts.
+
+    `held` bytes (the resume offset) were fetched under `validator` (the server's ETag) when the
+    server announced `total` bytes; `restart` drops them. `commit` publishes what was written,
+    atomically; `close` releases the sink, keeping held bytes for a later run where it can.
+    """
+
+    held: int
+    validator: str | None
+    total: int | None
+
+    def restart(self, validator: str | None, total: int | None) -> None: ...
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def digest(self) -> FileDigest: ...
+
+    def commit(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Destination(Protocol):
+    """A place files land, addressed by `<sequence>/<filename>` relative paths."""
+
+    def describe(self, relative_path: str = "") -> str: ...
+
+    def verified(self, relative_path: str, size: int | None, sha1: str | None) -> FileDigest | None: ...
+
+    def open(self, relative_path: str, sha1: str | None) -> FileSink: ...
+
+
+def matches(digest: FileDigest, size: int | None, sha1: str | None) -> bool:
+    """Whether `digest` agrees with whichever of the expected size and sha1 are known."""
+    return (size is None or digest.size == size) and (sha1 is None or digest.sha1 == sha1)
+
+
+class _LocalSink:
+    """`<file>.part` plus `<file>.part.json` ({"etag", "total"}) beside the final path."""
+
+    def __init__(self, final: Path) -> None:
+        self._final = final
+        self._part = final.with_name(final.name + ".part")
+        self._sidecar = final.with_name(final.name + ".part.json")
+        self._digest = StreamDigest()
+        self._handle: BinaryIO | None = None
+        state = self._read_sidecar()
+        etag, total = state.get("etag"), state.get("total")
+        self.validator: str | None = etag if isinstance(etag, str) else None
+        self.total: int | None = total if isinstance(total, int) else None
+        self.held = digest_file(self._part, self._digest).size if self._part.exists() else 0
+
+    def _read_sidecar(self) -> dict[str, object]:
+        try:
+            state = json.loads(self._sidecar.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def restart(self, validator: str | None, total: int | None) -> None:
+        self._close_handle()
+        # Truncate before recording the new validator: a crash in between leaves an empty part.
+        self._final.parent.mkdir(parents=True, exist_ok=True)
+        self._part.write_bytes(b"")
+        self._sidecar.write_text(json.dumps({"etag": validator, "total": total}))
+        self.validator, self.total, self.held = validator, total, 0
+        self._digest = StreamDigest()
+
+    def write(self, chunk: bytes) -> None:
+        if self._handle is None:
+            self._final.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self._part, "ab")
+        self._handle.write(chunk)
+        self._digest.update(chunk)
+        self.held += len(chunk)
+
+    def digest(self) -> FileDigest:
+        if self._handle is not None:
+            self._handle.flush()
+        return self._digest.result()
+
+    def commit(self) -> None:
+        if not self._part.exists():
+            self._part.write_bytes(b"")
+        self._close_handle()
+        # Sidecar first: a crash before the rename leaves a complete part that is verified again.
+        self._sidecar.unlink(missing_ok=True)
+        publish_file(self._part, self._final)
+
+    def close(self) -> None:
+        self._close_handle()
+
+    def _close_handle(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+class LocalDestination:
+    """Files under `root/<sequence>/<filename>`, resumable through their `.part` files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def describe(self, relative_path: str = "") -> str:
+        return str(self.root / relative_path) if relative_path else str(self.root)
+
+    def verified(self, relative_path: str, size: int | None, sha1: str | None) -> FileDigest | None:
+        """The digest of a final file that matches the expected size and sha1, else None."""
+        final = self.root / relative_path
+        if not final.is_file() or (size is not None and final.stat().st_size != size):
+            return None
+        digest = digest_file(final)
+        return digest if matches(digest, size, sha1) else None
+
+    def open(self, relative_path: str, sha1: str | None) -> FileSink:
+        return _LocalSink(self.root / relative_path)

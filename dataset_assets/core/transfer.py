@@ -1,41 +1,54 @@
-"""Resumable, verified, concurrent HTTP downloads of manifest entries.
+"""Resumable, verified, concurrent HTTP downloads of manifest entries into a local folder or an S3 bucket.
 
 One `httpx.Client` (connection reuse) and one retry policy (tenacity: exponential backoff with
-jitter on connection errors, 429 and 5xx, honouring Retry-After) serve every transfer. A file is
-streamed into `<name>.part`; after an interruption the next attempt asks for the missing bytes
-with an HTTP Range request and appends. A server that ignores Range (200 instead of 206) or whose
-content changed (ETag differs from the one recorded beside the `.part`) makes the transfer restart
-cleanly from byte 0. Size and sha1 are verified (sha256 recorded) before the atomic rename, and a
-final file that already matches its sha1 is never fetched again.
+jitter on connection errors, 429 and 5xx, honouring Retry-After) serve every transfer;
+`settings.workers` files are in flight at once. Each file streams from its response into a
+`FileSink` of its `Destination` (`core.storage` for folders, `core.s3` for buckets), which holds
+the bytes received so far. After an interruption the next attempt (or the next run, for folders)
+asks for the missing bytes with `Range` + `If-Range` and appends. A server that ignores the range
+or whose content changed (ETag or total size differ from those the held bytes were fetched under)
+answers the whole file, or is asked again, and the transfer restarts cleanly from byte 0. Size and
+sha1 are verified (sha256 recorded) before the sink publishes atomically, and a file already
+complete and verified at the destination is never fetched again.
 
-Signed links expire: an entry whose URL expiry has passed is not attempted, and 401/403/410 on a
-signed URL is not retried; both raise `LinkExpired`, which names the files that need fresh links.
+Signed links expire: an entry whose URL expiry has passed is not requested, and 401/403/410 is not
+retried; both end in `LinkExpired`, which names the files needing fresh links. Given `refresh` (a
+callable returning a fresh manifest), the engine fetches new links instead, once per wave of
+expiries, and continues from the bytes it already holds.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import os
+import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
+import httpcore
 import httpx
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.manifest import ManifestEntry, UrlManifest, load_manifest_file, parse_manifest
 from dataset_assets.core.redaction import get_logger, redact_text
-from dataset_assets.core.storage import CHUNK_BYTES, digest_file, publish_file
+from dataset_assets.core.storage import Destination, FileDigest, FileSink, LocalDestination, matches
 
 logger = get_logger(__name__)
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 EXPIRY_STATUS = frozenset({401, 403, 410})
+MIB = 1 << 20
+READ_BYTES = 1 << 20
 ProgressCallback = Callable[[int], None]
+Refresh = Callable[[], UrlManifest]
+T = TypeVar("T")
 
 
 class TransferError(DatasetAssetsError):
@@ -49,8 +62,12 @@ class ChecksumMismatch(TransferError):
     """The downloaded bytes do not match the manifest's size or sha1."""
 
 
+class TransferCancelled(TransferError):
+    """The transfer was interrupted (Ctrl-C); held bytes are kept for the next run."""
+
+
 class RetryableStatus(TransferError):
-    """A 429/5xx answer, retried by the retry policy (after Retry-After if the server gave one)."""
+    """A 429/5xx answer or a restart, retried by the retry policy (after Retry-After if the server gave one)."""
 
     def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message)
@@ -58,7 +75,7 @@ class RetryableStatus(TransferError):
 
 
 class LinkExpired(TransferError):
-    """Signed links expired (or were refused); `files` lists `<sequence>/<file>` needing fresh links."""
+    """Signed links expired (or were refused); `files` lists `<config>/<sequence>/<file>` needing fresh links."""
 
     def __init__(self, files: Iterable[str], detail: str = "") -> None:
         self.files = tuple(sorted(set(files)))
@@ -69,11 +86,41 @@ class LinkExpired(TransferError):
 
 @dataclass(frozen=True)
 class TransferSettings:
-    workers: int = 4
+    """Files in flight (network-bound, so more than cores), retries, timeouts and link refreshes per file."""
+
+    workers: int = 8
     max_attempts: int = 5
     backoff_initial_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
     timeout_seconds: float = 60.0
+    max_link_refreshes: int = 2
+
+
+class TransferProgress(Protocol):
+    """Per-file progress: `start` (again after a restart), `advance` by fetched bytes, `finish`."""
+
+    def start(self, key: str, total: int | None, done: int) -> None: ...
+
+    def advance(self, key: str, nbytes: int) -> None: ...
+
+    def finish(self, key: str, status: str) -> None: ...
+
+
+class _BytesProgress:
+    """Adapts a plain `callback(bytes_fetched)` (e.g. Dagster's `LoggedProgress`) to `TransferProgress`."""
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self._callback = callback
+
+    def start(self, key: str, total: int | None, done: int) -> None:
+        pass
+
+    def advance(self, key: str, nbytes: int) -> None:
+        if self._callback is not None:
+            self._callback(nbytes)
+
+    def finish(self, key: str, status: str) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -95,8 +142,17 @@ class FileResult:
 
 @dataclass(frozen=True)
 class DownloadReport:
+    """Verified files, failures (`<config>/<sequence>/<file>` -> why, URLs redacted) and timing."""
+
     results: tuple[FileResult, ...]
     failures: dict[str, str] = field(default_factory=dict)
+    expired: tuple[str, ...] = ()
+    elapsed_seconds: float = 0.0
+    destinations: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
 
     @property
     def bytes_fetched(self) -> int:
@@ -104,31 +160,112 @@ class DownloadReport:
 
     @property
     def data_version(self) -> str:
-        """A hash of every verified file's key and sha256: equal downloads have equal versions."""
-        listing = "".join(f"{result.key}:{result.sha256};" for result in self.results)
+        """A hash of every verified file's key, size and sha1: equal downloads have equal versions."""
+        listing = "".join(f"{result.key}:{result.size}:{result.sha1};" for result in self.results)
         return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
     def count(self, status: str) -> int:
         return sum(1 for result in self.results if result.status == status)
 
+    def throughput_mib_per_second(self) -> float:
+        return self.bytes_fetched / MIB / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"{len(self.results) + len(self.failures)} file(s): {self.count('downloaded')} downloaded, "
+                f"{self.count('resumed')} resumed, {self.count('skipped')} skipped, {len(self.failures)} failed; "
+                f"{self.bytes_fetched / MIB:.1f} MiB fetched in {self.elapsed_seconds:.1f} s "
+                f"({self.throughput_mib_per_second():.1f} MiB/s)")
+
     def metadata(self) -> dict[str, object]:
-        """Counts, bytes and per-file digests keyed `<config>/<sequence>/<file>`."""
+        """Counts, bytes, throughput, destinations, failures and per-file digests keyed `<config>/<sequence>/<file>`."""
         return {
             "files": len(self.results),
             "downloaded": self.count("downloaded"),
             "resumed": self.count("resumed"),
             "skipped": self.count("skipped"),
+            "failed": len(self.failures),
             "bytes_fetched": self.bytes_fetched,
             "bytes_total": sum(result.size for result in self.results),
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "throughput_mib_per_second": round(self.throughput_mib_per_second(), 2),
+            "destinations": dict(self.destinations),
+            "failures": dict(self.failures),
             "sha1": {result.key: result.sha1 for result in self.results},
             "sha256": {result.key: result.sha256 for result in self.results},
         }
 
+    def raise_for_failures(self) -> None:
+        """`LinkExpired` naming every file whose link expired, else `TransferError` listing each failure."""
+        if self.expired:
+            raise LinkExpired(self.expired)
+        if self.failures:
+            listed = "; ".join(f"{path}: {why}" for path, why in sorted(self.failures.items()))
+            raise TransferError(f"{len(self.failures)} of {len(self.results) + len(self.failures)} "
+                                f"file(s) failed: {listed}")
+
+
+class _BulkReadStream(httpcore.NetworkStream):
+    """A socket stream whose reads take whatever the socket holds, up to `READ_BYTES`.
+
+    httpcore asks for 64 KiB per read; on multi-GiB bodies the per-read work (h11 events and
+    buffer copies) then costs more CPU than the bytes themselves, so reads are made larger.
+    """
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max(max_bytes, READ_BYTES), timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _BulkReadStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _BulkReadBackend(httpcore.NetworkBackend):
+    """httpcore's sync socket backend, handing out `_BulkReadStream`s."""
+
+    def __init__(self) -> None:
+        self._backend = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None) -> httpcore.NetworkStream:
+        return _BulkReadStream(self._backend.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None) -> httpcore.NetworkStream:
+        return _BulkReadStream(self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    """Loading the CA store costs a fifth of a second: one verifying context serves every client."""
+    return httpx.create_ssl_context()
+
 
 def make_client(settings: TransferSettings = TransferSettings()) -> httpx.Client:
-    limits = httpx.Limits(max_connections=max(settings.workers, 1) * 2,
-                          max_keepalive_connections=max(settings.workers, 1) * 2)
-    return httpx.Client(timeout=settings.timeout_seconds, limits=limits, follow_redirects=True)
+    """The one HTTP client: a keep-alive pool sized to the workers, reading sockets in bulk."""
+    connections = max(settings.workers, 1) * 2
+    ssl_context = _ssl_context()
+    transport = httpx.HTTPTransport(verify=ssl_context, limits=httpx.Limits(
+        max_connections=connections, max_keepalive_connections=connections))
+    # httpx cannot pass a network backend to its transport yet (encode/httpx#3749): swap in a pool that has one.
+    transport._pool = httpcore.ConnectionPool(ssl_context=ssl_context, max_connections=connections,
+                                              max_keepalive_connections=connections, keepalive_expiry=5.0,
+                                              network_backend=_BulkReadBackend())
+    return httpx.Client(timeout=settings.timeout_seconds, transport=transport, follow_redirects=True)
 
 
 def _retry_after_seconds(response: httpx.Response) -> float | None:
@@ -148,9 +285,10 @@ def _is_retryable(error: BaseException) -> bool:
     return isinstance(error, (httpx.TransportError, RetryableStatus))
 
 
-def _retrying(settings: TransferSettings) -> Callable[[Callable[..., FileResult]], Callable[..., FileResult]]:
+def _retrying(settings: TransferSettings) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """The single retry policy: exponential backoff with jitter, overridden by Retry-After."""
-    backoff = wait_exponential_jitter(multiplier=settings.backoff_initial_seconds, max=settings.backoff_max_seconds)
+    backoff = wait_exponential_jitter(multiplier=settings.backoff_initial_seconds, max=settings.backoff_max_seconds,
+                                      jitter=settings.backoff_initial_seconds)
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
@@ -202,181 +340,271 @@ def fetch_manifest(location: str, client: httpx.Client | None = None) -> tuple[U
     return parse_manifest(decoded, location), data
 
 
-def _part_paths(final: Path) -> tuple[Path, Path]:
-    return final.with_name(final.name + ".part"), final.with_name(final.name + ".part.json")
-
-
-def _verified_existing(final: Path, entry: ManifestEntry) -> FileResult | None:
-    """A final file that matches the manifest's size and sha1 is complete: never fetch it again."""
-    if not final.exists():
-        return None
-    digest = digest_file(final)
-    if (entry.sha1 is None or digest.sha1 == entry.sha1) and (entry.size is None or digest.size == entry.size):
-        return FileResult(entry.config, entry.relative_path, "skipped", digest.size, digest.sha1, digest.sha256, 0)
-    logger.warning("%s exists but does not match the manifest; downloading it again", entry.relative_path)
-    final.unlink()
-    return None
-
-
 def _check_expiry(entry: ManifestEntry) -> None:
     expires_at = entry.expires_at
     if expires_at is not None and expires_at <= datetime.now(timezone.utc):
-        raise LinkExpired([entry.relative_path], f"(link expired at {expires_at.isoformat()})")
+        raise LinkExpired([f"{entry.config}/{entry.relative_path}"],
+                          f"(link expired at {expires_at.isoformat()}; not requested)")
 
 
-class _PartFile:
-    """The `.part` file of one transfer plus the validator (ETag) it was fetched under."""
+def _announced_total(response: httpx.Response) -> int | None:
+    """The full size the server announces: Content-Range's `/total` for 206, Content-Length for 200."""
+    if response.status_code == 206:
+        total = response.headers.get("Content-Range", "").rpartition("/")[2]
+    else:
+        total = response.headers.get("Content-Length", "")
+    return int(total) if total.isdigit() else None
 
-    def __init__(self, final: Path) -> None:
-        self.path, self.sidecar = _part_paths(final)
 
-    def size(self) -> int:
-        return self.path.stat().st_size if self.path.exists() else 0
+class _FreshLinks:
+    """Fetches a fresh manifest when a link expires; one fetch serves every file of the same wave."""
 
-    def etag(self) -> str | None:
-        try:
-            return json.loads(self.sidecar.read_text()).get("etag")
-        except (FileNotFoundError, json.JSONDecodeError):
+    def __init__(self, refresh: Refresh) -> None:
+        self._refresh = refresh
+        self._lock = threading.Lock()
+        self._manifest: UrlManifest | None = None
+
+    def _lookup(self, stale: ManifestEntry) -> ManifestEntry | None:
+        if self._manifest is None:
             return None
+        entries = self._manifest.entries(stale.config, stale.sequence)
+        return next((entry for entry in entries if entry.filename == stale.filename), None)
 
-    def reset(self) -> None:
-        self.path.unlink(missing_ok=True)
-        self.sidecar.unlink(missing_ok=True)
-
-    def remember(self, etag: str | None) -> None:
-        self.sidecar.write_text(json.dumps({"etag": etag}))
-
-
-def _hash_prefix(path: Path, size: int) -> tuple[hashlib._Hash, hashlib._Hash]:
-    sha1, sha256 = hashlib.sha1(), hashlib.sha256()
-    if size:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(CHUNK_BYTES):
-                sha1.update(chunk)
-                sha256.update(chunk)
-    return sha1, sha256
+    def fresh(self, stale: ManifestEntry) -> ManifestEntry:
+        with self._lock:
+            current = self._lookup(stale)
+            if current is None or current.url == stale.url:
+                logger.info("%s: link expired; fetching a fresh manifest", stale.relative_path)
+                self._manifest = self._refresh()
+                current = self._lookup(stale)
+        if current is None:
+            raise TransferError(f"{stale.relative_path}: not in the refreshed manifest (config {stale.config})")
+        return current
 
 
-def _download_once(client: httpx.Client, entry: ManifestEntry, final: Path, settings: TransferSettings,
-                   progress: ProgressCallback | None) -> FileResult:
-    """One attempt: continue the `.part` from its current size, then verify and publish."""
-    _check_expiry(entry)
-    part = _PartFile(final)
-    offset = part.size()
-    if entry.size is not None and offset > entry.size:
-        part.reset()
-        offset = 0
-    # Identity encoding: byte offsets in Range and in the `.part` must mean bytes of the file itself.
-    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
-    with client.stream("GET", entry.url, headers=headers) as response:
+@dataclass
+class _Job:
+    """One file's transfer: its (possibly refreshed) entry, its sink and the bytes fetched so far.
+
+    `appended` says the held bytes include some from an earlier attempt or run (a resume).
+    """
+
+    entry: ManifestEntry
+    sink: FileSink
+    fetched: int = 0
+    appended: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.entry.config}/{self.entry.relative_path}"
+
+
+class _Engine:
+    """Transfers single files; `run` records each outcome so every file is attempted."""
+
+    def __init__(self, client: httpx.Client, destinations: Mapping[str, Destination], settings: TransferSettings,
+                 progress: TransferProgress, refresh: Refresh | None) -> None:
+        self._client = client
+        self._destinations = destinations
+        self._settings = settings
+        self._progress = progress
+        self._links = _FreshLinks(refresh) if refresh is not None else None
+        self._retry = _retrying(settings)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.results: list[FileResult] = []
+        self.failures: dict[str, str] = {}
+        self.expired: list[str] = []
+
+    def run(self, entry: ManifestEntry) -> None:
+        key = f"{entry.config}/{entry.relative_path}"
+        try:
+            result = self.transfer(entry)
+        except LinkExpired as error:
+            self._fail(key, str(error), error.files)
+        except (DatasetAssetsError, httpx.HTTPError, OSError) as error:
+            self._fail(key, redact_text(f"{type(error).__name__}: {error}"))
+        else:
+            with self.lock:
+                self.results.append(result)
+            self._progress.finish(key, result.status)
+
+    def _fail(self, key: str, why: str, expired: Iterable[str] = ()) -> None:
+        logger.warning("%s failed: %s", key, why)
+        with self.lock:
+            self.failures[key] = why
+            self.expired.extend(expired)
+        self._progress.finish(key, "failed")
+
+    def transfer(self, entry: ManifestEntry) -> FileResult:
+        destination = self._destinations[entry.config]
+        existing = destination.verified(entry.relative_path, entry.size, entry.sha1)
+        if existing is not None:
+            return FileResult(entry.config, entry.relative_path, "skipped", existing.size, existing.sha1,
+                              existing.sha256, 0)
+        job = _Job(entry, destination.open(entry.relative_path, entry.sha1))
+        try:
+            digest = self._with_fresh_links(job, destination)
+        finally:
+            job.sink.close()
+        status = "resumed" if job.appended else "downloaded"
+        return FileResult(entry.config, entry.relative_path, status, digest.size, digest.sha1, digest.sha256,
+                          job.fetched)
+
+    def _with_fresh_links(self, job: _Job, destination: Destination) -> FileDigest:
+        refreshes = 0
+        while True:
+            try:
+                return self._retry(self._attempt)(job)
+            except LinkExpired:
+                if self._links is None or refreshes >= self._settings.max_link_refreshes:
+                    raise
+            fresh = self._links.fresh(job.entry)
+            if (fresh.sha1, fresh.size) != (job.entry.sha1, job.entry.size):
+                job.sink.close()
+                job.sink = destination.open(fresh.relative_path, fresh.sha1)
+            job.entry, refreshes = fresh, refreshes + 1
+
+    def _attempt(self, job: _Job) -> FileDigest:
+        """One attempt: continue from the held bytes, then verify and publish."""
+        entry, sink = job.entry, job.sink
+        _check_expiry(entry)
+        if entry.size is not None and sink.held > entry.size:
+            sink.restart(None, None)
+        self._progress.start(job.key, entry.size, sink.held)
+        job.appended = sink.held > 0
+        # Everything already held (a run stopped between the last byte and the rename): only verify.
+        if sink.held == 0 or sink.held != entry.size:
+            self._fetch(job)
+        return self._verify_and_commit(job)
+
+    def _fetch(self, job: _Job) -> None:
+        entry, sink = job.entry, job.sink
+        offset = sink.held
+        # Identity encoding: byte offsets in Range and in the held bytes must mean bytes of the file itself.
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if sink.validator and not sink.validator.startswith("W/"):
+                headers["If-Range"] = sink.validator
+        with self._client.stream("GET", entry.url, headers=headers) as response:
+            self._check_status(entry, response, offset, sink)
+            etag, total = response.headers.get("ETag"), _announced_total(response)
+            if entry.size is not None and total is not None and total != entry.size:
+                sink.restart(None, None)
+                raise ChecksumMismatch(f"{entry.relative_path}: server announces {total} bytes, "
+                                       f"manifest says {entry.size} (content changed upstream?)")
+            if response.status_code == 206:
+                self._check_continuation(entry, response, offset, sink, etag, total)
+            else:
+                if offset:
+                    logger.info("%s: server sent the whole file instead of bytes %d-; restarting from byte 0",
+                                entry.relative_path, offset)
+                sink.restart(etag, total)
+                job.appended = False
+                self._progress.start(job.key, entry.size, 0)
+            # iter_raw yields bytes as they arrive, so a dropped connection loses nothing already received.
+            for chunk in response.iter_raw():
+                if self.stop.is_set():
+                    raise TransferCancelled(f"{entry.relative_path}: cancelled; {sink.held} bytes held")
+                sink.write(chunk)
+                job.fetched += len(chunk)
+                self._progress.advance(job.key, len(chunk))
+
+    @staticmethod
+    def _check_status(entry: ManifestEntry, response: httpx.Response, offset: int, sink: FileSink) -> None:
         status = response.status_code
         if status == 416 and offset:
-            part.reset()
+            sink.restart(None, None)
             raise RetryableStatus(f"{entry.relative_path}: range {offset}- not satisfiable; restarting", 0.0)
         if status in EXPIRY_STATUS:
-            raise LinkExpired([entry.relative_path], f"(HTTP {status})")
+            raise LinkExpired([f"{entry.config}/{entry.relative_path}"], f"(HTTP {status})")
         if status in RETRYABLE_STATUS:
             raise RetryableStatus(f"{entry.relative_path}: HTTP {status} from {entry.url}",
                                   _retry_after_seconds(response))
         if status not in (200, 206):
             raise TransferError(f"{entry.relative_path}: HTTP {status} from {entry.url}")
-        etag = response.headers.get("ETag")
-        resuming = status == 206 and offset > 0
-        if resuming and etag is not None and part.etag() not in (None, etag):
-            part.reset()
-            raise RetryableStatus(f"{entry.relative_path}: content changed upstream (ETag); restarting", 0.0)
-        if resuming and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
-            part.reset()
-            raise RetryableStatus(f"{entry.relative_path}: unexpected Content-Range; restarting", 0.0)
-        if not resuming:
-            offset = 0
-        part.remember(etag)
-        sha1, sha256 = _hash_prefix(part.path, offset)
-        fetched = 0
-        with open(part.path, "ab" if resuming else "wb") as handle:
-            # iter_raw yields bytes as they arrive, so a dropped connection loses nothing already received.
-            for chunk in response.iter_raw():
-                handle.write(chunk)
-                sha1.update(chunk)
-                sha256.update(chunk)
-                fetched += len(chunk)
-                if progress is not None:
-                    progress(len(chunk))
-            handle.flush()
-            os.fsync(handle.fileno())
-    size = offset + fetched
-    if (entry.size is not None and size != entry.size) or (entry.sha1 is not None and sha1.hexdigest() != entry.sha1):
-        part.reset()
-        raise ChecksumMismatch(
-            f"{entry.relative_path}: downloaded {size} bytes with sha1 {sha1.hexdigest()}, "
-            f"manifest says {entry.size} bytes with sha1 {entry.sha1}"
-        )
-    publish_file(part.path, final)
-    part.sidecar.unlink(missing_ok=True)
-    status_name = "resumed" if resuming else "downloaded"
-    return FileResult(entry.config, entry.relative_path, status_name, size, sha1.hexdigest(), sha256.hexdigest(),
-                      fetched)
+
+    @staticmethod
+    def _check_continuation(entry: ManifestEntry, response: httpx.Response, offset: int, sink: FileSink,
+                            etag: str | None, total: int | None) -> None:
+        """A 206 must continue the held bytes of the same content; otherwise restart from byte 0."""
+        starts_right = response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+        etag_changed = etag is not None and sink.validator is not None and etag != sink.validator
+        size_changed = total is not None and sink.total is not None and total != sink.total
+        if not starts_right or etag_changed or size_changed:
+            sink.restart(None, None)
+            raise RetryableStatus(f"{entry.relative_path}: content changed upstream or unexpected Content-Range; "
+                                  "restarting from byte 0", 0.0)
+
+    def _verify_and_commit(self, job: _Job) -> FileDigest:
+        entry, sink = job.entry, job.sink
+        digest = sink.digest()
+        if not matches(digest, entry.size, entry.sha1):
+            sink.restart(None, None)
+            message = (f"{entry.relative_path}: got {digest.size} bytes with sha1 {digest.sha1}, "
+                       f"manifest says {entry.size} bytes with sha1 {entry.sha1}")
+            if job.appended:
+                # Bytes held from an earlier attempt may be stale: one clean restart settles it.
+                raise RetryableStatus(f"{message}; restarting from byte 0", 0.0)
+            raise ChecksumMismatch(message)
+        sink.commit()
+        return digest
 
 
-def download_entry(client: httpx.Client, entry: ManifestEntry, out_folder: Path,
-                   settings: TransferSettings = TransferSettings(),
-                   progress: ProgressCallback | None = None) -> FileResult:
-    """Download one entry to `out_folder/<sequence>/<filename>`, resuming and verifying."""
-    final = out_folder / entry.sequence / entry.filename
-    existing = _verified_existing(final, entry)
-    if existing is not None:
-        return existing
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fetched_before = _PartFile(final).size()
-    result = _retrying(settings)(_download_once)(client, entry, final, settings, progress)
-    if fetched_before and result.status == "downloaded":
-        logger.info("%s: restarted from byte 0 (server ignored Range or content changed)", entry.relative_path)
-    return result
+def _as_destination(target: Path | Destination) -> Destination:
+    return LocalDestination(target) if isinstance(target, Path) else target
 
 
-def download_entries(entries: Iterable[ManifestEntry], folders: Mapping[str, Path],
+def transfer_entries(entries: Iterable[ManifestEntry], destinations: Mapping[str, Path | Destination],
                      settings: TransferSettings = TransferSettings(),
-                     progress: ProgressCallback | None = None,
-                     client: httpx.Client | None = None) -> DownloadReport:
-    """Download every entry to `folders[entry.config]/<sequence>/<file>`, `settings.workers` in flight.
+                     progress: TransferProgress | ProgressCallback | None = None,
+                     client: httpx.Client | None = None, refresh: Refresh | None = None) -> DownloadReport:
+    """Transfer every entry to `destinations[entry.config]` (a folder or a `Destination`) and report.
 
-    Every file is attempted even when some fail, so verified bytes accumulate. Afterwards, if any
-    link expired, `LinkExpired` names all such files; any other failure raises `TransferError`
-    listing each failed file and why.
+    Every file is attempted even when some fail, so verified bytes accumulate; failures are in
+    the report, not raised. `refresh` returns a fresh manifest when links expire (see module doc).
     """
     entries = list(entries)
+    targets = {config: _as_destination(target) for config, target in destinations.items()}
+    unknown = sorted({entry.config for entry in entries} - set(targets))
+    if unknown:
+        raise TransferError(f"no destination for config(s) {', '.join(unknown)}")
+    tracker = progress if progress is not None and not callable(progress) else _BytesProgress(progress)
     owned = client is None
     client = client or make_client(settings)
-    results: list[FileResult] = []
-    failures: dict[str, str] = {}
-    expired: list[str] = []
-    lock = threading.Lock()
-
-    def run(entry: ManifestEntry) -> None:
-        try:
-            result = download_entry(client, entry, folders[entry.config], settings, progress)
-        except LinkExpired as error:
-            with lock:
-                expired.extend(error.files)
-                failures[f"{entry.config}/{entry.relative_path}"] = str(error)
-        except (TransferError, httpx.HTTPError, OSError) as error:
-            with lock:
-                failures[f"{entry.config}/{entry.relative_path}"] = redact_text(
-                    f"{type(error).__name__}: {error}")
-        else:
-            with lock:
-                results.append(result)
-
+    engine = _Engine(client, targets, settings, tracker, refresh)
+    started = time.monotonic()
     try:
         with ThreadPoolExecutor(max_workers=max(settings.workers, 1), thread_name_prefix="download") as pool:
-            list(pool.map(run, entries))
+            futures = [pool.submit(engine.run, entry) for entry in entries]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+            except BaseException:
+                engine.stop.set()
+                for future in futures:
+                    future.cancel()
+                raise
     finally:
         if owned:
             client.close()
-    report = DownloadReport(tuple(sorted(results, key=lambda r: r.key)), failures)
-    if expired:
-        raise LinkExpired(expired)
-    if failures:
-        listed = "; ".join(f"{path}: {why}" for path, why in sorted(failures.items()))
-        raise TransferError(f"{len(failures)} of {len(entries)} file(s) failed: {listed}")
+    report = DownloadReport(tuple(sorted(engine.results, key=lambda r: r.key)), dict(sorted(engine.failures.items())),
+                            tuple(sorted(set(engine.expired))), time.monotonic() - started,
+                            {config: target.describe() for config, target in sorted(targets.items())})
+    logger.info("download finished: %s", report.summary())
+    return report
+
+
+def download_entries(entries: Iterable[ManifestEntry], folders: Mapping[str, Path | Destination],
+                     settings: TransferSettings = TransferSettings(),
+                     progress: TransferProgress | ProgressCallback | None = None,
+                     client: httpx.Client | None = None, refresh: Refresh | None = None) -> DownloadReport:
+    """`transfer_entries`, then raise if anything failed.
+
+    Afterwards, if any link expired, `LinkExpired` names all such files; any other failure raises
+    `TransferError` listing each failed file and why.
+    """
+    report = transfer_entries(entries, folders, settings, progress, client, refresh)
+    report.raise_for_failures()
     return report

@@ -1,10 +1,15 @@
-"""Date-versioned asset datasets: prepare annotations, pack reproducible tarballs, extract safely.
+"""Date-versioned asset datasets: components, download by version, prepare, pack, extract safely.
 
 A version (`YYYY_MM_DD`) holds `annotations.json.gz` (every object's annotation merged), an
-`assets.tar` of the `assets/` tree (OS junk and per-object metadata excluded), and optional
-feature files. Packing is reproducible: sorted members, mtime 0, uid/gid 0, fixed modes, so the
-same tree always gives the same bytes; a member manifest with sha256 is written beside the tar.
-Extraction refuses members that would escape, links and devices, and archives over a size limit.
+`assets.tar` of the `assets/` tree (OS junk and per-object metadata excluded), optional
+`features.tar` and base data (`holodeck/<version>.tar` upstream). Locally a version lives in its
+own folder `<root>/<dataset>/<version>/` (default root `~/.dataset_assets`), mirroring the seed:
+`annotations.json.gz`, `assets.tar` + `assets/`, `features.tar` + `features/`, `holodeck.tar` +
+`holodeck/`. Downloads go through `core.transfer` (resumable, verified, an existing file is kept)
+and are checked against the catalog's sha256 pins. Packing is reproducible: sorted members,
+mtime 0, uid/gid 0, fixed modes, so the same tree always gives the same bytes; a member manifest
+with sha256 is written beside the tar. Extraction refuses members that would escape, links and
+devices, and archives over a size limit, and publishes the extracted folder atomically.
 """
 from __future__ import annotations
 
@@ -17,19 +22,25 @@ import json
 import re
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from dataset_assets.core.errors import DatasetAssetsError, InvalidInputError, UnsafeArchiveError
+from dataset_assets.core.manifest import ManifestEntry
 from dataset_assets.core.shards import check_member
-from dataset_assets.core.storage import atomic_file, atomic_folder, digest_file
+from dataset_assets.core.storage import atomic_file, atomic_folder, digest_file, write_bytes_atomic
+from dataset_assets.core.transfer import ChecksumMismatch, FileResult, TransferSettings, download_entries
 
 VERSION_PATTERN = re.compile(r"^(\d{4})_(\d{2})_(\d{2})$")
 OBJECT_ANNOTATION = "annotations.json"
 ANNOTATIONS_FILE = "annotations.json.gz"
 ASSETS_TAR = "assets.tar"
+FEATURES_TAR = "features.tar"
+DEFAULT_CACHE_ROOT = "~/.dataset_assets"
 DEFAULT_EXCLUDES: tuple[str, ...] = (
     "annotations.json.gz", "thor_metadata.json", ".DS_Store", "._*", ".Spotlight-V100", ".Trashes",
     ".fseventsd", ".VolumeIcon.icns", ".apdisk", ".TemporaryItems", "*.lock",
@@ -52,6 +63,88 @@ def check_version(value: object, source: str, field: str) -> str:
     except ValueError as error:
         raise InvalidInputError(source, field, value, f"is not a real date ({error})") from error
     return value
+
+
+@dataclass(frozen=True)
+class ComponentKind:
+    """One kind of component: its default path below the base URL (`{version}` is replaced), its file in
+    the version folder and, for tarballs, the folder it is extracted to; `published` ones are uploaded."""
+
+    name: str
+    default_path: str
+    filename: str
+    folder: str | None = None
+    published: bool = True
+
+
+COMPONENT_KINDS: Mapping[str, ComponentKind] = {kind.name: kind for kind in (
+    ComponentKind("annotations", "{version}/" + ANNOTATIONS_FILE, ANNOTATIONS_FILE),
+    ComponentKind("assets", "{version}/" + ASSETS_TAR, ASSETS_TAR, "assets"),
+    ComponentKind("features", "{version}/" + FEATURES_TAR, FEATURES_TAR, "features"),
+    ComponentKind("base_data", "holodeck/{version}.tar", "holodeck.tar", "holodeck", published=False),
+)}
+REQUIRED_COMPONENTS = ("annotations", "assets")
+
+
+@dataclass(frozen=True)
+class Component:
+    """A catalog component: where each version's file is below the base URL and its pinned sha256 per version."""
+
+    kind: ComponentKind
+    path: str
+    sha256: Mapping[str, str] = field(default_factory=dict)
+
+    def url(self, base_url: str, version: str) -> str:
+        return f"{base_url.rstrip('/')}/{self.path.replace('{version}', version)}"
+
+
+@dataclass(frozen=True)
+class PublishSpec:
+    """Where versions are published: `s3://<bucket>/<prefix>/<dataset>/<version>/`, and how (multipart)."""
+
+    bucket: str
+    prefix: str = ""
+    part_size_mib: int = 16
+    concurrency: int = 8
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True)
+class VersionedSource:
+    """A `kind: versioned` dataset: its base URL, versions (empty: dynamic), components and publish target."""
+
+    base_url: str
+    versions: tuple[str, ...]
+    components: Mapping[str, Component]
+    publish: PublishSpec | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        """Versions are not listed in the catalog but discovered where they are published."""
+        return not self.versions
+
+    def require_version(self, value: object, source: str, field_name: str) -> str:
+        version = check_version(value, source, field_name)
+        if self.versions and version not in self.versions:
+            raise InvalidInputError(source, field_name, value, f"is not a version of this dataset "
+                                                               f"(versions: {', '.join(self.versions)})")
+        return version
+
+    def component(self, name: str, source: str, field_name: str) -> Component:
+        if name not in self.components:
+            raise InvalidInputError(source, field_name, name, f"is not a component of this dataset "
+                                                              f"(components: {', '.join(self.components)})")
+        return self.components[name]
+
+    def published_files(self) -> list[str]:
+        """Files a version publishes, annotations last: its object marks the version complete."""
+        kinds = [component.kind for component in self.components.values() if component.kind.published]
+        return [kind.filename for kind in sorted(kinds, key=lambda kind: kind.name == "annotations")]
+
+
+def version_folder(root: str | Path, dataset: str, version: str) -> Path:
+    """`<root>/<dataset>/<version>/`: each version in its own folder, so versions never overwrite each other."""
+    return Path(root).expanduser().resolve() / dataset / version
 
 
 def is_excluded(relative: str, excludes: Sequence[str]) -> bool:
@@ -106,8 +199,18 @@ def prepare_annotations(save_dir: Path) -> Path:
 
 
 def load_annotations(path: Path) -> dict[str, dict[str, Any]]:
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        return json.load(handle)
+    """The merged `{uid: annotation}` of an `annotations.json.gz`; anything else fails naming the file."""
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AnnotationError(str(path), "<root>", path.name, f"is not gzip-compressed JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise AnnotationError(str(path), "<root>", type(data).__name__, "must map object uids to annotations")
+    for uid, annotation in data.items():
+        if not isinstance(annotation, dict):
+            raise AnnotationError(str(path), uid, annotation, "must be an annotation object")
+    return data
 
 
 @dataclass(frozen=True)
@@ -130,7 +233,7 @@ class PackResult:
                 "path": str(self.tar_path), "manifest": str(self.manifest_path)}
 
 
-def _files_to_pack(assets_dir: Path, excludes: Sequence[str]) -> Iterator[tuple[str, Path]]:
+def _files_to_pack(assets_dir: Path, excludes: Sequence[str], root: str) -> Iterator[tuple[str, Path]]:
     for path in sorted(assets_dir.rglob("*")):
         relative = path.relative_to(assets_dir).as_posix()
         if is_excluded(relative, excludes):
@@ -138,7 +241,7 @@ def _files_to_pack(assets_dir: Path, excludes: Sequence[str]) -> Iterator[tuple[
         if path.is_symlink():
             raise UnsafeArchiveError(str(assets_dir), relative, "symlinks are not packed")
         if path.is_file():
-            yield f"assets/{relative}", path
+            yield f"{root}/{relative}", path
 
 
 def _deterministic_info(name: str, size: int) -> tarfile.TarInfo:
@@ -162,12 +265,13 @@ class _HashingReader:
         return data
 
 
-def pack_assets(assets_dir: Path, out_tar: Path, excludes: Sequence[str] = DEFAULT_EXCLUDES) -> PackResult:
-    """Pack `assets_dir` as `assets/...` into a reproducible tar plus `<tar>.manifest.json`."""
+def pack_assets(assets_dir: Path, out_tar: Path, excludes: Sequence[str] = DEFAULT_EXCLUDES,
+                root: str = "assets") -> PackResult:
+    """Pack `assets_dir` as `<root>/...` into a reproducible tar plus `<tar>.manifest.json`."""
     members: list[PackedMember] = []
     with atomic_file(out_tar) as part:
         with tarfile.open(part, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for name, path in _files_to_pack(assets_dir, excludes):
+            for name, path in _files_to_pack(assets_dir, excludes, root):
                 size = path.stat().st_size
                 with open(path, "rb") as handle:
                     reader = _HashingReader(handle)
@@ -204,16 +308,33 @@ def _checked_members(tar: tarfile.TarFile, archive: str, max_bytes: int, max_mem
         yield member
 
 
+def _below_root(archive: str, member: tarfile.TarInfo, root: str | None) -> tuple[str, tarfile.TarInfo]:
+    """The member renamed relative to its top-level folder, which must be `root` (once known)."""
+    top, _, rest = member.name.partition("/")
+    if not rest:
+        raise UnsafeArchiveError(archive, member.name, "is not inside a top-level folder "
+                                                       "(a component tarball holds exactly one folder)")
+    if root is not None and top != root:
+        raise UnsafeArchiveError(archive, member.name, f"lies outside the top-level folder {root!r} "
+                                                       "(a component tarball holds exactly one folder)")
+    return top, member.replace(name=rest, deep=False)
+
+
 def extract_tar_safely(tar_path: Path, dest: Path, max_bytes: int = DEFAULT_MAX_EXTRACT_BYTES,
-                       max_members: int = DEFAULT_MAX_EXTRACT_MEMBERS) -> list[str]:
+                       max_members: int = DEFAULT_MAX_EXTRACT_MEMBERS, strip_root: bool = False) -> list[str]:
     """Extract regular files of `tar_path` into `dest` (swapped in whole) and return their names.
 
     Every member is checked before anything is published: a bad member leaves `dest` untouched.
+    With `strip_root`, every member must lie in one top-level folder (as in the seed's tarballs),
+    whose contents become `dest`; the names returned are then relative to `dest`.
     """
     archive = str(tar_path)
     names: list[str] = []
+    root: str | None = None
     with atomic_folder(dest) as staging, tarfile.open(tar_path, mode="r:*") as tar:
         for member in _checked_members(tar, archive, max_bytes, max_members):
+            if strip_root:
+                root, member = _below_root(archive, member, root)
             tar.extract(member, staging, filter="data")
             names.append(member.name)
     return names
@@ -223,3 +344,75 @@ def member_digests(manifest_path: Path) -> Mapping[str, str]:
     """`{member name: sha256}` from a pack manifest."""
     manifest = json.loads(manifest_path.read_text())
     return {member["name"]: member["sha256"] for member in manifest["members"]}
+
+
+@dataclass(frozen=True)
+class ComponentResult:
+    """One component of one version, verified on disk; `status` is downloaded, resumed or skipped (kept)."""
+
+    name: str
+    path: Path
+    status: str
+    size: int
+    sha256: str
+    folder: Path | None = None
+    members: int | None = None
+    objects: int | None = None
+
+    def metadata(self) -> dict[str, object]:
+        optional = {"folder": self.folder and str(self.folder), "members": self.members, "objects": self.objects}
+        return {"status": self.status, "bytes": self.size, "sha256": self.sha256, "path": str(self.path),
+                **{key: value for key, value in optional.items() if value is not None}}
+
+
+def _drop_mismatched(path: Path, expected: str | None) -> None:
+    """A kept file that does not match its pin is fetched again rather than trusted."""
+    if expected is not None and path.is_file() and digest_file(path).sha256 != expected:
+        path.unlink()
+
+
+def _extract_once(tar_path: Path, folder: Path, sha256: str) -> int:
+    """Extract `tar_path` into `folder` unless its marker says this very tarball was; the member count."""
+    marker = folder.with_name(f".{folder.name}.extracted.json")
+    if folder.is_dir() and marker.is_file():
+        recorded = json.loads(marker.read_text())
+        if recorded.get("sha256") == sha256:
+            return int(recorded["members"])
+    members = len(extract_tar_safely(tar_path, folder, strip_root=True))
+    write_bytes_atomic(marker, json.dumps({"sha256": sha256, "members": members}).encode())
+    return members
+
+
+def _verified(component: Component, version: str, folder: Path, result: FileResult) -> ComponentResult:
+    kind = component.kind
+    path = folder / kind.filename
+    expected = component.sha256.get(version)
+    if expected is not None and result.sha256 != expected:
+        path.unlink(missing_ok=True)
+        raise ChecksumMismatch(f"{path}: sha256 {result.sha256} differs from the catalog's pin "
+                               f"components.{kind.name}.sha256.{version} ({expected}); the file was deleted")
+    objects = len(load_annotations(path)) if kind.name == "annotations" else None
+    extracted = folder / kind.folder if kind.folder else None
+    members = _extract_once(path, extracted, result.sha256) if extracted else None
+    return ComponentResult(kind.name, path, result.status, result.size, result.sha256, extracted, members, objects)
+
+
+def download_components(dataset: str, source: VersionedSource, version: str, root: str | Path,
+                        names: Sequence[str], settings: TransferSettings = TransferSettings(),
+                        client: httpx.Client | None = None) -> list[ComponentResult]:
+    """Download components `names` of one version into `<root>/<dataset>/<version>/`, concurrently.
+
+    Each file is verified (sha256 pin if the catalog has one), annotations are parsed, tarballs
+    extracted safely beside them (again only when the tarball changed). Kept files are not fetched.
+    """
+    source.require_version(version, dataset, "version")
+    components = [source.component(name, dataset, "components") for name in dict.fromkeys(names)]
+    folder = version_folder(root, dataset, version)
+    for component in components:
+        _drop_mismatched(folder / component.kind.filename, component.sha256.get(version))
+    entries = [ManifestEntry(dataset, version, component.kind.filename, component.url(source.base_url, version))
+               for component in components]
+    report = download_entries(entries, {dataset: folder.parent}, settings, client=client)
+    results = {result.relative_path: result for result in report.results}
+    return [_verified(component, version, folder, results[f"{version}/{component.kind.filename}"])
+            for component in components]

@@ -4,6 +4,10 @@ import io
 import json
 import os
 import pickle
+import re
+import tarfile
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy
@@ -12,10 +16,26 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dataset_assets.core.errors import DatasetAssetsError, SplitError
-from dataset_assets.core.loading import load_yaml_and_extract_tar_list, make_shard_dataset
-from dataset_assets.core.shards import ShardWriter
+import dataset_assets
+from dataset_assets.core.errors import DatasetAssetsError, SplitError, UnsafeArchiveError
+from dataset_assets.core.index import write_index
+from dataset_assets.core.loading import (
+    IndexedShardDataset,
+    ShardStream,
+    load_yaml_and_extract_tar_list,
+    make_shard_dataset,
+    missing_tars,
+    split_overlap,
+)
+from dataset_assets.core.shards import Compression, ShardWriter
 from dataset_assets.core.splits import split_sequences, write_split_yamls
+from dataset_assets.demo.server import DemoServer
+from dataset_assets_tests import s3_fixtures
+from dataset_assets_tests.s3_fixtures import S3Bucket
+
+moto_endpoint = s3_fixtures.moto_endpoint
+moto_client = s3_fixtures.moto_client
+s3_bucket = s3_fixtures.s3_bucket
 
 
 def png_bytes(width: int = 96, height: int = 72) -> bytes:
@@ -30,12 +50,15 @@ def npy_bytes(frame: int) -> bytes:
     return buffer.getvalue()
 
 
-def write_sequence(folder: Path, sequence: str, frames: int, per_shard: int) -> list[Path]:
-    with ShardWriter(folder / sequence, max_samples=per_shard) as writer:
+def write_sequence(folder: Path, sequence: str, frames: int, per_shard: int,
+                   compression: Compression | None = None) -> list[Path]:
+    """Shards of one sequence plus their `_index.json`."""
+    with ShardWriter(folder / sequence, max_samples=per_shard, compression=compression) as writer:
         for frame in range(frames):
             ground_truth = json.dumps({"sequence": sequence, "frame": frame}).encode()
             sample = {"png": png_bytes(), "json": ground_truth, "npy": npy_bytes(frame)}
             writer.write(f"{sequence}_f{frame:04d}", sample)
+    write_index(folder / sequence, writer.index)
     return [folder / sequence / shard.name for shard in writer.shards]
 
 
@@ -125,8 +148,8 @@ def test_dataset_decodes_images_json_and_npy(tmp_path: Path) -> None:
     assert isinstance(image, torch.Tensor) and image.dtype == torch.float32 and image.shape == (3, 72, 96)
     assert torch.allclose(image[:, 0, 0], torch.tensor([1.0, 128 / 255, 0.0]))
     assert samples[2]["json"] == {"sequence": "seq_a", "frame": 2}
-    assert isinstance(samples[2]["npy"], numpy.ndarray)
-    numpy.testing.assert_array_equal(samples[2]["npy"], numpy.full((2, 3), 2, dtype=numpy.float32))
+    assert isinstance(samples[2]["npy"], torch.Tensor)
+    assert torch.equal(samples[2]["npy"], torch.full((2, 3), 2.0))
 
 
 class _Boom:
@@ -204,3 +227,160 @@ def test_dataset_refuses_pipes_and_empty_lists(tar_list: list[str]) -> None:
 def test_dataset_refuses_a_single_string(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         make_shard_dataset(str(tmp_path / "shards-0000.tar"))
+
+
+def assert_same_samples(left: list[dict], right: list[dict]) -> None:
+    assert [sample["__key__"] for sample in left] == [sample["__key__"] for sample in right]
+    for one, other in zip(left, right):
+        assert one.keys() == other.keys()
+        for name, value in one.items():
+            assert torch.equal(value, other[name]) if isinstance(value, torch.Tensor) else value == other[name]
+
+
+@pytest.mark.parametrize("compression", [None, Compression(block_samples=3)])
+def test_map_style_dataset_returns_the_same_samples_as_the_stream(
+    tmp_path: Path, compression: Compression | None
+) -> None:
+    tars = write_sequence(tmp_path, "seq_a", 7, 3, compression) + write_sequence(tmp_path, "seq_b", 4, 3, compression)
+
+    streamed = list(ShardStream(tars))
+    mapped = IndexedShardDataset(tars)
+
+    assert len(mapped) == len(streamed) == 11
+    assert_same_samples([mapped[i] for i in range(len(mapped))], streamed)
+    assert_same_samples([mapped[-1]], streamed[-1:])
+
+
+def test_map_style_dataset_over_a_folder_and_out_of_range_index(tmp_path: Path) -> None:
+    write_sequence(tmp_path, "seq_a", 5, 2)
+    dataset = IndexedShardDataset([tmp_path / "seq_a"], decoder=add_frame_index)
+
+    assert [dataset[i]["frame"] for i in range(len(dataset))] == [0, 1, 2, 3, 4]
+    with pytest.raises(IndexError, match="out of range for 5 samples"):
+        dataset[5]
+
+
+def test_map_style_dataset_refuses_urls_and_unindexed_shards(tmp_path: Path) -> None:
+    tars = write_sequence(tmp_path, "seq_a", 2, 2)
+    with pytest.raises(DatasetAssetsError, match="local shards only"):
+        IndexedShardDataset(["https://example.test/shards-0000.tar?Signature=secret"])
+    with pytest.raises(DatasetAssetsError, match=r"shards-0009\.tar: not listed in .*_index\.json"):
+        IndexedShardDataset([tars[0].with_name("shards-0009.tar")])
+
+
+def test_map_style_dataset_with_two_dataloader_workers_yields_every_sample_once(tmp_path: Path) -> None:
+    tars = write_sequence(tmp_path, "seq_a", 9, 2, Compression(block_samples=2))
+    dataset = IndexedShardDataset(tars, decoder=add_frame_index)
+    dataset[0]  # handles opened in the parent must not leak into the workers
+
+    loaded = list(DataLoader(dataset, batch_size=None, num_workers=2, shuffle=True))
+
+    assert sorted(sample["frame"] for sample in loaded) == list(range(9))
+
+
+def test_map_style_dataset_is_safe_from_many_threads(tmp_path: Path) -> None:
+    tars = write_sequence(tmp_path, "seq_a", 12, 4, Compression(block_samples=3))
+    dataset = IndexedShardDataset(tars, decoder=add_frame_index)
+    order = list(range(12)) * 4
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        frames = list(pool.map(lambda i: dataset[i]["frame"], order))
+
+    assert frames == order
+
+
+def test_stream_split_over_two_ranks_and_two_workers_yields_every_sample_once(tmp_path: Path) -> None:
+    tars = [tar for name in ("seq_a", "seq_b", "seq_c") for tar in write_sequence(tmp_path, name, 6, 2)]
+    keys: list[str] = []
+    for rank in range(2):
+        dataset = ShardStream(tars, decoder=add_frame_index, rank=rank, world_size=2)
+        keys += [sample["key"] for sample in DataLoader(dataset, batch_size=None, num_workers=2)]
+
+    assert sorted(keys) == sorted(f"seq_{s}_f{frame:04d}" for s in "abc" for frame in range(6))
+    assert len(keys) == len(set(keys))
+
+
+def test_shuffle_is_seeded_and_changes_with_the_epoch(tmp_path: Path) -> None:
+    tars = write_sequence(tmp_path, "seq_a", 20, 4)
+
+    def keys(epoch: int, seed: int = 7) -> list[str]:
+        dataset = ShardStream(tars, decoder=add_frame_index, shuffle_buffer=5, seed=seed)
+        dataset.set_epoch(epoch)
+        return [sample["key"] for sample in dataset]
+
+    assert keys(0) == keys(0) != keys(1)
+    assert sorted(keys(1)) == sorted(keys(0, seed=8)) == [f"seq_a_f{frame:04d}" for frame in range(20)]
+
+
+def test_member_decoders_add_override_or_keep_raw_bytes(tmp_path: Path) -> None:
+    tars = write_sequence(tmp_path, "seq_a", 1, 1)
+    decoders = {"png": None, "json": lambda data: json.loads(data)["frame"]}
+
+    sample = next(iter(ShardStream(tars, member_decoders=decoders)))
+
+    assert sample["png"] == png_bytes() and sample["json"] == 0 and isinstance(sample["npy"], torch.Tensor)
+
+
+def test_stream_reads_signed_http_urls_like_local_files(demo_server: DemoServer, demo_source: Path) -> None:
+    manifest = json.loads(urllib.request.urlopen(f"{demo_server.base_url}/manifest.json").read())
+    urls = [entry["download_url"] for entry in
+            manifest["atek_data_for_all_configs"]["cubercnn"]["wds_file_urls"]["seq_000"].values()]
+    local = sorted(str(path) for path in (demo_source / "cubercnn" / "seq_000").glob("*.tar"))
+
+    remote = list(ShardStream(sorted(urls), decoder=add_frame_index))
+
+    assert remote == list(ShardStream(local, decoder=add_frame_index))
+
+
+def test_http_error_names_the_redacted_url(demo_server: DemoServer) -> None:
+    url = f"{demo_server.base_url}/files/cubercnn/seq_000/shards-0000.tar?expires=1&signature=forged"
+
+    with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar\?<redacted>: HTTP 403") as caught:
+        list(ShardStream([url]))
+    assert "forged" not in str(caught.value)
+
+
+def test_stream_reads_s3_urls(tmp_path: Path, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    tars = write_sequence(tmp_path, "seq_a", 5, 2)
+    for tar in tars:
+        s3_bucket.client.upload_file(str(tar), s3_bucket.name, f"seq_a/{tar.name}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_bucket.endpoint_url)
+
+    remote = list(ShardStream([f"s3://{s3_bucket.name}/seq_a/{tar.name}" for tar in tars], decoder=add_frame_index))
+
+    assert [sample["frame"] for sample in remote] == [0, 1, 2, 3, 4]
+
+
+def test_stream_rejects_a_crafted_tar(tmp_path: Path) -> None:
+    path = tmp_path / "crafted.tar"
+    with tarfile.open(path, "w") as tar:
+        link = tarfile.TarInfo("seq_a_f0000.json")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+        tar.addfile(link)
+
+    with pytest.raises(UnsafeArchiveError, match=r"crafted\.tar: member 'seq_a_f0000\.json' rejected: symlink"):
+        list(ShardStream([path]))
+
+
+def test_split_helpers_find_overlap_and_missing_files(tmp_path: Path) -> None:
+    train = write_yaml(tmp_path / "local_train_tars.yaml", "tars:\n  a: [a/0.tar]\n  b: [b/0.tar]\n")
+    validation = write_yaml(tmp_path / "local_validation_tars.yaml", "tars:\n  b: [b/0.tar]\n  c: [c/0.tar]\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "0.tar").write_bytes(b"")
+
+    assert split_overlap(train, validation) == ["b", str(tmp_path / "b" / "0.tar")]
+    assert missing_tars(train) == [str(tmp_path / "b" / "0.tar")]
+
+
+FORBIDDEN_LOADS = re.compile(r"pickle\.loads?\(|torch\.load\((?![^)]*weights_only=True)|allow_pickle=True")
+
+
+def test_package_source_never_unpickles_or_torch_loads_without_weights_only() -> None:
+    package = Path(dataset_assets.__file__).parent
+    offenders = [f"{path}:{number}: {line.strip()}" for path in sorted(package.rglob("*.py"))
+                 for number, line in enumerate(path.read_text().splitlines(), start=1)
+                 if FORBIDDEN_LOADS.search(line)]
+
+    assert offenders == []
+    assert FORBIDDEN_LOADS.search("torch.load(path)") and FORBIDDEN_LOADS.search("x = pickle.load(f)")
+    assert not FORBIDDEN_LOADS.search("torch.load(path, weights_only=True)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy
@@ -11,8 +12,9 @@ import webdataset
 from PIL import Image
 
 from dataset_assets.core.errors import CatalogError, DatasetAssetsError
+from dataset_assets.core.index import read_index
 from dataset_assets.core.preprocess import PreprocessConfig, preprocess_shards, transform_sample
-from dataset_assets.core.shards import ShardWriter, iter_tar_samples
+from dataset_assets.core.shards import Compression, ShardWriter, iter_tar_samples
 from dataset_assets.core.storage import digest_file
 
 CATALOG = "catalog/aria.yaml"
@@ -77,7 +79,19 @@ def test_same_input_and_config_give_byte_identical_shards(raw_shards: list[Path]
     assert first.shards == second.shards
     for shard in first.shards:
         assert (tmp_path / "first" / shard.name).read_bytes() == (tmp_path / "second" / shard.name).read_bytes()
-    assert (tmp_path / "first" / "_lineage.json").read_bytes() == (tmp_path / "second" / "_lineage.json").read_bytes()
+    assert (tmp_path / "first" / "_index.json").read_bytes() == (tmp_path / "second" / "_index.json").read_bytes()
+    lineages = [json.loads((tmp_path / run / "_lineage.json").read_text()) for run in ("first", "second")]
+    assert [{k: v for k, v in lineage.items() if k != "created_at"} for lineage in lineages] == [
+        {k: v for k, v in lineages[0].items() if k != "created_at"}] * 2
+
+
+def test_different_config_gives_different_hash_and_different_shards(raw_shards: list[Path], tmp_path: Path) -> None:
+    small, smaller = config(image_size=[48, 36]), config(image_size=[24, 18])
+    first = preprocess_shards(raw_shards, small, tmp_path / "small")
+    second = preprocess_shards(raw_shards, smaller, tmp_path / "smaller")
+
+    assert small.hash != smaller.hash and (first.config_hash, second.config_hash) == (small.hash, smaller.hash)
+    assert first.data_version != second.data_version
 
 
 def test_output_is_readable_by_webdataset_in_input_order(raw_shards: list[Path], tmp_path: Path) -> None:
@@ -321,9 +335,14 @@ def test_lineage_records_config_source_and_library_versions(raw_shards: list[Pat
     assert lineage["config"] == chosen.to_dict()
     assert (lineage["config_name"], lineage["config_hash"]) == ("small", chosen.hash)
     assert lineage["source"] == source
-    assert {"python", "pillow", "numpy", "webdataset"} <= set(lineage["library_versions"])
+    assert lineage["inputs"] == [{"name": path.name, "bytes": path.stat().st_size, "sha256": digest_file(path).sha256}
+                                 for path in raw_shards]
+    assert {"python", "pillow", "numpy", "webdataset", "zstandard"} <= set(lineage["library_versions"])
     assert [shard["sha256"] for shard in lineage["shards"]] == [shard.sha256 for shard in result.shards]
-    assert "created" not in json.dumps(lineage)
+    assert lineage["index"] == {"file": "_index.json", "sha256": digest_file(result.index_path).sha256}
+    assert lineage["data_version"] == result.data_version
+    created = datetime.fromisoformat(lineage["created_at"])
+    assert abs((datetime.now(timezone.utc) - created).total_seconds()) < 60
 
 
 def test_metadata_is_plain_json_and_matches_the_files(raw_shards: list[Path], tmp_path: Path) -> None:
@@ -345,4 +364,47 @@ def test_max_shard_bytes_rolls_shards(raw_shards: list[Path], tmp_path: Path) ->
     assert [shard.samples for shard in result.shards] == [1, 1, 1, 1, 1]
     assert [key for shard in result.shards for key, _ in iter_tar_samples(tmp_path / "out" / shard.name)] == [
         f"seq_a_f{frame:04d}" for frame in range(5)
+    ]
+
+
+def test_index_is_published_with_the_shards_and_lists_every_sample(raw_shards: list[Path], tmp_path: Path) -> None:
+    result = preprocess_shards(raw_shards, config(samples_per_shard=2), tmp_path / "out")
+
+    index = read_index(tmp_path / "out")
+    assert result.index_path == tmp_path / "out" / "_index.json"
+    tars = [tmp_path / "out" / shard.name for shard in result.shards]
+    assert index.keys() == [key for tar in tars for key, _ in iter_tar_samples(tar)]
+    assert index.shards == result.shards
+
+
+def test_compression_option_writes_zstd_blocks_and_is_hashed_only_when_set(
+    raw_shards: list[Path], tmp_path: Path
+) -> None:
+    chosen = config(compression={"level": 5, "block_samples": 2})
+    result = preprocess_shards(raw_shards, chosen, tmp_path / "out")
+
+    assert chosen.compression == Compression(level=5, block_samples=2)
+    assert chosen.to_dict()["compression"] == {"level": 5, "block_samples": 2}
+    assert "compression" not in config().to_dict() and chosen.hash != config().hash
+    assert {shard.compression for shard in result.shards} == {"zstd"}
+    assert [key for key, _ in iter_tar_samples(tmp_path / "out" / "shards-0000.tar")] == [
+        f"seq_a_f{frame:04d}" for frame in range(5)]
+    assert PreprocessConfig.from_mapping("small", chosen.to_dict(), CATALOG, FIELD) == chosen
+
+
+@pytest.mark.parametrize("value", [{"level": 0}, {"level": 23}, {"block_samples": 0}, {"codec": "gzip"}, "zstd"])
+def test_bad_compression_names_the_field(value: object) -> None:
+    with pytest.raises(CatalogError) as caught:
+        config(compression=value)
+
+    assert caught.value.field.startswith(f"{FIELD}.compression")
+
+
+def test_preview_lists_member_shapes_of_the_first_samples(raw_shards: list[Path], tmp_path: Path) -> None:
+    result = preprocess_shards(raw_shards, config(image_size=[48, 36], tensor_dtype="float16"), tmp_path / "out")
+
+    assert result.preview.splitlines() == [
+        "| key | jpg | json | npy |",
+        "|---|---|---|---|",
+        *[f"| seq_a_f{frame:04d} | JPEG 48x36 RGB | object, 3 keys | float16 [3, 4] |" for frame in range(5)],
     ]

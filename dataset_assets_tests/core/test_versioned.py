@@ -1,25 +1,40 @@
-"""Date-versioned datasets: annotations merge, reproducible packing with excludes, safe extraction."""
+"""Date-versioned datasets: catalog kind, annotations merge, reproducible packing with excludes,
+safe extraction, and downloads of versions from a loopback provider."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dataset_assets.core.errors import DatasetAssetsError, InvalidInputError, UnsafeArchiveError
+from dataset_assets.core.catalog import Catalog
+from dataset_assets.core.errors import CatalogError, DatasetAssetsError, InvalidInputError, UnsafeArchiveError
+from dataset_assets.core.transfer import ChecksumMismatch, TransferSettings
 from dataset_assets.core.versioned import (
     DEFAULT_EXCLUDES,
     AnnotationError,
+    PublishSpec,
     check_version,
+    download_components,
     extract_tar_safely,
     load_annotations,
     pack_assets,
     prepare_annotations,
 )
+from dataset_assets_tests.core.handlers.helpers import write_catalog
+from dataset_assets_tests.static_server import StaticServer
+
+DS = "objects"
+V1, V2 = "2023_07_28", "2023_09_23"
+FAST = TransferSettings(workers=4, max_attempts=1)
 
 
 def make_assets(root: Path, objects: int = 3) -> Path:
@@ -158,3 +173,222 @@ def test_pack_of_empty_tree_fails_and_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(DatasetAssetsError, match="nothing to pack"):
         pack_assets(tmp_path / "assets", tmp_path / "assets.tar")
     assert not (tmp_path / "assets.tar").exists()
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file()}
+
+
+def packed_tree(folder: Path) -> dict[str, bytes]:
+    """The files of `folder` that packing keeps: those no default exclude matches."""
+    return {name: data for name, data in tree(folder).items()
+            if not any(part.startswith(".") or part.endswith(".lock") or part == "thor_metadata.json"
+                       for part in name.split("/"))}
+
+
+def make_version(folder: Path) -> Path:
+    """A producer's version folder: assets/ and features/ (with junk), prepared and packed."""
+    make_assets(folder)
+    (folder / "features").mkdir()
+    (folder / "features" / "clip_features.npy").write_bytes(os.urandom(256))
+    (folder / "features" / ".DS_Store").write_bytes(b"junk")
+    prepare_annotations(folder)
+    pack_assets(folder / "assets", folder / "assets.tar")
+    pack_assets(folder / "features", folder / "features.tar", root="features")
+    return folder
+
+
+def serve_version(served: Path, producer: Path, version: str) -> Path:
+    """Publish a fresh version the seed's way: `<version>/{annotations.json.gz,assets.tar,features.tar}` and
+    `holodeck/<version>.tar`, below the folder a loopback server serves. Returns the producer's version folder."""
+    folder = make_version(producer / version)
+    (served / version).mkdir(parents=True)
+    for name in ("annotations.json.gz", "assets.tar", "features.tar"):
+        shutil.copy(folder / name, served / version / name)
+    base = producer / "base" / version
+    base.mkdir(parents=True)
+    (base / "objaverse_holodeck.json").write_text(json.dumps({"version": version}))
+    pack_assets(base, served / "holodeck" / f"{version}.tar", root=version)
+    return folder
+
+
+def versioned_body(base_url: str, versions: list[str] | str | None = None, publish: dict | None = None,
+                   **components: dict) -> dict[str, Any]:
+    """The catalog YAML body of a versioned dataset (every component, both versions, unless given)."""
+    body: dict[str, Any] = {"kind": "versioned", "base_url": base_url, "versions": versions or [V1, V2],
+                            "components": components or {"annotations": {}, "assets": {}, "features": {},
+                                                         "base_data": {}}}
+    if publish is not None:
+        body["publish"] = publish
+    return body
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[StaticServer]:
+    served = tmp_path / "served"
+    served.mkdir()
+    with StaticServer(served) as server:
+        yield server
+
+
+def test_versioned_catalog_defaults_follow_the_seed_layout(tmp_path: Path) -> None:
+    catalog: Catalog = write_catalog(tmp_path, {DS: versioned_body("http://127.0.0.1:1/objathor/")})
+    source = catalog.dataset(DS).versioned
+    assert source is not None and source.versions == (V1, V2) and not source.dynamic
+    assert {name: component.url(source.base_url, V1) for name, component in source.components.items()} == {
+        "annotations": f"http://127.0.0.1:1/objathor/{V1}/annotations.json.gz",
+        "assets": f"http://127.0.0.1:1/objathor/{V1}/assets.tar",
+        "features": f"http://127.0.0.1:1/objathor/{V1}/features.tar",
+        "base_data": f"http://127.0.0.1:1/objathor/holodeck/{V1}.tar",
+    }
+    assert source.published_files() == ["assets.tar", "features.tar", "annotations.json.gz"]
+
+
+def test_publish_settings_take_the_endpoint_from_the_environment(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    publish = {"bucket": "assets", "prefix": "/public/", "part_size_mib": 50, "concurrency": 300,
+               "endpoint_url": "${OBJECTS_S3_ENDPOINT:-}"}
+    monkeypatch.setenv("OBJECTS_S3_ENDPOINT", "http://127.0.0.1:9000")
+    source = write_catalog(tmp_path, {DS: versioned_body("http://x", "dynamic", publish)}).dataset(DS).versioned
+    assert source is not None and source.dynamic
+    assert source.publish == PublishSpec("assets", "public", 50, 300, "http://127.0.0.1:9000")
+    monkeypatch.delenv("OBJECTS_S3_ENDPOINT")
+    source = write_catalog(tmp_path, {DS: versioned_body("http://x", "dynamic", publish)}).dataset(DS).versioned
+    assert source is not None and source.publish is not None and source.publish.endpoint_url is None
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "problem"),
+    [({"versions": [20230728]}, "versions[0]", "quoted string"),
+     ({"versions": ["2023_02_30"]}, "versions[0]", "not a real date"),
+     ({"versions": [V1, V1]}, "versions", "twice"),
+     ({"versions": "dynamic"}, "versions", "needs a 'publish' section"),
+     ({"components": {"annotations": {}}}, "components.assets", "is required"),
+     ({"components": {"annotations": {}, "assets": {}, "meshes": {}}}, "components.meshes", "not a known field"),
+     ({"components": {"annotations": {}, "assets": {"path": "assets.tar"}}}, "components.assets.path", "{version}"),
+     ({"components": {"annotations": {}, "assets": {"path": "../{version}.tar"}}}, "components.assets.path",
+      "relative path"),
+     ({"components": {"annotations": {}, "assets": {"sha256": {"2024_01_01": "0" * 64}}}},
+      "components.assets.sha256.2024_01_01", "not a listed version"),
+     ({"components": {"annotations": {}, "assets": {"sha256": {V1: "abc"}}}}, f"components.assets.sha256.{V1}",
+      "64 lowercase hex"),
+     ({"publish": {"bucket": "b", "part_size_mib": 4}}, "publish.part_size_mib", "at least 5"),
+     ({"publish": {"prefix": "p"}}, "publish.bucket", "non-empty string"),
+     ({"base_url": "ftp://example.com"}, "base_url", "http(s) URL")],
+)
+def test_bad_versioned_catalog_values_name_file_field_and_value(tmp_path: Path, change: dict, field: str,
+                                                                problem: str) -> None:
+    body = {**versioned_body("http://127.0.0.1:1/objathor"), **change}
+    with pytest.raises(CatalogError) as raised:
+        write_catalog(tmp_path, {DS: body})
+    message = str(raised.value)
+    assert message.startswith(f"{tmp_path / 'catalog.yaml'}: field 'datasets.{DS}.{field}'"), message
+    assert problem in message and "(got " in message
+
+
+@pytest.mark.parametrize(("data", "field"), [(b"not gzip", "<root>"), (gzip.compress(b"[1, 2]"), "<root>"),
+                                             (gzip.compress(b'{"obj000": 3}'), "obj000")])
+def test_malformed_merged_annotations_name_file_and_field(tmp_path: Path, data: bytes, field: str) -> None:
+    path = tmp_path / "annotations.json.gz"
+    path.write_bytes(data)
+    with pytest.raises(AnnotationError, match=rf"{path}: field '{field}'"):
+        load_annotations(path)
+
+
+def test_strip_root_makes_the_single_top_folder_the_destination(tmp_path: Path) -> None:
+    root = make_assets(tmp_path / "producer")
+    packed = pack_assets(root / "assets", tmp_path / "assets.tar")
+    names = extract_tar_safely(packed.tar_path, tmp_path / "out", strip_root=True)
+    assert names == [member.name.removeprefix("assets/") for member in packed.members]
+    assert tree(tmp_path / "out") == packed_tree(root / "assets")
+
+
+@pytest.mark.parametrize("name", ["other/x.txt", "top.txt"])
+def test_strip_root_rejects_a_second_top_folder_or_a_top_level_file(tmp_path: Path, name: str) -> None:
+    archive = crafted_tar(tmp_path / "two.tar", _member(name), b"x")
+    with pytest.raises(UnsafeArchiveError, match="exactly one folder"):
+        extract_tar_safely(archive, tmp_path / "out", strip_root=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_versions_download_into_their_own_folders_laid_out_like_the_seed(
+        provider: StaticServer, tmp_path: Path) -> None:
+    produced = {version: serve_version(provider.folder, tmp_path / "producer", version) for version in (V1, V2)}
+    source = write_catalog(tmp_path, {DS: versioned_body(provider.base_url)}).dataset(DS).versioned
+    assert source is not None
+    root = tmp_path / "cache"
+    for version in (V1, V2):
+        results = download_components(DS, source, version, root, list(source.components), FAST)
+        assert {result.name: result.status for result in results} == dict.fromkeys(
+            ("annotations", "assets", "features", "base_data"), "downloaded")
+        assert results[0].name == "annotations" and results[0].objects == 3
+    for version, producer in produced.items():
+        folder = root / DS / version
+        assert (folder / "annotations.json.gz").read_bytes() == (producer / "annotations.json.gz").read_bytes()
+        assert tree(folder / "assets") == packed_tree(producer / "assets")
+        assert tree(folder / "features") == {"clip_features.npy": (producer / "features" / "clip_features.npy"
+                                                                   ).read_bytes()}
+        assert json.loads((folder / "holodeck" / "objaverse_holodeck.json").read_text()) == {"version": version}
+    assert tree(root / DS / V1 / "assets") != tree(root / DS / V2 / "assets")
+
+
+def test_a_second_download_fetches_nothing_and_keeps_the_extracted_tree(provider: StaticServer,
+                                                                        tmp_path: Path) -> None:
+    serve_version(provider.folder, tmp_path / "producer", V1)
+    source = write_catalog(tmp_path, {DS: versioned_body(provider.base_url)}).dataset(DS).versioned
+    assert source is not None
+    root = tmp_path / "cache"
+    download_components(DS, source, V1, root, ["annotations", "assets"], FAST)
+    fetched, extracted = len(provider.requests), (root / DS / V1 / "assets").stat().st_ino
+    results = download_components(DS, source, V1, root, ["annotations", "assets"], FAST)
+    assert [result.status for result in results] == ["skipped", "skipped"]
+    assert len(provider.requests) == fetched
+    assert (root / DS / V1 / "assets").stat().st_ino == extracted
+
+
+def test_a_pinned_sha256_mismatch_fails_naming_the_file_and_deletes_it(provider: StaticServer, tmp_path: Path) -> None:
+    serve_version(provider.folder, tmp_path / "producer", V1)
+    body = versioned_body(provider.base_url, [V1], annotations={"sha256": {V1: "0" * 64}}, assets={})
+    source = write_catalog(tmp_path, {DS: body}).dataset(DS).versioned
+    assert source is not None
+    target = tmp_path / "cache" / DS / V1 / "annotations.json.gz"
+    with pytest.raises(ChecksumMismatch, match=rf"{target}: sha256 [0-9a-f]{{64}} differs from the catalog's pin "
+                                               rf"components.annotations.sha256.{V1}"):
+        download_components(DS, source, V1, tmp_path / "cache", ["annotations"], FAST)
+    assert not target.exists()
+
+
+def test_a_kept_file_that_no_longer_matches_its_pin_is_fetched_again(provider: StaticServer, tmp_path: Path) -> None:
+    producer = serve_version(provider.folder, tmp_path / "producer", V1)
+    pin = hashlib.sha256((producer / "annotations.json.gz").read_bytes()).hexdigest()
+    body = versioned_body(provider.base_url, [V1], annotations={"sha256": {V1: pin}}, assets={})
+    source = write_catalog(tmp_path, {DS: body}).dataset(DS).versioned
+    assert source is not None
+    target = tmp_path / "cache" / DS / V1 / "annotations.json.gz"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"stale")
+    [result] = download_components(DS, source, V1, tmp_path / "cache", ["annotations"], FAST)
+    assert result.status == "downloaded" and target.read_bytes() == (producer / "annotations.json.gz").read_bytes()
+
+
+def test_a_crafted_assets_tar_is_rejected_on_download_and_nothing_extracted(provider: StaticServer,
+                                                                            tmp_path: Path) -> None:
+    serve_version(provider.folder, tmp_path / "producer", V1)
+    crafted_tar(provider.folder / V1 / "assets.tar", _member("../escaped.txt"), b"x")
+    source = write_catalog(tmp_path, {DS: versioned_body(provider.base_url, [V1])}).dataset(DS).versioned
+    assert source is not None
+    with pytest.raises(UnsafeArchiveError, match="escape"):
+        download_components(DS, source, V1, tmp_path / "cache", ["assets"], FAST)
+    assert not (tmp_path / "cache" / DS / V1 / "assets").exists()
+    assert not (tmp_path / "cache" / DS / "escaped.txt").exists()
+
+
+def test_a_version_outside_the_catalog_list_is_refused_before_any_request(provider: StaticServer,
+                                                                          tmp_path: Path) -> None:
+    source = write_catalog(tmp_path, {DS: versioned_body(provider.base_url)}).dataset(DS).versioned
+    assert source is not None
+    for bad, problem in (("2024_01_01", "is not a version of this dataset"), ("../x", "must be a date version")):
+        with pytest.raises(InvalidInputError, match=rf"field 'version' {problem}"):
+            download_components(DS, source, bad, tmp_path / "cache", ["annotations"], FAST)
+    assert provider.requests == []

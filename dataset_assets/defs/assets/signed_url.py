@@ -5,12 +5,16 @@
 `core.pipeline` and reports its metadata.
 """
 
+from pathlib import Path
+
 from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetRecordsFilter,
     AssetsDefinition,
+    BackfillPolicy,
     DataVersion,
+    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -18,6 +22,7 @@ from dagster import (
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from dataset_assets.core.catalog import DatasetSpec
+from dataset_assets.core.manifest import UrlManifest
 from dataset_assets.core.pipeline import (
     download_sequence,
     preprocess_sequence,
@@ -26,6 +31,8 @@ from dataset_assets.core.pipeline import (
     write_splits,
 )
 from dataset_assets.core.preprocess import PreprocessConfig
+from dataset_assets.core.storage import Destination
+from dataset_assets.core.transfer import DownloadReport, LinkExpired
 from dataset_assets.defs.partitions import sequence_partitions
 from dataset_assets.defs.progress import LoggedProgress
 from dataset_assets.defs.resources import DatasetHome, TransferResource
@@ -37,8 +44,10 @@ def _metadata(values: dict[str, object]) -> dict[str, object]:
     for key, value in values.items():
         if isinstance(value, (dict, list)):
             converted[key] = MetadataValue.json(value)
-        elif key.endswith("yaml") or key in ("path", "folder"):
+        elif key.endswith("yaml") or key in ("path", "folder", "index_path"):
             converted[key] = MetadataValue.path(str(value))
+        elif key == "preview":
+            converted[key] = MetadataValue.md(str(value))
         else:
             converted[key] = value
     return converted
@@ -51,6 +60,26 @@ def latest_data_version(context: AssetExecutionContext, key: AssetKey, partition
     if not records or records[0].asset_materialization is None:
         return None
     return records[0].asset_materialization.tags.get(DATA_VERSION_TAG)
+
+
+def download_partition(context: AssetExecutionContext, manifest: UrlManifest, folders: dict[str, Path | Destination],
+                       sequence: str, transfer: TransferResource) -> DownloadReport:
+    """Download one sequence of the run and attach its metadata to that partition's materialization.
+
+    An expired link becomes `Failure(allow_retries=False)`: retrying the same links cannot succeed,
+    so the run fails at once and the link-refresh sensor re-requests it with fresh links.
+    """
+    total = sum(entry.size or 0 for config in folders for entry in manifest.entries(config, sequence))
+    progress = LoggedProgress(context.log, sequence, total)
+    try:
+        report = download_sequence(manifest, folders, sequence, transfer.settings(), progress)
+    except LinkExpired as error:
+        raise Failure(str(error), metadata={"expired_files": list(error.files)}, allow_retries=False) from error
+    context.add_asset_metadata(_metadata(report.metadata()), partition_key=sequence)
+    return report
+
+
+DOWNLOAD_POOL = "downloads"
 
 
 def build_signed_url_assets(spec: DatasetSpec) -> list[AssetsDefinition]:
@@ -75,17 +104,20 @@ def build_signed_url_assets(spec: DatasetSpec) -> list[AssetsDefinition]:
                                  data_version=DataVersion(snapshot.content_version))
 
     @asset(key=raw_key, deps=[manifest_key], partitions_def=sequences, kinds={"webdataset"}, **common,
+           pool=DOWNLOAD_POOL, backfill_policy=BackfillPolicy.single_run(),
            description=f"Raw WebDataset shards of one {dataset} sequence for configs "
-                       f"{', '.join(spec.raw_configs)}: resumable download, size and sha1 verified.")
+                       f"{', '.join(spec.raw_configs)}: resumable download, size and sha1 verified. "
+                       f"Steps share pool '{DOWNLOAD_POOL}'; a partition range downloads in one run; "
+                       "expired links fail the run at once (no step retry) for the link-refresh sensor.")
     def raw_shards(context: AssetExecutionContext, home: DatasetHome, transfer: TransferResource
                    ) -> MaterializeResult:
-        sequence = context.partition_key
         manifest = read_snapshot(home.manifest_path(dataset))
-        folders = {config: home.raw_folder(dataset, config) for config in spec.raw_configs}
-        total = sum(entry.size or 0 for config in folders for entry in manifest.entries(config, sequence))
-        progress = LoggedProgress(context.log, sequence, total)
-        result = download_sequence(manifest, folders, sequence, transfer.settings(), progress)
-        return MaterializeResult(metadata=_metadata(result.metadata()), data_version=DataVersion(result.data_version))
+        local = {config: home.raw_folder(dataset, config) for config in spec.raw_configs}
+        folders = transfer.destinations(dataset, local)
+        reports = [download_partition(context, manifest, folders, sequence, transfer)
+                   for sequence in context.partition_keys]
+        combined = DownloadReport(tuple(sorted((r for report in reports for r in report.results), key=lambda r: r.key)))
+        return MaterializeResult(data_version=DataVersion(combined.data_version))
 
     def build_shards(config: PreprocessConfig) -> AssetsDefinition:
         @asset(key=AssetKey([dataset, f"shards__{config.name}"]), deps=[raw_key], partitions_def=sequences,

@@ -1,8 +1,7 @@
-"""The `dataset-assets` console script.
+"""`dataset-assets demo run|serve|ui`: the embedded demo source and the whole demo graph.
 
-`dataset-assets demo run` materializes the whole demo graph into `./.dataset_assets_home`;
-`dataset-assets demo ui` serves the demo source and opens `dagster dev` on it;
-`dataset-assets demo serve` only serves the demo source.
+`run` materializes the whole demo graph into `./.dataset_assets_home`; `ui` serves the demo
+source and opens `dagster dev` on it; `serve` only serves the demo source.
 """
 from __future__ import annotations
 
@@ -11,12 +10,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-
-from dataset_assets.core.errors import DatasetAssetsError
-from dataset_assets.core.redaction import redact_text
-from dataset_assets.defs.resources import HOME_ENV, default_home
 
 DEMO_DATASET = "demo_aria"
 DEMO_URL_ENV = "DATASET_ASSETS_DEMO_URL"
@@ -46,6 +40,8 @@ def _start_demo_server(home: Path, port: int):  # type: ignore[no-untyped-def]
 
 
 def _demo_environment(home: Path) -> None:
+    from dataset_assets.defs.resources import HOME_ENV
+
     os.environ[HOME_ENV] = str(home)
     if not os.environ.get("DAGSTER_HOME"):
         os.environ["DAGSTER_HOME"] = str(home / "dagster")
@@ -110,37 +106,27 @@ def demo_ui(home: Path, port: int, ui_port: int) -> int:
             return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dataset-assets", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_demo_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     demo = commands.add_parser("demo", help="the embedded demo dataset")
     demo_commands = demo.add_subparsers(dest="demo_command", required=True)
     for name, help_text in (("run", "materialize the whole demo graph"),
                             ("serve", "serve the demo source on 127.0.0.1"),
                             ("ui", "serve the demo source and start dagster dev")):
         sub = demo_commands.add_parser(name, help=help_text)
-        sub.add_argument("--home", type=Path, default=Path(default_home()),
-                         help=f"data folder (default ${HOME_ENV} or ./.dataset_assets_home)")
+        sub.add_argument("--home", type=Path, default=None,
+                         help="data folder (default $DATASET_ASSETS_HOME or ./.dataset_assets_home)")
         sub.add_argument("--port", type=int, default=DEFAULT_DEMO_PORT, help="demo source port on 127.0.0.1")
         if name == "ui":
             sub.add_argument("--ui-port", type=int, default=3000, help="dagster webserver port")
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    home = args.home.resolve()
-    try:
-        if args.demo_command == "run":
-            return demo_run(home, args.port)
-        if args.demo_command == "serve":
-            return demo_serve(home, args.port)
-        return demo_ui(home, args.port, args.ui_port)
-    except DatasetAssetsError as error:
-        print(f"error: {redact_text(str(error))}", file=sys.stderr)
-        return 2
+def run_demo(args: argparse.Namespace) -> int:
+    # Dagster is imported only here, so `dataset-assets download` starts quickly.
+    from dataset_assets.defs.resources import default_home
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    home = (args.home or Path(default_home())).resolve()
+    if args.demo_command == "run":
+        return demo_run(home, args.port)
+    if args.demo_command == "serve":
+        return demo_serve(home, args.port)
+    return demo_ui(home, args.port, args.ui_port)

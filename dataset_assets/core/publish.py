@@ -1,0 +1,133 @@
+"""Publish a version folder to an S3-compatible bucket under `<prefix>/<dataset>/<version>/`.
+
+Each file goes through `core.s3`'s streaming multipart sink: parts of `part_size_mib` are uploaded
+`concurrency` at a time while the next part is read, and the object becomes visible only when
+CompleteMultipartUpload succeeds (any failure aborts the upload; a file of one part is a single
+PutObject). The file's sha1 is computed first and stored as object metadata, so after the upload a
+HEAD checks size and sha1, and a re-publish skips every object whose size and stored sha1 already
+match. Annotations go last: the versions sensor treats a version whose annotations object exists
+as complete.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from dataset_assets.core.errors import DatasetAssetsError, InvalidInputError
+from dataset_assets.core.redaction import get_logger
+from dataset_assets.core.s3 import MIB, MultipartSettings, S3Destination, S3Url, make_s3_client
+from dataset_assets.core.storage import CHUNK_BYTES, StorageError, digest_file
+from dataset_assets.core.versioned import ANNOTATIONS_FILE, PublishSpec, check_version
+
+logger = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """One verified object; `status` is uploaded or skipped (already there with the same size and sha1)."""
+
+    name: str
+    uri: str
+    status: str
+    size: int
+    sha1: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PublishReport:
+    files: tuple[PublishedFile, ...]
+    elapsed_seconds: float
+
+    @property
+    def uploaded_bytes(self) -> int:
+        return sum(file.size for file in self.files if file.status == "uploaded")
+
+    def summary(self) -> str:
+        uploaded = sum(1 for file in self.files if file.status == "uploaded")
+        rate = self.uploaded_bytes / MIB / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+        return (f"{len(self.files)} file(s): {uploaded} uploaded, {len(self.files) - uploaded} already published; "
+                f"{self.uploaded_bytes / MIB:.1f} MiB in {self.elapsed_seconds:.1f} s ({rate:.1f} MiB/s)")
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "uploaded": sum(1 for file in self.files if file.status == "uploaded"),
+            "skipped": sum(1 for file in self.files if file.status == "skipped"),
+            "uploaded_bytes": self.uploaded_bytes,
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "objects": {file.name: file.uri for file in self.files},
+            "status": {file.name: file.status for file in self.files},
+            "sha256": {file.name: file.sha256 for file in self.files},
+        }
+
+
+def publish_client(spec: PublishSpec) -> Any:
+    """A client from the one S3 client factory, with a connection per part in flight."""
+    return make_s3_client(spec.endpoint_url, max_pool_connections=spec.concurrency + 4)
+
+
+def version_destination(spec: PublishSpec, dataset: str, version: str, client: Any | None = None) -> S3Destination:
+    """`s3://<bucket>/<prefix>/<dataset>/<version>/` with the spec's part size and concurrency."""
+    root = S3Destination(client or publish_client(spec), S3Url(spec.bucket, spec.prefix),
+                         MultipartSettings(spec.part_size_mib * MIB, spec.concurrency))
+    return root.child(f"{dataset}/{version}")
+
+
+def publish_file(path: Path, destination: S3Destination, name: str) -> PublishedFile:
+    """Upload `path` as `name` below `destination` unless an identical object (size + sha1) is there."""
+    digest = digest_file(path)
+    uri = destination.describe(name)
+    if destination.verified(name, digest.size, digest.sha1) is not None:
+        return PublishedFile(name, uri, "skipped", digest.size, digest.sha1, digest.sha256)
+    sink = destination.open(name, digest.sha1)
+    try:
+        sink.restart(None, digest.size)  # the known size lets the sink keep within S3's 10,000 parts
+        with open(path, "rb") as handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                sink.write(chunk)
+        if sink.digest() != digest:
+            raise StorageError(f"{path}: changed while it was uploaded to {uri}; nothing was published")
+        sink.commit()
+    finally:
+        sink.close()
+    logger.info("published %s (%d bytes)", uri, digest.size)
+    return PublishedFile(name, uri, "uploaded", digest.size, digest.sha1, digest.sha256)
+
+
+def publish_folder(folder: Path, names: Sequence[str], destination: S3Destination) -> PublishReport:
+    """Publish `folder/<name>` for each name, in order; every file must exist."""
+    missing = [str(folder / name) for name in names if not (folder / name).is_file()]
+    if missing:
+        raise DatasetAssetsError(f"cannot publish {destination.describe()}: missing {', '.join(missing)} "
+                                 "(download the version, or prepare and pack it, first)")
+    started = time.monotonic()
+    files = tuple(publish_file(folder / name, destination, name) for name in names)
+    return PublishReport(files, time.monotonic() - started)
+
+
+def _published_keys(client: Any, bucket: str, prefix: str) -> list[str]:
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+    except (BotoCoreError, ClientError) as error:
+        raise StorageError(f"s3://{bucket}/{prefix}: S3 list_objects_v2 failed: {error}") from error
+
+
+def list_published_versions(spec: PublishSpec, dataset: str, client: Any | None = None) -> list[str]:
+    """Versions of `dataset` whose annotations object exists below the spec's prefix, sorted."""
+    base = S3Url(spec.bucket, spec.prefix).key(dataset) + "/"
+    versions = set()
+    for key in _published_keys(client or publish_client(spec), spec.bucket, base):
+        version, _, name = key[len(base):].partition("/")
+        if name != ANNOTATIONS_FILE:
+            continue
+        try:
+            versions.add(check_version(version, f"s3://{spec.bucket}/{key}", "version"))
+        except InvalidInputError as error:
+            logger.warning("ignoring a published folder that is not a version: %s", error)
+    return sorted(versions)

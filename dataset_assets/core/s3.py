@@ -1,0 +1,324 @@
+"""S3-compatible buckets as a transfer `Destination`: the one S3 client factory and streaming multipart upload.
+
+Bytes stream from the HTTP response into parts of `part_size`; each full part is uploaded on a
+small thread pool while the next one fills. At most `concurrency` parts are in flight per
+destination (a semaphore shared by every file written through it), so memory stays near
+`(files in flight + concurrency) * part_size` whatever the file sizes. A file no larger than one
+part is sent with a single PutObject. A multipart upload becomes a visible object only on
+CompleteMultipartUpload, which is called after the transfer engine verified size and sha1; any
+failure aborts the upload, so no parts are left behind. The object carries its checksums as
+metadata (`sha1`; `sha256` too for single-part objects, since multipart metadata is fixed before
+the bytes are seen) and is checked with a HEAD (size + stored sha1) once published. Existing
+objects whose size and stored sha1 match the manifest are not transferred again.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from dataset_assets.core.errors import InvalidInputError
+from dataset_assets.core.redaction import get_logger, redact_text
+from dataset_assets.core.storage import FileDigest, FileSink, StorageError, StreamDigest, matches
+
+logger = get_logger(__name__)
+MIB = 1 << 20
+MIN_PART_SIZE = 5 * MIB
+MAX_PARTS = 10_000
+DEFAULT_PART_SIZE = 8 * MIB
+DEFAULT_PART_CONCURRENCY = 4
+
+
+def is_s3_url(text: str) -> bool:
+    return text.startswith("s3://")
+
+
+@dataclass(frozen=True)
+class S3Url:
+    """`s3://bucket/prefix`; keys below it are `prefix/<relative path>`."""
+
+    bucket: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, url: str, source: str = "destination") -> S3Url:
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+            raise InvalidInputError(source, "destination", url, "must look like s3://bucket/prefix")
+        return cls(parts.netloc, parts.path.strip("/"))
+
+    def key(self, relative_path: str) -> str:
+        return "/".join(part for part in (self.prefix, relative_path.strip("/")) if part)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+def make_s3_client(endpoint_url: str | None = None, region_name: str | None = None,
+                   max_pool_connections: int = 32) -> Any:
+    """A boto3 S3 client; credentials and (when not given) the endpoint come from the usual AWS env/config."""
+    config = Config(max_pool_connections=max_pool_connections, retries={"mode": "standard", "max_attempts": 5})
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region_name, config=config)
+
+
+@dataclass(frozen=True)
+class MultipartSettings:
+    """Part size in bytes (S3 needs at least 5 MiB) and parts uploaded at once per destination."""
+
+    part_size: int = DEFAULT_PART_SIZE
+    concurrency: int = DEFAULT_PART_CONCURRENCY
+
+    def __post_init__(self) -> None:
+        if self.part_size < MIN_PART_SIZE:
+            raise InvalidInputError("multipart settings", "part_size", self.part_size,
+                                    f"must be at least {MIN_PART_SIZE} bytes (5 MiB, the S3 minimum)")
+        if self.concurrency < 1:
+            raise InvalidInputError("multipart settings", "concurrency", self.concurrency, "must be at least 1")
+
+
+def _s3_error(url: str, operation: str, error: Exception) -> StorageError:
+    return StorageError(redact_text(f"{url}: S3 {operation} failed: {error}"))
+
+
+class S3Destination:
+    """Objects under `s3://bucket/prefix/<sequence>/<filename>`, written by streaming multipart upload."""
+
+    def __init__(self, client: Any, url: S3Url, settings: MultipartSettings = MultipartSettings(),
+                 slots: threading.BoundedSemaphore | None = None) -> None:
+        self.client = client
+        self.url = url
+        self.settings = settings
+        self.slots = slots or threading.BoundedSemaphore(settings.concurrency)
+
+    def child(self, relative_prefix: str) -> S3Destination:
+        """The destination `relative_prefix` below this one, sharing its client and part budget."""
+        return S3Destination(self.client, S3Url(self.url.bucket, self.url.key(relative_prefix)),
+                             self.settings, self.slots)
+
+    def describe(self, relative_path: str = "") -> str:
+        return f"s3://{self.url.bucket}/{self.url.key(relative_path)}"
+
+    def call(self, operation: str, relative_path: str, **kwargs: Any) -> Any:
+        """Call one S3 operation on the object at `relative_path`; errors name the object."""
+        try:
+            return getattr(self.client, operation)(Bucket=self.url.bucket, Key=self.url.key(relative_path), **kwargs)
+        except (BotoCoreError, ClientError) as error:
+            raise _s3_error(self.describe(relative_path), operation, error) from error
+
+    def head(self, relative_path: str) -> dict[str, Any] | None:
+        try:
+            return self.call("head_object", relative_path)
+        except StorageError as error:
+            cause = error.__cause__
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return None
+            raise
+
+    def verified(self, relative_path: str, size: int | None, sha1: str | None) -> FileDigest | None:
+        """The stored digest of an existing object whose size and `sha1` metadata match, else None."""
+        head = self.head(relative_path)
+        if head is None:
+            return None
+        metadata = head.get("Metadata", {})
+        stored_sha1 = metadata.get("sha1")
+        if sha1 is not None and stored_sha1 != sha1:
+            return None
+        digest = FileDigest(head["ContentLength"], stored_sha1 or "", metadata.get("sha256", ""))
+        return digest if matches(digest, size, None) else None
+
+    def open(self, relative_path: str, sha1: str | None) -> FileSink:
+        return _S3Sink(self, relative_path, sha1)
+
+    def put_bytes(self, relative_path: str, data: bytes) -> None:
+        digest = StreamDigest()
+        digest.update(data)
+        self.call("put_object", relative_path, Body=data, Metadata=_metadata(digest.result()))
+
+    def abort_stale_uploads(self, relative_path: str) -> None:
+        """Abort multipart uploads of this key left by an interrupted run (their hash state is gone)."""
+        key = self.url.key(relative_path)
+        try:
+            listed = self.client.list_multipart_uploads(Bucket=self.url.bucket, Prefix=key)
+        except (BotoCoreError, ClientError) as error:
+            raise _s3_error(self.describe(relative_path), "list_multipart_uploads", error) from error
+        for upload in listed.get("Uploads", []):
+            if upload["Key"] == key:
+                logger.info("%s: aborting multipart upload left by an interrupted run", self.describe(relative_path))
+                self.call("abort_multipart_upload", relative_path, UploadId=upload["UploadId"])
+
+
+def _metadata(digest: FileDigest) -> dict[str, str]:
+    return {"sha1": digest.sha1, "sha256": digest.sha256}
+
+
+class _MultipartUpload:
+    """One multipart upload: parts go out on a small pool, bounded by the destination's slots."""
+
+    def __init__(self, destination: S3Destination, relative_path: str, metadata: dict[str, str]) -> None:
+        self._destination = destination
+        self._path = relative_path
+        destination.abort_stale_uploads(relative_path)
+        created = destination.call("create_multipart_upload", relative_path, Metadata=metadata)
+        self.upload_id: str = created["UploadId"]
+        self._pool = ThreadPoolExecutor(max_workers=destination.settings.concurrency, thread_name_prefix="s3-part")
+        self._futures: list[Future[dict[str, Any]]] = []
+
+    def submit(self, data: bytearray) -> None:
+        """Queue the next part; blocks while the destination's part budget is used up."""
+        self.raise_failure()
+        if len(self._futures) >= MAX_PARTS:
+            raise StorageError(f"{self._destination.describe(self._path)}: more than {MAX_PARTS} parts; "
+                               f"raise part_size (now {self._destination.settings.part_size} bytes)")
+        self._destination.slots.acquire()
+        try:
+            future = self._pool.submit(self._upload_part, len(self._futures) + 1, data)
+        except BaseException:
+            self._destination.slots.release()
+            raise
+        future.add_done_callback(lambda _: self._destination.slots.release())
+        self._futures.append(future)
+
+    def _upload_part(self, number: int, data: bytearray) -> dict[str, Any]:
+        answer = self._destination.call("upload_part", self._path, UploadId=self.upload_id, PartNumber=number,
+                                        Body=data)
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    def raise_failure(self) -> None:
+        for future in self._futures:
+            if future.done() and future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+
+    def complete(self) -> None:
+        parts = [future.result() for future in self._futures]
+        self._pool.shutdown()
+        self._destination.call("complete_multipart_upload", self._path, UploadId=self.upload_id,
+                               MultipartUpload={"Parts": parts})
+
+    def abort(self) -> None:
+        for future in self._futures:
+            future.cancel()
+        wait(self._futures)
+        self._pool.shutdown()
+        try:
+            self._destination.call("abort_multipart_upload", self._path, UploadId=self.upload_id)
+        except StorageError as error:
+            logger.warning("could not abort multipart upload %s: %s", self.upload_id, error)
+
+
+class _PartBuffer:
+    """The part being filled, up to `capacity` bytes: preallocated (to the bytes expected, when
+    fewer), so each byte is copied into it exactly once."""
+
+    def __init__(self, capacity: int, expected: int) -> None:
+        self.capacity = capacity
+        self.data = bytearray(min(capacity, expected))
+        self.filled = 0
+
+    def fill(self, view: memoryview) -> memoryview:
+        """Copy what fits from `view`; return the rest."""
+        count = min(len(view), self.capacity - self.filled)
+        end = self.filled + count
+        if end > len(self.data):  # more bytes than expected: grow past the preallocation
+            del self.data[self.filled:]
+            self.data += view[:count]
+        else:
+            self.data[self.filled:end] = view[:count]
+        self.filled = end
+        return view[count:]
+
+    @property
+    def full(self) -> bool:
+        return self.filled == self.capacity
+
+    def take(self) -> bytearray:
+        del self.data[self.filled:]
+        return self.data
+
+
+class _S3Sink:
+    """Fills one part in memory and streams full parts out; held bytes live only in this process."""
+
+    def __init__(self, destination: S3Destination, relative_path: str, sha1: str | None) -> None:
+        self._destination = destination
+        self._path = relative_path
+        self._sha1 = sha1
+        self.held = 0
+        self.validator: str | None = None
+        self.total: int | None = None
+        self._digest = StreamDigest()
+        self._part: _PartBuffer | None = None
+        self._upload: _MultipartUpload | None = None
+
+    def restart(self, validator: str | None, total: int | None) -> None:
+        self._discard()
+        self.validator, self.total = validator, total
+
+    def write(self, chunk: bytes) -> None:
+        self._digest.update(chunk)
+        rest = memoryview(chunk)
+        while rest:
+            if self._part is None:
+                size = self._part_size()
+                self._part = _PartBuffer(size, size if self.total is None else max(self.total - self.held, 0))
+            before = len(rest)
+            rest = self._part.fill(rest)
+            self.held += before - len(rest)
+            if self._part.full:
+                self._send_part(self._part.take())
+                self._part = None
+
+    def _part_size(self) -> int:
+        # A known large total raises the part size so the file fits in S3's 10,000 parts.
+        needed = math.ceil(self.total / MAX_PARTS) if self.total else 0
+        return max(self._destination.settings.part_size, needed)
+
+    def _send_part(self, data: bytearray) -> None:
+        if self._upload is None:
+            # Metadata is fixed at creation: only the manifest's sha1 is known now; the engine
+            # verifies the streamed bytes against it before completing.
+            metadata = {"sha1": self._sha1} if self._sha1 else {}
+            self._upload = _MultipartUpload(self._destination, self._path, metadata)
+        self._upload.submit(data)
+
+    def digest(self) -> FileDigest:
+        return self._digest.result()
+
+    def commit(self) -> None:
+        digest = self._digest.result()
+        last = self._part.take() if self._part is not None else bytearray()
+        self._part = None
+        if self._upload is None:
+            self._destination.call("put_object", self._path, Body=last, Metadata=_metadata(digest))
+        else:
+            if last:
+                self._send_part(last)
+            self._upload.complete()
+            self._upload = None
+        self._check_published(digest)
+
+    def _check_published(self, digest: FileDigest) -> None:
+        head = self._destination.head(self._path) or {}
+        stored = head.get("Metadata", {}).get("sha1", digest.sha1)
+        if head.get("ContentLength") != digest.size or stored != digest.sha1:
+            self._destination.call("delete_object", self._path)
+            raise StorageError(f"{self._destination.describe(self._path)}: published object has "
+                               f"{head.get('ContentLength')} bytes and sha1 {stored}, "
+                               f"expected {digest.size} bytes and sha1 {digest.sha1}; deleted it")
+
+    def close(self) -> None:
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._upload is not None:
+            self._upload.abort()
+            self._upload = None
+        self._part = None
+        self.held = 0
+        self._digest = StreamDigest()

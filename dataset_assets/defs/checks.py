@@ -1,0 +1,118 @@
+"""Asset checks of shard and split assets: indexes agree with their shards, splits are clean.
+
+Per `<ds>/shards__<config>` (partitioned like the asset): `sample_count_matches_index` and
+`index_entries_resolve`. Per `<ds>/splits__<config>`: `train_validation_disjoint` and
+`yaml_paths_exist`. All are blocking: in a run that also materializes something downstream, a
+failed check stops it, so a corrupt shard set or a leaking split never reaches the next step.
+Each check body calls one core function and reports what it found.
+"""
+from collections.abc import Iterator
+from pathlib import Path
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSpec,
+    AssetKey,
+    MetadataValue,
+    multi_asset_check,
+)
+
+from dataset_assets.core.catalog import DatasetSpec
+from dataset_assets.core.errors import DatasetAssetsError
+from dataset_assets.core.index import INDEX_FILE
+from dataset_assets.core.loading import missing_tars, split_overlap
+from dataset_assets.core.preprocess import PreprocessConfig
+from dataset_assets.core.shards import ShardSetCheck, verify_shard_set
+from dataset_assets.defs.partitions import sequence_partitions
+from dataset_assets.defs.resources import DatasetHome
+
+SHOWN_PROBLEMS = 10
+SPLIT_PARTS = ("all", "train", "validation")
+
+
+def _shard_set_folders(context: AssetCheckExecutionContext, root: Path) -> list[Path]:
+    """The run's partitions' shard sets, or every published one when the run is unpartitioned."""
+    if context.has_partition_key or context.has_partition_key_range:
+        return [root / sequence for sequence in context.partition_keys]
+    return sorted(path.parent for path in root.glob(f"*/{INDEX_FILE}"))
+
+
+def _verify(folder: Path) -> ShardSetCheck:
+    try:
+        return verify_shard_set(folder)
+    except DatasetAssetsError as error:
+        return ShardSetCheck(index_rows=0, samples=0, problems=(str(error),))
+
+
+def _shards_checks(spec: DatasetSpec, config: PreprocessConfig) -> AssetChecksDefinition:
+    key = AssetKey([spec.name, f"shards__{config.name}"])
+    partitions = sequence_partitions(spec.name)
+    specs = [
+        AssetCheckSpec("sample_count_matches_index", asset=key, blocking=True, partitions_def=partitions,
+                       description="Samples found in the shard files equal the rows of the set's _index.json."),
+        AssetCheckSpec("index_entries_resolve", asset=key, blocking=True, partitions_def=partitions,
+                       description="Every shard matches its indexed size and sha256, and every index entry "
+                                   "reads back exactly the bytes a sequential tar read yields."),
+    ]
+
+    @multi_asset_check(specs=specs, name=f"{spec.name}_shards__{config.name}_checks")
+    def shard_checks(context: AssetCheckExecutionContext, home: DatasetHome) -> Iterator[AssetCheckResult]:
+        root = home.shard_set_folder(spec.name, config.name)
+        reports = {folder.name: _verify(folder) for folder in _shard_set_folders(context, root)}
+        counts = {name: {"index_rows": r.index_rows, "samples": r.samples} for name, r in reports.items()}
+        mismatched = sorted(name for name, r in reports.items() if r.index_rows != r.samples or not r.index_rows)
+        yield AssetCheckResult(
+            check_name="sample_count_matches_index", asset_key=key, passed=bool(reports) and not mismatched,
+            description=f"index rows differ from samples in: {', '.join(mismatched)}" if mismatched else None,
+            metadata={"counts": MetadataValue.json(counts)},
+        )
+        problems = [problem for report in reports.values() for problem in report.problems]
+        yield AssetCheckResult(
+            check_name="index_entries_resolve", asset_key=key, passed=bool(reports) and not problems,
+            description=problems[0] if problems else None,
+            metadata={"problem_count": len(problems), "problems": MetadataValue.json(problems[:SHOWN_PROBLEMS])},
+        )
+
+    return shard_checks
+
+
+def _splits_checks(spec: DatasetSpec, config: PreprocessConfig) -> AssetChecksDefinition:
+    key = AssetKey([spec.name, f"splits__{config.name}"])
+    specs = [
+        AssetCheckSpec("train_validation_disjoint", asset=key, blocking=True,
+                       description="No sequence or tar is in both the train and the validation split."),
+        AssetCheckSpec("yaml_paths_exist", asset=key, blocking=True,
+                       description="Every path in local_{all,train,validation}_tars.yaml is an existing file."),
+    ]
+
+    @multi_asset_check(specs=specs, name=f"{spec.name}_splits__{config.name}_checks")
+    def split_checks(home: DatasetHome) -> Iterator[AssetCheckResult]:
+        folder = home.shard_set_folder(spec.name, config.name)
+        try:
+            overlap = [*split_overlap(folder / "local_train_tars.yaml", folder / "local_validation_tars.yaml"),
+                       *split_overlap(folder / "streamable_train_tars.yaml",
+                                      folder / "streamable_validation_tars.yaml")]
+            missing = {part: missing_tars(folder / f"local_{part}_tars.yaml") for part in SPLIT_PARTS}
+        except DatasetAssetsError as error:
+            overlap, missing = [str(error)], {"error": [str(error)]}
+        yield AssetCheckResult(
+            check_name="train_validation_disjoint", asset_key=key, passed=not overlap,
+            description=f"in both train and validation: {', '.join(overlap[:SHOWN_PROBLEMS])}" if overlap else None,
+            metadata={"in_both": MetadataValue.json(overlap[:SHOWN_PROBLEMS])},
+        )
+        absent = [path for paths in missing.values() for path in paths]
+        yield AssetCheckResult(
+            check_name="yaml_paths_exist", asset_key=key, passed=not absent,
+            description=f"{len(absent)} listed files missing, e.g. {absent[0]}" if absent else None,
+            metadata={"missing": MetadataValue.json({part: paths[:SHOWN_PROBLEMS] for part, paths in missing.items()})},
+        )
+
+    return split_checks
+
+
+def build_shard_checks(spec: DatasetSpec) -> list[AssetChecksDefinition]:
+    """The shard-set and split checks of every preprocessing config of a signed-URL dataset."""
+    return [check for config in spec.preprocess.values()
+            for check in (_shards_checks(spec, config), _splits_checks(spec, config))]

@@ -1,0 +1,229 @@
+"""Sensors that keep a signed-URL dataset current: new sequences in, fresh links before old ones die.
+
+`<ds>_manifest_sensor` fetches the published manifest with core code (never a shard) and compares
+a digest per sequence (its files' names, sizes and sha1s, not its links) with the digests in its
+cursor. Sequences Dagster does not know yet become dynamic partitions, and each new or changed
+sequence gets one `<ds>_sequence` run, unless its newest `raw_shards` materialization already
+verified exactly those files. `<ds>_link_refresh_sensor` requests `<ds>_refresh_links` once the
+saved manifest's earliest link expiry is within the margin, and re-requests every partition whose
+`raw_shards` step failed on expired links and has not been materialized since; `<ds>_sequence`
+fetches fresh links before it downloads.
+"""
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    RunRequest,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+)
+from dagster._utils.error import SerializableErrorInfo
+
+from dataset_assets.core.catalog import DatasetSpec
+from dataset_assets.core.manifest import UrlManifest
+from dataset_assets.core.pipeline import content_version, read_snapshot, usable_sequences
+from dataset_assets.core.transfer import LinkExpired, fetch_manifest, make_client
+from dataset_assets.defs.jobs import DatasetJobs, raw_key
+from dataset_assets.defs.partitions import sequence_partitions
+from dataset_assets.defs.resources import DatasetHome, TransferResource
+
+REFRESH_MARGIN_ENV = "DATASET_ASSETS_LINK_REFRESH_MARGIN_SECONDS"
+DEFAULT_REFRESH_MARGIN = timedelta(minutes=15)
+EXPIRED_LINKS_MESSAGE = "signed links expired"
+TRIGGER_TAG = "dataset_assets/trigger"
+FAILED_RUNS_PER_TICK = 100
+
+
+def refresh_margin() -> timedelta:
+    """How long before the earliest link expiry links are refreshed (`$DATASET_ASSETS_LINK_REFRESH_MARGIN_SECONDS`)."""
+    value = os.environ.get(REFRESH_MARGIN_ENV)
+    if value is None:
+        return DEFAULT_REFRESH_MARGIN
+    if not value.isdigit():
+        raise ValueError(f"${REFRESH_MARGIN_ENV} must be a whole number of seconds (got {value!r})")
+    return timedelta(seconds=int(value))
+
+
+def sequence_digests(manifest: UrlManifest, raw_configs: list[str]) -> dict[str, str]:
+    """`content_version` of each usable sequence's files: it changes when the files change, not the links."""
+    return {
+        sequence: content_version(UrlManifest(manifest.source, {
+            config: {sequence: manifest.entries(config, sequence)} for config in raw_configs}))
+        for sequence in usable_sequences(manifest, raw_configs)
+    }
+
+
+def is_current(instance: DagsterInstance, key: AssetKey, manifest: UrlManifest, raw_configs: list[str],
+               sequence: str) -> bool:
+    """Whether the newest materialization of `sequence` verified exactly the files the manifest lists."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[sequence]), limit=1).records
+    if not records or records[0].asset_materialization is None:
+        return False
+    verified = records[0].asset_materialization.metadata.get("sha1")
+    expected = {f"{entry.config}/{entry.relative_path}": entry.sha1
+                for config in raw_configs for entry in manifest.entries(config, sequence)}
+    return verified is not None and verified.value == expected
+
+
+def links_expiring(expiry: datetime, within: timedelta) -> bool:
+    return expiry - datetime.now(timezone.utc) <= within
+
+
+def saved_expiry(path: Path) -> datetime | None:
+    """The earliest link expiry of the saved manifest; None if there is none yet or links never expire."""
+    return read_snapshot(path).earliest_expiry() if path.exists() else None
+
+
+def build_manifest_sensor(spec: DatasetSpec, jobs: DatasetJobs) -> SensorDefinition:
+    dataset, sequences = spec.name, sequence_partitions(spec.name)
+
+    @sensor(name=f"{dataset}_manifest_sensor", job=jobs.sequence, minimum_interval_seconds=300,
+            description=f"Adds new {dataset} sequences as partitions and runs `{jobs.sequence.name}` "
+                        "for each new or changed sequence of the published manifest.")
+    def manifest_sensor(context: SensorEvaluationContext, transfer: TransferResource) -> SensorResult:
+        with make_client(transfer.settings()) as client:
+            manifest, _ = fetch_manifest(spec.manifest.location, client)
+        digests = sequence_digests(manifest, spec.raw_configs)
+        seen = json.loads(context.cursor) if context.cursor else {}
+        changed = [sequence for sequence, digest in digests.items() if seen.get(sequence) != digest
+                   and not is_current(context.instance, raw_key(dataset), manifest, spec.raw_configs, sequence)]
+        known = set(context.instance.get_dynamic_partitions(sequences.name))
+        new = [sequence for sequence in digests if sequence not in known]
+        cursor = json.dumps(digests, sort_keys=True)
+        if not changed and not new:
+            return SensorResult(skip_reason=f"{len(digests)} sequences published, none new or changed", cursor=cursor)
+        return SensorResult(
+            run_requests=[RunRequest(job_name=jobs.sequence.name, run_key=f"{sequence}:{digests[sequence]}",
+                                     partition_key=sequence, tags={TRIGGER_TAG: "new_or_changed_sequence"})
+                          for sequence in changed],
+            dynamic_partitions_requests=[sequences.build_add_request(new)] if new else [],
+            cursor=cursor,
+        )
+
+    return manifest_sensor
+
+
+def _mentions_expired_links(error: SerializableErrorInfo | None) -> bool:
+    while error is not None:
+        if error.cls_name == LinkExpired.__name__ or EXPIRED_LINKS_MESSAGE in error.message:
+            return True
+        error = error.cause
+    return False
+
+
+def failed_on_expired_links(instance: DagsterInstance, run_id: str, key: AssetKey) -> bool:
+    """Whether the step of asset `key` failed in run `run_id` because signed links expired."""
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE):
+        event = entry.dagster_event
+        if event is not None and event.step_key == key.to_python_identifier():
+            if _mentions_expired_links(event.step_failure_data.error):
+                return True
+    return False
+
+
+def run_partitions(instance: DagsterInstance, run: DagsterRun, partitions_name: str) -> list[str]:
+    """The partition a run targeted, or every partition of its range."""
+    if PARTITION_NAME_TAG in run.tags:
+        return [run.tags[PARTITION_NAME_TAG]]
+    if ASSET_PARTITION_RANGE_START_TAG not in run.tags:
+        return []
+    keys = instance.get_dynamic_partitions(partitions_name)
+    first, last = run.tags[ASSET_PARTITION_RANGE_START_TAG], run.tags[ASSET_PARTITION_RANGE_END_TAG]
+    return keys[keys.index(first):keys.index(last) + 1] if first in keys and last in keys else []
+
+
+def materialized_since(instance: DagsterInstance, key: AssetKey, partition: str, since: datetime) -> bool:
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[partition], after_timestamp=since.timestamp()),
+        limit=1).records
+    return bool(records)
+
+
+@dataclass(frozen=True)
+class RefreshCursor:
+    """Failed runs are read after `failures_until`; `refreshed_expiry` is the expiry already refreshed for."""
+
+    failures_until: str = datetime.fromtimestamp(0, timezone.utc).isoformat()
+    refreshed_expiry: str = ""
+
+    @classmethod
+    def parse(cls, text: str | None) -> "RefreshCursor":
+        return cls(**json.loads(text)) if text else cls()
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class FailureScan:
+    """Partitions to retry, `(run_id, partition)`, and the update time of the newest failed run read."""
+
+    retries: list[tuple[str, str]]
+    until: datetime | None
+
+
+def scan_failures(instance: DagsterInstance, dataset: str, after: datetime) -> FailureScan:
+    """Failed runs updated after `after`: partitions whose download failed on expired links and are
+    still unmaterialized."""
+    key, partitions_name = raw_key(dataset), sequence_partitions(dataset).name
+    records = instance.get_run_records(
+        RunsFilter(statuses=[DagsterRunStatus.FAILURE], updated_after=after),
+        limit=FAILED_RUNS_PER_TICK, order_by="update_timestamp", ascending=True)
+    retries = [
+        (record.dagster_run.run_id, partition)
+        for record in records if failed_on_expired_links(instance, record.dagster_run.run_id, key)
+        for partition in run_partitions(instance, record.dagster_run, partitions_name)
+        if not materialized_since(instance, key, partition, record.update_timestamp)
+    ]
+    return FailureScan(retries, records[-1].update_timestamp if records else None)
+
+
+def build_link_refresh_sensor(spec: DatasetSpec, jobs: DatasetJobs, margin: timedelta) -> SensorDefinition:
+    dataset = spec.name
+
+    @sensor(name=f"{dataset}_link_refresh_sensor", jobs=[jobs.sequence, jobs.refresh_links],
+            minimum_interval_seconds=60,
+            description=f"Refreshes {dataset}'s signed links {margin} before they expire and re-requests "
+                        "the partitions whose download failed on expired links.")
+    def link_refresh_sensor(context: SensorEvaluationContext, home: DatasetHome) -> SensorResult:
+        cursor = RefreshCursor.parse(context.cursor)
+        scan = scan_failures(context.instance, dataset, datetime.fromisoformat(cursor.failures_until))
+        requests = [RunRequest(job_name=jobs.sequence.name, partition_key=partition,
+                               run_key=f"retry:{run_id}:{partition}", tags={TRIGGER_TAG: "expired_links"})
+                    for run_id, partition in scan.retries]
+        failures_until = scan.until.isoformat() if scan.until else cursor.failures_until
+        expiry = saved_expiry(home.manifest_path(dataset))
+        refreshed_expiry = cursor.refreshed_expiry
+        if expiry is not None and links_expiring(expiry, margin) and expiry.isoformat() != refreshed_expiry:
+            refreshed_expiry = expiry.isoformat()
+            requests.append(RunRequest(job_name=jobs.refresh_links.name, run_key=f"refresh:{refreshed_expiry}",
+                                       tags={TRIGGER_TAG: "links_expiring"}))
+        next_cursor = RefreshCursor(failures_until, refreshed_expiry).dumps()
+        if not requests:
+            until = expiry.isoformat() if expiry else "no expiry recorded"
+            return SensorResult(skip_reason=f"links valid ({until}); no expired-link failures", cursor=next_cursor)
+        return SensorResult(run_requests=requests, cursor=next_cursor)
+
+    return link_refresh_sensor
+
+
+def build_sensors(spec: DatasetSpec, jobs: DatasetJobs, margin: timedelta | None = None) -> list[SensorDefinition]:
+    return [build_manifest_sensor(spec, jobs), build_link_refresh_sensor(spec, jobs, margin or refresh_margin())]

@@ -1,0 +1,195 @@
+"""Streaming downloads into an S3 bucket: moto's standalone server and the demo server, both on 127.0.0.1."""
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from botocore.exceptions import EndpointConnectionError
+
+from dataset_assets.core.errors import InvalidInputError
+from dataset_assets.core.manifest import ManifestEntry, parse_manifest
+from dataset_assets.core.s3 import MIB, MIN_PART_SIZE, MultipartSettings, S3Destination, S3Url
+from dataset_assets.core.transfer import TransferError, TransferSettings, download_entries
+from dataset_assets.demo.server import DemoServer
+from dataset_assets_tests import s3_fixtures
+from dataset_assets_tests.s3_fixtures import S3Bucket
+
+moto_endpoint = s3_fixtures.moto_endpoint
+moto_client = s3_fixtures.moto_client
+s3_bucket = s3_fixtures.s3_bucket
+
+BIG = "big/seq_000/shards-0000.tar"
+BIG_SIZE = 6 * MIN_PART_SIZE + 123_457
+PARTS = MultipartSettings(part_size=MIN_PART_SIZE, concurrency=4)
+FAST = TransferSettings(workers=4, max_attempts=3, backoff_initial_seconds=0.01, backoff_max_seconds=0.1)
+
+
+@pytest.fixture(scope="module")
+def big_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A source folder with one file of more than six 5 MiB parts and a few small ones."""
+    folder = tmp_path_factory.mktemp("big_source")
+    (folder / BIG).parent.mkdir(parents=True)
+    (folder / BIG).write_bytes(hashlib.shake_256(b"big").digest(BIG_SIZE))
+    for index in range(3):
+        (folder / f"big/seq_001/shards-{index:04d}.tar").parent.mkdir(parents=True, exist_ok=True)
+        (folder / f"big/seq_001/shards-{index:04d}.tar").write_bytes(bytes([index]) * 70_000)
+    return folder
+
+
+@pytest.fixture
+def source_server(big_source: Path) -> Iterator[DemoServer]:
+    with DemoServer(big_source) as server:
+        yield server
+
+
+def entries_of(server: DemoServer, sequence: str = "seq_000") -> list[ManifestEntry]:
+    manifest = parse_manifest(httpx.get(server.manifest_url).json(), server.manifest_url)
+    return list(manifest.entries("big", sequence))
+
+
+def destination(bucket: S3Bucket, settings: MultipartSettings = PARTS) -> S3Destination:
+    return S3Destination(bucket.client, S3Url(bucket.name, "mirror/raw"), settings)
+
+
+class PartCalls:
+    """boto3 event hooks counting UploadPart calls in flight (and optionally failing one part)."""
+
+    def __init__(self, client: Any, fail_part: int | None = None) -> None:
+        self.lock = threading.Lock()
+        self.active = self.peak = self.calls = 0
+        self.fail_part = fail_part
+        self._client = client
+        client.meta.events.register("before-parameter-build.s3.UploadPart", self.before)
+        client.meta.events.register("after-call.s3.UploadPart", self.after)
+
+    def before(self, params: dict[str, Any], **kwargs: Any) -> None:
+        if params["PartNumber"] == self.fail_part:
+            raise EndpointConnectionError(endpoint_url=f"injected failure of part {self.fail_part}")
+        with self.lock:
+            self.calls += 1
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+
+    def after(self, **kwargs: Any) -> None:
+        with self.lock:
+            self.active -= 1
+
+    def remove(self) -> None:
+        self._client.meta.events.unregister("before-parameter-build.s3.UploadPart", self.before)
+        self._client.meta.events.unregister("after-call.s3.UploadPart", self.after)
+
+
+@pytest.fixture
+def part_calls(s3_bucket: S3Bucket) -> Iterator[PartCalls]:
+    calls = PartCalls(s3_bucket.client)
+    yield calls
+    calls.remove()
+
+
+def test_large_file_streams_to_s3_in_parts_with_several_in_flight(
+    source_server: DemoServer, big_source: Path, s3_bucket: S3Bucket, part_calls: PartCalls
+) -> None:
+    [entry] = entries_of(source_server)
+    key = "mirror/raw/seq_000/shards-0000.tar"
+    # An upload a killed run left behind: its hash state is gone, so it is aborted, not continued.
+    s3_bucket.client.create_multipart_upload(Bucket=s3_bucket.name, Key=key)
+
+    report = download_entries([entry], {"big": destination(s3_bucket)}, FAST)
+
+    head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=key)
+    assert part_calls.calls == 7 and part_calls.peak >= 2
+    assert s3_bucket.read(key) == (big_source / BIG).read_bytes()
+    assert head["Metadata"] == {"sha1": entry.sha1}
+    assert head["ETag"].endswith('-7"')
+    assert report.results[0].sha256 == hashlib.sha256((big_source / BIG).read_bytes()).hexdigest()
+    assert s3_bucket.multipart_uploads() == []
+
+
+def test_source_failure_mid_upload_leaves_no_object_and_no_multipart_upload(
+    source_server: DemoServer, s3_bucket: S3Bucket, part_calls: PartCalls
+) -> None:
+    [entry] = entries_of(source_server)
+    source_server.faults.drop_after_bytes(4 * MIN_PART_SIZE)
+
+    with pytest.raises(TransferError, match="seq_000/shards-0000.tar: RemoteProtocolError"):
+        download_entries([entry], {"big": destination(s3_bucket)}, TransferSettings(max_attempts=1))
+
+    assert part_calls.calls >= 3
+    assert s3_bucket.keys() == []
+    assert s3_bucket.multipart_uploads() == []
+
+
+def test_part_upload_failure_aborts_the_upload_and_names_the_object(source_server: DemoServer, s3_bucket: S3Bucket
+                                                                    ) -> None:
+    [entry] = entries_of(source_server)
+    failing = PartCalls(s3_bucket.client, fail_part=3)
+    try:
+        with pytest.raises(TransferError, match="s3://.*/mirror/raw/seq_000/shards-0000.tar: S3 upload_part failed"):
+            download_entries([entry], {"big": destination(s3_bucket)}, FAST)
+    finally:
+        failing.remove()
+
+    assert s3_bucket.keys() == []
+    assert s3_bucket.multipart_uploads() == []
+
+
+def test_dropped_connection_continues_the_same_multipart_upload(
+    source_server: DemoServer, big_source: Path, s3_bucket: S3Bucket
+) -> None:
+    [entry] = entries_of(source_server)
+    cut = 2 * MIN_PART_SIZE + 1000
+    source_server.faults.drop_after_bytes(cut)
+
+    report = download_entries([entry], {"big": destination(s3_bucket)}, FAST)
+
+    files = [r for r in source_server.stats.requests if r.path.startswith("/files/")]
+    assert [r.range_header for r in files] == [None, f"bytes={cut}-"]
+    assert source_server.stats.body_bytes_sent() == BIG_SIZE
+    assert report.results[0].status == "resumed"
+    assert s3_bucket.read("mirror/raw/seq_000/shards-0000.tar") == (big_source / BIG).read_bytes()
+
+
+def test_small_files_are_single_puts_carrying_sha1_and_sha256(source_server: DemoServer, big_source: Path,
+                                                              s3_bucket: S3Bucket, part_calls: PartCalls) -> None:
+    entries = entries_of(source_server, "seq_001")
+
+    download_entries(entries, {"big": destination(s3_bucket)}, FAST)
+
+    assert part_calls.calls == 0
+    for entry in entries:
+        data = (big_source / "big" / entry.relative_path).read_bytes()
+        head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=f"mirror/raw/{entry.relative_path}")
+        assert head["Metadata"] == {"sha1": hashlib.sha1(data).hexdigest(),
+                                    "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_verified_objects_are_skipped_and_mismatching_ones_replaced(source_server: DemoServer,
+                                                                    s3_bucket: S3Bucket) -> None:
+    entries = entries_of(source_server, "seq_001")
+    target = destination(s3_bucket)
+    download_entries(entries, {"big": target}, FAST)
+    stale = f"mirror/raw/{entries[0].relative_path}"
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=stale, Body=b"\0" * 70_000, Metadata={"sha1": "0" * 40})
+    source_server.stats.reset()
+
+    report = download_entries(entries, {"big": target}, FAST)
+
+    assert [r.path for r in source_server.stats.requests] == [f"/files/big/{entries[0].relative_path}"]
+    assert report.count("skipped") == 2
+    assert s3_bucket.read(stale) == bytes([0]) * 70_000
+
+
+@pytest.mark.parametrize("url", ["http://bucket/x", "s3://", "s3://bucket/x?y=1"])
+def test_bad_s3_url_is_refused_naming_the_value(url: str) -> None:
+    with pytest.raises(InvalidInputError, match=r"field 'destination' must look like s3://bucket/prefix"):
+        S3Url.parse(url)
+
+
+def test_parts_smaller_than_the_s3_minimum_are_refused() -> None:
+    with pytest.raises(InvalidInputError, match=r"field 'part_size' must be at least 5242880 bytes .*got 1048576"):
+        MultipartSettings(part_size=MIB)

@@ -1,0 +1,291 @@
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import webdataset
+import zstandard
+
+from dataset_assets.core.errors import DatasetAssetsError, UnsafeArchiveError
+from dataset_assets.core.index import INDEX_FILE, read_index, write_index
+from dataset_assets.core.shards import (
+    Compression,
+    ShardFiles,
+    ShardWriter,
+    append_shards,
+    count_samples,
+    iter_tar_members,
+    iter_tar_samples,
+    verify_shard_set,
+)
+
+
+def sample(sequence: str, frame: int) -> dict[str, bytes]:
+    """Members of varied sizes (one crosses the small-member read path) that compress well."""
+    image = bytes([frame % 251]) * (700 + 97 * frame) + os.urandom(64)
+    return {"jpg": image, "json": b'{"frame": %d}' % frame, "npy": bytes(range(256)) * (1 + frame % 300)}
+
+
+def samples_of(sequence: str, frames: int) -> list[tuple[str, dict[str, bytes]]]:
+    return [(f"{sequence}_f{frame:04d}", sample(sequence, frame)) for frame in range(frames)]
+
+
+def write_set(folder: Path, samples: list[tuple[str, dict[str, bytes]]], **options: object) -> ShardWriter:
+    with ShardWriter(folder, **options) as writer:  # type: ignore[arg-type]
+        for key, members in samples:
+            writer.write(key, members)
+    write_index(folder, writer.index)
+    return writer
+
+
+def tar_files(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.glob("*.tar"))}
+
+
+def read_all(folder: Path) -> list[tuple[str, dict[str, bytes]]]:
+    return [item for path in sorted(folder.glob("*.tar")) for item in iter_tar_samples(path)]
+
+
+SEQUENCE = samples_of("seq_a", 40)
+BIG = ("seq_a_big", {"bin": os.urandom(200_000), "json": b"{}"})
+
+
+@pytest.mark.parametrize("compression", [None, Compression(level=3, block_samples=6)])
+def test_same_samples_give_byte_identical_shards_and_index(tmp_path: Path, compression: Compression | None) -> None:
+    write_set(tmp_path / "one", SEQUENCE, max_samples=16, compression=compression)
+    write_set(tmp_path / "two", SEQUENCE, max_samples=16, compression=compression)
+
+    assert tar_files(tmp_path / "one") == tar_files(tmp_path / "two")
+    assert len(tar_files(tmp_path / "one")) == 3
+    assert (tmp_path / "one" / INDEX_FILE).read_bytes() == (tmp_path / "two" / INDEX_FILE).read_bytes()
+
+
+def test_plain_shards_are_the_bytes_tarfile_writes_in_pax_format(tmp_path: Path) -> None:
+    write_set(tmp_path, SEQUENCE[:5])
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for key, members in SEQUENCE[:5]:
+            for extension in sorted(members):
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size, info.mode, info.uname, info.gname = len(members[extension]), 0o644, "", ""
+                tar.addfile(info, io.BytesIO(members[extension]))
+
+    assert (tmp_path / "shards-0000.tar").read_bytes() == expected.getvalue()
+    with tarfile.open(tmp_path / "shards-0000.tar") as tar:
+        assert {(m.mtime, m.uid, m.gid, m.mode) for m in tar} == {(0, 0, 0, 0o644)}
+
+
+def test_rolls_to_a_new_shard_by_sample_count_or_bytes(tmp_path: Path) -> None:
+    by_count = write_set(tmp_path / "count", SEQUENCE[:10], max_samples=4)
+    by_bytes = write_set(tmp_path / "bytes", SEQUENCE[:10], max_bytes=3 * 4096)
+
+    assert [shard.samples for shard in by_count.shards] == [4, 4, 2]
+    assert len(by_bytes.shards) > 1 and sum(shard.samples for shard in by_bytes.shards) == 10
+    assert all(shard.bytes == (tmp_path / "bytes" / shard.name).stat().st_size for shard in by_bytes.shards)
+
+
+def test_index_entries_read_back_exactly_the_bytes_webdataset_reads(tmp_path: Path) -> None:
+    writer = write_set(tmp_path, [*SEQUENCE, BIG], max_samples=16)
+    index = read_index(tmp_path)
+    dataset = webdataset.WebDataset(sorted(str(p) for p in tmp_path.glob("*.tar")), shardshuffle=False,
+                                    empty_check=False)
+    expected = [(item["__key__"], {k: v for k, v in item.items() if not k.startswith("__")}) for item in dataset]
+
+    assert index == writer.index and len(index) == len(expected) == 41
+    for entry, (key, members) in zip(index.entries, expected):
+        path = tmp_path / index.shards[entry.shard].name
+        with open(path, "rb") as handle:
+            for extension, offset, size in entry.members:
+                handle.seek(offset)
+                assert handle.read(size) == members[extension]
+        assert entry.key == key and {extension for extension, _, _ in entry.members} == set(members)
+
+
+def test_zstd_blocks_round_trip_and_are_readable_with_zstd_and_tar(tmp_path: Path) -> None:
+    plain = write_set(tmp_path / "plain", SEQUENCE, max_samples=16)
+    blocked = write_set(tmp_path / "zstd", SEQUENCE, max_samples=16, compression=Compression(block_samples=6))
+
+    assert read_all(tmp_path / "zstd") == read_all(tmp_path / "plain") == SEQUENCE
+    assert sum(s.bytes for s in blocked.shards) < sum(s.bytes for s in plain.shards) / 2
+    assert [count_samples(tmp_path / "zstd" / s.name) for s in blocked.shards] == [16, 16, 8]
+    with tarfile.open(tmp_path / "zstd" / "shards-0000.tar") as outer:
+        assert outer.getnames() == ["zstd-block-000000.tar.zst", "zstd-block-000001.tar.zst",
+                                    "zstd-block-000002.tar.zst"]
+        block = outer.extractfile("zstd-block-000000.tar.zst").read()  # type: ignore[union-attr]
+    with tarfile.open(fileobj=io.BytesIO(zstandard.ZstdDecompressor().decompress(block))) as inner:
+        assert inner.getnames()[:3] == ["seq_a_f0000.jpg", "seq_a_f0000.json", "seq_a_f0000.npy"]
+        assert len(inner.getnames()) == 6 * 3
+    files = ShardFiles([str(tmp_path / "zstd" / s.name) for s in blocked.shards])
+    index = read_index(tmp_path / "zstd")
+    assert [files.read_members(e.shard, e.members, index.blocks[e.block]) for e in index.entries] == [
+        members for _, members in SEQUENCE]
+
+
+def test_corrupt_zstd_block_names_the_shard_and_block(tmp_path: Path) -> None:
+    write_set(tmp_path, SEQUENCE[:6], compression=Compression(block_samples=6))
+    shard = tmp_path / "shards-0000.tar"
+    block = read_index(tmp_path).blocks[0]
+    data = bytearray(shard.read_bytes())
+    data[block.offset + block.size // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+    with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar:zstd-block-000000\.tar\.zst: corrupt zstd block"):
+        read_all(tmp_path)
+    assert verify_shard_set(tmp_path).problems
+
+
+def test_sample_keys_that_would_escape_or_clash_are_refused(tmp_path: Path) -> None:
+    with ShardWriter(tmp_path) as writer:
+        for key in ("", "a.b", "/abs", "../up", "x/../y", "zstd-block-000001"):
+            with pytest.raises(DatasetAssetsError, match="invalid sample key"):
+                writer.write(key, {"txt": b"x"})
+        with pytest.raises(DatasetAssetsError, match="invalid member extension"):
+            writer.write("ok", {"a/b": b"x"})
+
+
+def crafted_tar(path: Path, member: tarfile.TarInfo, tar_format: int = tarfile.PAX_FORMAT) -> Path:
+    with tarfile.open(path, "w", format=tar_format) as tar:
+        tar.addfile(_regular("seq_a_f0000.json", b"{}"), io.BytesIO(b"{}"))
+        tar.addfile(member, io.BytesIO(b"evil") if member.isreg() else None)
+    return path
+
+
+def _regular(name: str, data: bytes = b"evil") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info
+
+
+def _special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+CRAFTED: dict[str, tuple[Callable[[], tarfile.TarInfo], int, str]] = {
+    "dotdot": (lambda: _regular("../evil.json"), tarfile.PAX_FORMAT, "'..' would escape"),
+    "nested dotdot": (lambda: _regular("seq/../../evil.json"), tarfile.PAX_FORMAT, "'..' would escape"),
+    "absolute": (lambda: _regular("/etc/cron.d/evil"), tarfile.PAX_FORMAT, "absolute paths"),
+    "pax long dotdot": (lambda: _regular("../" + "a" * 120 + ".json"), tarfile.PAX_FORMAT, "'..' would escape"),
+    "gnu long absolute": (lambda: _regular("/" + "b" * 120 + ".json"), tarfile.GNU_FORMAT, "absolute paths"),
+    "symlink": (lambda: _special("seq_a_f0001.json", tarfile.SYMTYPE, "/etc/passwd"), tarfile.PAX_FORMAT, "symlink"),
+    "hard link": (lambda: _special("seq_a_f0001.json", tarfile.LNKTYPE, "/etc/passwd"), tarfile.PAX_FORMAT,
+                  "hard link"),
+    "char device": (lambda: _special("seq_a_f0001.tty", tarfile.CHRTYPE), tarfile.PAX_FORMAT, "device"),
+    "block device": (lambda: _special("seq_a_f0001.sda", tarfile.BLKTYPE), tarfile.PAX_FORMAT, "device"),
+    "fifo": (lambda: _special("seq_a_f0001.fifo", tarfile.FIFOTYPE), tarfile.PAX_FORMAT, "device or special"),
+    "directory": (lambda: _special("seq_a_f0001", tarfile.DIRTYPE), tarfile.PAX_FORMAT, "directory"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_crafted_tar_members_are_rejected_with_archive_member_and_reason(tmp_path: Path, case: str) -> None:
+    make, tar_format, reason = CRAFTED[case]
+    member = make()
+    path = crafted_tar(tmp_path / "crafted.tar", member, tar_format)
+
+    for read in (read_all, lambda folder: count_samples(path)):
+        with pytest.raises(UnsafeArchiveError) as caught:
+            read(tmp_path)
+        assert caught.value.archive == str(path) and caught.value.member.rstrip("/") == member.name
+        assert reason in str(caught.value)
+
+
+def test_truncated_tar_and_bad_header_checksum_name_the_file(tmp_path: Path) -> None:
+    write_set(tmp_path, SEQUENCE[:3])
+    shard = tmp_path / "shards-0000.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:1500])
+    with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: truncated tar archive"):
+        read_all(tmp_path)
+    corrupted = bytearray(data)
+    corrupted[3] ^= 0x01  # inside the first member's name
+    shard.write_bytes(bytes(corrupted))
+    with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: invalid tar header at byte 0 \(checksum"):
+        read_all(tmp_path)
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_reader_agrees_with_tarfile_on_third_party_formats(tmp_path: Path, tar_format: int) -> None:
+    names = ["seq/" + "long" * 30 + "/k.jpg", "ü/é.txt", "k2.empty", "k3.bin"]
+    path = tmp_path / "third_party.tar"
+    with tarfile.open(path, "w", format=tar_format) as tar:
+        for number, name in enumerate(names):
+            data = os.urandom(number * 700)
+            tar.addfile(_regular(name, data), io.BytesIO(data))
+    with tarfile.open(path) as tar, open(path, "rb") as stream:
+        expected = [(m.name, m.offset_data, tar.extractfile(m).read()) for m in tar]  # type: ignore[union-attr]
+        assert [(m.name, m.offset, m.data) for m in iter_tar_members(stream, str(path))] == expected
+
+
+def test_appending_a_sequence_extends_the_index_and_leaves_existing_shards_untouched(tmp_path: Path) -> None:
+    write_set(tmp_path, SEQUENCE, max_samples=16)
+    before = {path.name: (path.read_bytes(), path.stat().st_ino, path.stat().st_mtime_ns)
+              for path in tmp_path.glob("*.tar")}
+    index_before = read_index(tmp_path)
+    added = samples_of("seq_b", 20)
+
+    index = append_shards(tmp_path, iter(added), max_samples=16)
+
+    assert {name: (p.read_bytes(), p.stat().st_ino, p.stat().st_mtime_ns)
+            for name, p in ((n, tmp_path / n) for n in before)} == before
+    assert index == read_index(tmp_path)
+    assert index.shards[:3] == index_before.shards and index.entries[:40] == index_before.entries
+    assert [shard.name for shard in index.shards[3:]] == ["shards-0003.tar", "shards-0004.tar"]
+    assert read_all(tmp_path) == SEQUENCE + added
+    assert verify_shard_set(tmp_path).problems == ()
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".staging")]
+
+
+def test_append_refuses_keys_already_indexed_and_publishes_nothing(tmp_path: Path) -> None:
+    write_set(tmp_path, SEQUENCE[:5])
+    index_bytes = (tmp_path / INDEX_FILE).read_bytes()
+
+    with pytest.raises(DatasetAssetsError, match="'seq_a_f0002' is already indexed"):
+        append_shards(tmp_path, iter(SEQUENCE[2:4]))
+
+    assert (tmp_path / INDEX_FILE).read_bytes() == index_bytes
+    assert sorted(path.name for path in tmp_path.glob("*.tar")) == ["shards-0000.tar"]
+
+
+def test_concurrent_appends_keep_every_sample(tmp_path: Path) -> None:
+    write_set(tmp_path, SEQUENCE[:4])
+    sequences = [samples_of(f"seq_{name}", 6) for name in "bcd"]
+    threads = [threading.Thread(target=append_shards, args=(tmp_path, iter(s))) for s in sequences]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    index = read_index(tmp_path)
+    assert sorted(index.keys()) == sorted(key for key, _ in SEQUENCE[:4] + [i for s in sequences for i in s])
+    assert verify_shard_set(tmp_path).problems == ()
+
+
+def test_shard_files_read_correctly_from_many_threads(tmp_path: Path) -> None:
+    writer = write_set(tmp_path, [*SEQUENCE, BIG], max_samples=8)
+    files = ShardFiles([str(tmp_path / shard.name) for shard in writer.shards], max_open=2)
+    entries = list(writer.index.entries) * 5
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda e: files.read_members(e.shard, e.members), entries))
+
+    assert results == [members for _, members in [*SEQUENCE, BIG]] * 5
+
+
+def test_verify_shard_set_reports_an_index_entry_past_the_end(tmp_path: Path) -> None:
+    write_set(tmp_path, SEQUENCE[:3])
+    shard = tmp_path / "shards-0000.tar"
+    shard.write_bytes(shard.read_bytes()[:2048])
+
+    check = verify_shard_set(tmp_path)
+
+    assert check.index_rows == 3 and check.samples == 0
+    assert any("sha256" in problem for problem in check.problems)
+    assert any("truncated" in problem for problem in check.problems)

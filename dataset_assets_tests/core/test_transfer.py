@@ -1,0 +1,351 @@
+"""The transfer engine against the fault-injecting demo server on 127.0.0.1, into local folders."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from dataset_assets.core.manifest import ManifestEntry, UrlManifest, parse_manifest
+from dataset_assets.core.transfer import (
+    LinkExpired,
+    TransferError,
+    TransferSettings,
+    download_entries,
+    transfer_entries,
+)
+from dataset_assets.demo.generate import DemoFile
+from dataset_assets.demo.server import DemoServer, RequestRecord
+from dataset_assets_tests.demo import fixtures
+
+demo_source = fixtures.demo_source
+demo_files = fixtures.demo_files
+demo_server = fixtures.demo_server
+
+FAST = TransferSettings(workers=8, max_attempts=4, backoff_initial_seconds=0.01, backoff_max_seconds=0.5)
+ONE_ATTEMPT = TransferSettings(workers=8, max_attempts=1)
+
+
+def fetch_manifest(server: DemoServer, ttl: int | None = None) -> UrlManifest:
+    query = "" if ttl is None else f"?ttl={ttl}"
+    return parse_manifest(httpx.get(f"{server.manifest_url}{query}").json(), server.manifest_url)
+
+
+def folders(root: Path) -> dict[str, Path]:
+    return {"cubercnn": root / "cubercnn", "efm": root / "efm"}
+
+
+def first_entry(manifest: UrlManifest) -> ManifestEntry:
+    return manifest.entries("cubercnn", "seq_000")[0]
+
+
+def url_path(entry: ManifestEntry) -> str:
+    return f"/files/{entry.config}/{entry.relative_path}"
+
+
+def file_requests(server: DemoServer) -> list[RequestRecord]:
+    return [record for record in server.stats.requests if record.path.startswith("/files/")]
+
+
+def requests_for(server: DemoServer, entry: ManifestEntry) -> list[RequestRecord]:
+    return [record for record in server.stats.requests if record.path == url_path(entry)]
+
+
+def source_bytes(demo_source: Path, entry: ManifestEntry) -> bytes:
+    return (demo_source / entry.config / entry.relative_path).read_bytes()
+
+
+def leave_partial(server: DemoServer, entry: ManifestEntry, root: Path, cut: int) -> None:
+    """A first run whose connection drops after `cut` bytes of `entry`, leaving them held in `.part`."""
+    server.faults.drop_after_bytes(cut, path_contains=url_path(entry))
+    with pytest.raises(TransferError):
+        download_entries([entry], folders(root), ONE_ATTEMPT)
+    assert (root / entry.config / f"{entry.relative_path}.part").stat().st_size == cut
+    server.stats.reset()
+
+
+class InFlight:
+    """A TransferProgress recording how many files were in flight at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active: set[str] = set()
+        self.peak = 0
+        self.finished: dict[str, str] = {}
+
+    def start(self, key: str, total: int | None, done: int) -> None:
+        with self.lock:
+            self.active.add(key)
+            self.peak = max(self.peak, len(self.active))
+
+    def advance(self, key: str, nbytes: int) -> None:
+        pass
+
+    def finish(self, key: str, status: str) -> None:
+        with self.lock:
+            self.active.discard(key)
+            self.finished[key] = status
+
+
+def test_downloads_every_file_verified_with_several_files_in_flight(
+    demo_server: DemoServer, demo_files: list[DemoFile], tmp_path: Path
+) -> None:
+    manifest = fetch_manifest(demo_server)
+    demo_server.faults.trickle(400_000)
+    progress = InFlight()
+
+    report = download_entries(manifest.all_entries(), folders(tmp_path), FAST, progress)
+
+    assert progress.peak == FAST.workers
+    assert report.count("downloaded") == len(demo_files) == len(progress.finished)
+    for demo_file in demo_files:
+        data = (tmp_path / demo_file.config / demo_file.sequence / demo_file.filename).read_bytes()
+        key = f"{demo_file.config}/{demo_file.sequence}/{demo_file.filename}"
+        result = next(r for r in report.results if r.key == key)
+        assert hashlib.sha1(data).hexdigest() == demo_file.sha1 == result.sha1
+        assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert report.bytes_fetched == demo_server.stats.body_bytes_sent() == sum(f.size for f in demo_files)
+    assert not list(tmp_path.rglob("*.part*"))
+    assert report.metadata()["throughput_mib_per_second"] > 0
+
+
+def test_resume_continues_from_partial_bytes_after_connection_drop(
+    demo_server: DemoServer, demo_source: Path, tmp_path: Path
+) -> None:
+    entry = first_entry(fetch_manifest(demo_server))
+    cut = entry.size // 3
+    demo_server.faults.drop_after_bytes(cut, path_contains=url_path(entry))
+
+    report = download_entries([entry], folders(tmp_path), FAST)
+
+    assert [r.range_header for r in requests_for(demo_server, entry)] == [None, f"bytes={cut}-"]
+    assert demo_server.stats.body_bytes_sent() == entry.size
+    assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == source_bytes(demo_source, entry)
+    assert report.results[0].status == "resumed"
+
+
+def test_500_burst_and_429_with_retry_after_are_retried(demo_server: DemoServer, tmp_path: Path) -> None:
+    entry = first_entry(fetch_manifest(demo_server))
+    demo_server.faults.fail_with_status(500, times=2, path_contains=url_path(entry))
+    demo_server.faults.fail_with_status(429, times=1, retry_after=0.4, path_contains=url_path(entry))
+
+    started = time.monotonic()
+    report = download_entries([entry], folders(tmp_path), FAST)
+
+    assert time.monotonic() - started >= 0.4
+    assert [r.status for r in requests_for(demo_server, entry)] == [500, 500, 429, 200]
+    assert report.results[0].status == "downloaded"
+
+
+def test_retries_stop_after_max_attempts_with_an_error_naming_the_file(
+    demo_server: DemoServer, tmp_path: Path
+) -> None:
+    entry = first_entry(fetch_manifest(demo_server))
+    demo_server.faults.fail_with_status(503, times=10, path_contains=url_path(entry))
+    settings = TransferSettings(max_attempts=3, backoff_initial_seconds=0.01)
+
+    with pytest.raises(TransferError, match=f"cubercnn/{entry.relative_path}: RetryableStatus: .*HTTP 503"):
+        download_entries([entry], folders(tmp_path), settings)
+
+    assert len(requests_for(demo_server, entry)) == 3
+
+
+def test_server_ignoring_range_restarts_cleanly_from_byte_zero(
+    demo_server: DemoServer, demo_source: Path, tmp_path: Path
+) -> None:
+    entry = first_entry(fetch_manifest(demo_server))
+    leave_partial(demo_server, entry, tmp_path, entry.size // 2)
+    demo_server.faults.ignore_range()
+
+    report = download_entries([entry], folders(tmp_path), FAST)
+
+    assert [(r.range_header, r.status) for r in requests_for(demo_server, entry)] == [
+        (f"bytes={entry.size // 2}-", 200)]
+    assert demo_server.stats.body_bytes_sent() == entry.size
+    assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == source_bytes(demo_source, entry)
+    assert report.results[0].status == "downloaded"
+
+
+def test_content_changed_between_runs_restarts_from_byte_zero(demo_server: DemoServer, tmp_path: Path) -> None:
+    entry = first_entry(fetch_manifest(demo_server))
+    leave_partial(demo_server, entry, tmp_path, entry.size // 2)
+    new_data = b"new upstream version " * 1000
+    demo_server.faults.replace_content(url_path(entry), new_data)
+    fresh = first_entry(fetch_manifest(demo_server))
+
+    report = download_entries([fresh], folders(tmp_path), FAST)
+
+    # If-Range carries the old ETag, so the server answers the new content whole in one request.
+    assert [(r.range_header, r.status) for r in requests_for(demo_server, entry)] == [
+        (f"bytes={entry.size // 2}-", 200)]
+    assert demo_server.stats.body_bytes_sent() == len(new_data)
+    assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == new_data
+    assert report.results[0].sha1 == hashlib.sha1(new_data).hexdigest()
+
+
+@pytest.mark.parametrize(("replacement", "problem"), [
+    (b"shorter", "server announces 7 bytes, manifest says"),
+    (None, "got .* bytes with sha1 .*, manifest says .* bytes with sha1"),
+])
+def test_content_differing_from_the_manifest_fails_without_retry(
+    demo_server: DemoServer, tmp_path: Path, replacement: bytes | None, problem: str
+) -> None:
+    entry = first_entry(fetch_manifest(demo_server))
+    demo_server.faults.replace_content(url_path(entry), replacement or b"x" * entry.size)
+
+    with pytest.raises(TransferError, match=f"ChecksumMismatch: {entry.relative_path}: {problem}"):
+        download_entries([entry], folders(tmp_path), FAST)
+
+    assert len(requests_for(demo_server, entry)) == 1
+    assert not (tmp_path / "cubercnn" / entry.relative_path).exists()
+
+
+def test_complete_verified_file_is_never_fetched_again(demo_server: DemoServer, demo_source: Path, tmp_path: Path
+                                                       ) -> None:
+    manifest = fetch_manifest(demo_server)
+    download_entries(manifest.all_entries(), folders(tmp_path), FAST)
+    entry = first_entry(manifest)
+    final = tmp_path / "cubercnn" / entry.relative_path
+    final.write_bytes(b"\0" * entry.size)
+    demo_server.stats.reset()
+
+    report = download_entries(manifest.all_entries(), folders(tmp_path), FAST)
+
+    assert report.count("skipped") == len(manifest.all_entries()) - 1
+    assert [r.path for r in file_requests(demo_server)] == [url_path(entry)]
+    assert final.read_bytes() == source_bytes(demo_source, entry)
+
+
+def test_held_bytes_covering_the_whole_file_are_verified_and_published_without_a_request(
+    demo_server: DemoServer, demo_source: Path, tmp_path: Path
+) -> None:
+    entry = first_entry(fetch_manifest(demo_server))
+    part = tmp_path / "cubercnn" / f"{entry.relative_path}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(source_bytes(demo_source, entry))
+
+    report = download_entries([entry], folders(tmp_path), FAST)
+
+    assert file_requests(demo_server) == []
+    assert report.results[0].status == "resumed"
+    assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == source_bytes(demo_source, entry)
+
+
+def test_held_bytes_failing_verification_restart_from_byte_zero(
+    demo_server: DemoServer, demo_source: Path, tmp_path: Path
+) -> None:
+    entry = first_entry(fetch_manifest(demo_server))
+    part = tmp_path / "cubercnn" / f"{entry.relative_path}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\xff" * 1000)
+
+    download_entries([entry], folders(tmp_path), FAST)
+
+    assert [r.range_header for r in requests_for(demo_server, entry)] == ["bytes=1000-", None]
+    assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == source_bytes(demo_source, entry)
+
+
+def test_expired_links_raise_link_expired_naming_the_files_without_retry(demo_server: DemoServer, tmp_path: Path
+                                                                         ) -> None:
+    entries = list(fetch_manifest(demo_server).entries("cubercnn", "seq_000"))
+    demo_server.advance_clock(3601)
+
+    with pytest.raises(LinkExpired) as raised:
+        download_entries(entries, folders(tmp_path), FAST)
+
+    assert raised.value.files == tuple(f"cubercnn/{entry.relative_path}" for entry in entries)
+    assert "cubercnn/seq_000/shards-0000.tar, cubercnn/seq_000/shards-0001.tar" in str(raised.value)
+    assert [r.status for r in file_requests(demo_server)] == [403] * len(entries)
+
+
+def test_links_expired_before_start_are_detected_from_the_url_and_not_requested(
+    demo_server: DemoServer, tmp_path: Path
+) -> None:
+    manifest = fetch_manifest(demo_server, ttl=0)
+
+    report = transfer_entries(manifest.all_entries(), folders(tmp_path), FAST)
+
+    assert file_requests(demo_server) == []
+    assert report.expired == tuple(f"{e.config}/{e.relative_path}" for e in manifest.all_entries())
+    assert all("not requested" in why for why in report.failures.values())
+    with pytest.raises(LinkExpired):
+        report.raise_for_failures()
+
+
+def test_refresh_fetches_fresh_links_once_and_continues_from_held_bytes(
+    demo_server: DemoServer, demo_source: Path, tmp_path: Path
+) -> None:
+    manifest = fetch_manifest(demo_server)
+    entry = first_entry(manifest)
+    cut = entry.size // 3
+    leave_partial(demo_server, entry, tmp_path, cut)
+    demo_server.advance_clock(3601)
+    entries = [*manifest.entries("cubercnn", "seq_000"), *manifest.entries("efm", "seq_001")]
+
+    report = download_entries(entries, folders(tmp_path), FAST, refresh=lambda: fetch_manifest(demo_server))
+
+    assert [r.path for r in demo_server.stats.requests].count("/manifest.json") == 1
+    assert [(r.range_header, r.status) for r in requests_for(demo_server, entry)] == [
+        (f"bytes={cut}-", 403), (f"bytes={cut}-", 206)]
+    assert demo_server.stats.body_bytes_sent(url_path(entry)) == entry.size - cut
+    assert report.count("resumed") == 1 and report.count("downloaded") == len(entries) - 1
+    assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == source_bytes(demo_source, entry)
+
+
+def test_links_expired_before_start_are_refreshed_when_a_source_is_given(
+    demo_server: DemoServer, tmp_path: Path
+) -> None:
+    manifest = fetch_manifest(demo_server, ttl=0)
+    demo_server.stats.reset()
+
+    report = download_entries(manifest.all_entries(), folders(tmp_path), FAST,
+                              refresh=lambda: fetch_manifest(demo_server))
+
+    assert report.count("downloaded") == len(manifest.all_entries())
+    assert {r.status for r in demo_server.stats.requests} == {200}
+    assert [r.path for r in demo_server.stats.requests].count("/manifest.json") == 1
+
+
+def test_ctrl_c_stops_the_transfer_and_keeps_held_bytes(demo_server: DemoServer, tmp_path: Path) -> None:
+    manifest = fetch_manifest(demo_server)
+    demo_server.faults.trickle(100_000)
+
+    class Interrupting(InFlight):
+        def advance(self, key: str, nbytes: int) -> None:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        transfer_entries(manifest.all_entries(), folders(tmp_path), FAST, Interrupting())
+
+    held = [path for path in tmp_path.rglob("*.part") if path.stat().st_size > 0]
+    assert held
+    assert not list(tmp_path.rglob("*.tar"))
+
+
+def test_signed_query_strings_never_reach_logs_errors_or_metadata(
+    demo_server: DemoServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    manifest = fetch_manifest(demo_server)
+    signatures = {parse_qs(urlsplit(e.url).query)["Signature"][0] for e in manifest.all_entries()}
+    entry = first_entry(manifest)
+    demo_server.faults.fail_with_status(500, times=1)
+    demo_server.faults.drop_after_bytes(100, path_contains=url_path(entry))
+    demo_server.faults.replace_content("efm/seq_000/shards-0000", b"changed")
+
+    report = transfer_entries(manifest.all_entries(), folders(tmp_path / "a"), FAST)
+    demo_server.advance_clock(3601)
+    with pytest.raises(LinkExpired) as expired:
+        download_entries(manifest.all_entries(), folders(tmp_path / "b"), FAST)
+
+    assert report.failures and report.count("resumed") == 1
+    texts = [caplog.text, json.dumps(report.metadata()), str(expired.value), repr(expired.value)]
+    for text in texts:
+        assert "Signature=" not in text
+        assert not any(signature in text for signature in signatures)

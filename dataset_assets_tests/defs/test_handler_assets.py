@@ -1,0 +1,146 @@
+"""Raw-artifact datasets end to end: fixture -> loopback provider -> DagsterInstance -> shards read back.
+
+Shards are read three ways: plain `webdataset` (raw bytes), the project's streaming `ShardStream`
+and its map-style `IndexedShardDataset` (through each split's `_index.json`).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy
+import pytest
+from dagster import AssetKey, DagsterInstance, Definitions, ExecuteInProcessResult
+from PIL import Image
+
+from dataset_assets.core.catalog import Catalog
+from dataset_assets.core.handlers.base import Fixture, FixtureExample, Handler
+from dataset_assets.core.handlers.fetch import ArtifactFetchError
+from dataset_assets.core.handlers.registry import HANDLERS, get_handler
+from dataset_assets.core.loading import IndexedShardDataset, load_yaml_and_extract_tar_list, make_shard_dataset
+from dataset_assets_tests.core.handlers.helpers import (
+    assert_samples_match,
+    expected_splits,
+    handler_dataset,
+    read_with_webdataset,
+    write_catalog,
+)
+from dataset_assets_tests.defs.conftest import make_defs
+from dataset_assets_tests.static_server import StaticServer
+
+DS = "raw"
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[StaticServer]:
+    folder = tmp_path / "provider"
+    folder.mkdir()
+    with StaticServer(folder) as server:
+        yield server
+
+
+def keys(*names: str) -> list[AssetKey]:
+    return [AssetKey([DS, name]) for name in names]
+
+
+def run(defs: Definitions, instance: DagsterInstance, *names: str, raise_on_error: bool = True
+        ) -> ExecuteInProcessResult:
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(instance=instance, asset_selection=keys(*names), raise_on_error=raise_on_error)
+
+
+def setup(handler: Handler, provider: StaticServer, tmp_path: Path, home: Path) -> tuple[Fixture, Catalog, Definitions]:
+    fixture = handler.write_fixture(provider.folder)
+    catalog = write_catalog(tmp_path, {DS: handler_dataset(handler, fixture, provider.base_url)})
+    return fixture, catalog, make_defs(catalog, home, max_attempts=1)
+
+
+def latest_metadata(instance: DagsterInstance, name: str) -> dict:
+    event = instance.get_latest_materialization_event(AssetKey([DS, name]))
+    assert event is not None and event.asset_materialization is not None
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+def rgb(example: FixtureExample) -> numpy.ndarray:
+    return numpy.asarray(Image.frombytes(example.mode, example.size, example.pixels).convert("RGB"))
+
+
+def assert_decoded_samples_match(samples: Iterable[dict], examples: list[FixtureExample]) -> None:
+    """Samples decoded by the project's loaders: `image.png` a float CHW tensor, labels decoded, as in the fixture."""
+    expected = {example.key: example for example in examples}
+    seen = []
+    for sample in samples:
+        example = expected[sample["__key__"]]
+        image = (sample["image.png"].numpy().transpose(1, 2, 0) * 255).round().astype(numpy.uint8)
+        numpy.testing.assert_array_equal(image, rgb(example))
+        label = sample["label.cls"] if "label.cls" in sample else tuple(sample["labels.json"])
+        assert label == example.label
+        seen.append(sample["__key__"])
+    assert sorted(seen) == sorted(expected)
+
+
+@pytest.mark.parametrize("name", sorted(HANDLERS))
+def test_handler_dataset_materializes_and_its_shards_read_back_as_the_fixture(
+        name: str, provider: StaticServer, tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
+    handler = get_handler(name)
+    fixture, catalog, defs = setup(handler, provider, tmp_path, home)
+    assert run(defs, instance, "artifacts", "records", "splits").success
+
+    records = home / DS / "records"
+    split = catalog.dataset(DS).split
+    metadata = latest_metadata(instance, "records")
+    for part, examples in expected_splits(fixture, split.ratio, split.seed).items():
+        tars = load_yaml_and_extract_tar_list(records / f"local_{part}_tars.yaml")
+        assert_samples_match(read_with_webdataset(tars), examples, handler.features)
+        assert_decoded_samples_match(make_shard_dataset(tars), examples)
+        indexed = IndexedShardDataset(tars)
+        assert_decoded_samples_match((indexed[i] for i in range(len(indexed))), examples)
+        assert metadata[f"{part}_examples"] == len(examples)
+    assert latest_metadata(instance, "artifacts")["sha256"] == dict(fixture.sha256)
+    assert metadata["features"]["label_names"] == list(handler.features.label_names)
+    assert (home / DS / "artifacts").is_dir()
+
+
+def test_records_and_splits_rematerialize_with_the_provider_down(
+        provider: StaticServer, tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
+    _, _, defs = setup(get_handler("mnist"), provider, tmp_path, home)
+    assert run(defs, instance, "artifacts").success
+    fetched = len(provider.requests)
+    assert fetched == 4
+    provider.stop()
+
+    assert run(defs, instance, "artifacts", "records", "splits").success
+    assert run(defs, instance, "records", "splits").success
+    artifacts = ("train_images", "train_labels", "test_images", "test_labels")
+    assert latest_metadata(instance, "artifacts")["status"] == {name: "kept" for name in artifacts}
+    assert latest_metadata(instance, "records")["examples"] == 17
+    assert len(provider.requests) == fetched
+
+
+def test_a_missing_manual_artifact_fails_the_asset_saying_where_to_put_it(
+        tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
+    handler = get_handler("plant_pathology_2020")
+    fixture = handler.write_fixture(tmp_path / "elsewhere")
+    catalog = write_catalog(tmp_path, {DS: handler_dataset(handler, fixture, base_url=None)})
+    with pytest.raises(ArtifactFetchError) as raised:
+        run(make_defs(catalog, home), instance, "artifacts")
+    place = home.resolve() / DS / "artifacts" / "plant-pathology-2020-fgvc7.zip"
+    assert f"put the file at {place} (sha256 {fixture.sha256['archive']})" in str(raised.value)
+
+    place.write_bytes((fixture.folder / place.name).read_bytes())
+    assert run(make_defs(catalog, home), instance, "artifacts", "records", "splits").success
+
+
+def test_a_checksum_mismatch_fails_the_artifacts_asset_and_records_cannot_run(
+        provider: StaticServer, tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
+    handler = get_handler("coco2017_multilabel")
+    fixture = handler.write_fixture(provider.folder)
+    body = handler_dataset(handler, fixture, provider.base_url)
+    body["artifacts"]["val_images"]["sha256"] = "f" * 64
+    defs = make_defs(write_catalog(tmp_path, {DS: body}), home, max_attempts=1)
+    with pytest.raises(ArtifactFetchError, match=f"artifact 'val_images': downloaded from .*/val2017.zip has sha256 "
+                                                 f"{fixture.sha256['val_images']}, expected {'f' * 64}"):
+        run(defs, instance, "artifacts")
+    with pytest.raises(ArtifactFetchError, match="artifact 'val_images': is missing at .*: materialize raw/artifacts"):
+        run(defs, instance, "records")
+    assert not (home / DS / "records").exists()

@@ -1,0 +1,168 @@
+"""The manifest and link-refresh sensors, evaluated with `build_sensor_context` against a real instance.
+
+Run requests are executed the way the daemon would: dynamic partition requests first, then the
+requested job in-process with the request's partition and tags.
+"""
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    RunRequest,
+    SensorResult,
+    build_sensor_context,
+)
+
+from dataset_assets.cli import DEMO_URL_ENV
+from dataset_assets.core.catalog import PACKAGED_CATALOG, Catalog, load_catalog
+from dataset_assets.defs.sensors import REFRESH_MARGIN_ENV, TRIGGER_TAG
+from dataset_assets.demo.server import DemoServer
+from dataset_assets_tests.defs.conftest import DEMO, make_defs
+
+MANIFEST = AssetKey([DEMO, "url_manifest"])
+RAW = AssetKey([DEMO, "raw_shards"])
+MANIFEST_SENSOR = f"{DEMO}_manifest_sensor"
+REFRESH_SENSOR = f"{DEMO}_link_refresh_sensor"
+
+
+def tick(defs: Definitions, instance: DagsterInstance, sensor_name: str, cursor: str | None = None) -> SensorResult:
+    """One sensor evaluation with the Definitions' resources, as the daemon would run it."""
+    with build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=defs.resources) as context:
+        result = defs.resolve_sensor_def(sensor_name)(context)
+    assert isinstance(result, SensorResult)
+    return result
+
+
+def add_requested_partitions(result: SensorResult, instance: DagsterInstance) -> None:
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys or []))
+
+
+def execute(defs: Definitions, instance: DagsterInstance, request: RunRequest) -> ExecuteInProcessResult:
+    job = defs.resolve_job_def(request.job_name or "")
+    return job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags,
+                                  raise_on_error=False)
+
+
+def materialize(defs: Definitions, instance: DagsterInstance, key: AssetKey,
+                partition: str | None = None) -> ExecuteInProcessResult:
+    return defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=[key], partition_key=partition, raise_on_error=False)
+
+
+def requested(result: SensorResult) -> list[tuple[str | None, str | None]]:
+    return sorted((request.job_name, request.partition_key) for request in result.run_requests or [])
+
+
+def added(result: SensorResult) -> list[str]:
+    return sorted(key for request in result.dynamic_partitions_requests or [] for key in request.partition_keys or [])
+
+
+@pytest.fixture
+def source(tmp_path: Path, demo_source: Path) -> Path:
+    """A private copy of the demo source that a test may grow or change."""
+    return Path(shutil.copytree(demo_source, tmp_path / "source"))
+
+
+@pytest.fixture
+def own_server(source: Path) -> Iterator[DemoServer]:
+    with DemoServer(source) as server:
+        yield server
+
+
+def demo_catalog_at(server: DemoServer, monkeypatch: pytest.MonkeyPatch) -> Catalog:
+    """The packaged catalog with its demo dataset pointed at `server`."""
+    monkeypatch.setenv(DEMO_URL_ENV, server.base_url)
+    return load_catalog(PACKAGED_CATALOG)
+
+
+def test_manifest_sensor_adds_exactly_the_new_partitions_and_requests_each_run_once(
+    own_server: DemoServer, source: Path, home: Path, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defs = make_defs(demo_catalog_at(own_server, monkeypatch), home)
+    first = tick(defs, instance, MANIFEST_SENSOR)
+    sequences = [f"seq_{index:03d}" for index in range(8)]
+    assert added(first) == sequences
+    assert requested(first) == [(f"{DEMO}_sequence", sequence) for sequence in sequences]
+    add_requested_partitions(first, instance)
+    assert requested(tick(defs, instance, MANIFEST_SENSOR, first.cursor)) == []
+
+    for config in ("cubercnn", "efm"):
+        shutil.copytree(source / config / "seq_000", source / config / "seq_100")
+    with open(source / "efm" / "seq_002" / "shards-0000.tar", "ab") as changed:
+        changed.write(b"\0" * 512)
+    grown = tick(defs, instance, MANIFEST_SENSOR, first.cursor)
+    assert added(grown) == ["seq_100"]
+    assert requested(grown) == [(f"{DEMO}_sequence", "seq_002"), (f"{DEMO}_sequence", "seq_100")]
+    assert {request.tags[TRIGGER_TAG] for request in grown.run_requests or []} == {"new_or_changed_sequence"}
+    add_requested_partitions(grown, instance)
+    again = tick(defs, instance, MANIFEST_SENSOR, grown.cursor)
+    assert requested(again) == [] and added(again) == []
+
+
+def test_manifest_sensor_without_cursor_skips_sequences_already_downloaded_with_the_same_files(
+    demo_server: DemoServer, home: Path, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defs = make_defs(demo_catalog_at(demo_server, monkeypatch), home)
+    first = tick(defs, instance, MANIFEST_SENSOR)
+    add_requested_partitions(first, instance)
+    seq_000 = next(request for request in first.run_requests or [] if request.partition_key == "seq_000")
+    run = execute(defs, instance, seq_000)
+    assert run.success
+    assert {record.partition_key for record in instance.fetch_materializations(RAW, limit=10).records} == {"seq_000"}
+
+    reset = tick(defs, instance, MANIFEST_SENSOR)
+    assert added(reset) == []
+    assert [partition for _, partition in requested(reset)] == [f"seq_{index:03d}" for index in range(1, 8)]
+
+
+def test_link_refresh_sensor_requests_one_manifest_refresh_once_links_are_within_the_margin(
+    demo_source: Path, home: Path, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with DemoServer(demo_source, link_ttl_seconds=600) as server:
+        catalog = demo_catalog_at(server, monkeypatch)
+        monkeypatch.setenv(REFRESH_MARGIN_ENV, "300")
+        relaxed = make_defs(catalog, home)
+        assert materialize(relaxed, instance, MANIFEST).success
+        assert requested(tick(relaxed, instance, REFRESH_SENSOR)) == []
+
+        monkeypatch.setenv(REFRESH_MARGIN_ENV, "900")
+        defs = make_defs(catalog, home)
+        first = tick(defs, instance, REFRESH_SENSOR)
+        assert requested(first) == [(f"{DEMO}_refresh_links", None)]
+        assert requested(tick(defs, instance, REFRESH_SENSOR, first.cursor)) == []
+
+        before = (home / DEMO / "url_manifest.json").read_bytes()
+        refresh = execute(defs, instance, (first.run_requests or [])[0])
+        assert refresh.success
+        assert (home / DEMO / "url_manifest.json").read_bytes() != before
+        refreshed = {event.asset_key for event in refresh.get_asset_materialization_events()}
+        assert refreshed == {MANIFEST, AssetKey([DEMO, "splits__cubercnn_small"]), AssetKey([DEMO, "splits__efm_png"])}
+
+
+def test_link_refresh_sensor_re_requests_only_partitions_that_failed_on_expired_links(
+    demo_catalog: Catalog, demo_server: DemoServer, home: Path, instance: DagsterInstance
+) -> None:
+    defs = make_defs(demo_catalog, home, max_attempts=1)
+    assert materialize(defs, instance, MANIFEST).success
+    demo_server.faults.fail_with_status(500, times=100, path_contains="/seq_002/")
+    demo_server.advance_clock(demo_server.link_ttl_seconds + 60)
+    assert not materialize(defs, instance, RAW, "seq_001").success  # links expired by the server's clock
+    assert not materialize(defs, instance, RAW, "seq_002").success  # HTTP 500: not an expiry
+
+    first = tick(defs, instance, REFRESH_SENSOR)
+    assert requested(first) == [(f"{DEMO}_sequence", "seq_001")]
+    assert (first.run_requests or [])[0].tags[TRIGGER_TAG] == "expired_links"
+    assert requested(tick(defs, instance, REFRESH_SENSOR, first.cursor)) == []
+
+    retry = execute(defs, instance, (first.run_requests or [])[0])
+    assert retry.success
+    assert {(event.asset_key, event.partition) for event in retry.get_asset_materialization_events()} >= {
+        (MANIFEST, None), (RAW, "seq_001")}
+    assert requested(tick(defs, instance, REFRESH_SENSOR, first.cursor)) == []
+    assert requested(tick(defs, instance, REFRESH_SENSOR)) == []

@@ -1,0 +1,132 @@
+"""Versioned datasets in a real DagsterInstance: one partition per version, from a loopback provider to moto S3."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    SensorResult,
+    build_sensor_context,
+)
+
+from dataset_assets.core.catalog import Catalog
+from dataset_assets.core.errors import UnsafeArchiveError
+from dataset_assets.core.publish import publish_folder, version_destination
+from dataset_assets.defs.builder import build_definitions
+from dataset_assets.defs.resources import DatasetHome, TransferResource
+from dataset_assets_tests import s3_fixtures
+from dataset_assets_tests.core.handlers.helpers import write_catalog
+from dataset_assets_tests.core.test_publish import FILES, make_public, spec_for
+from dataset_assets_tests.core.test_versioned import (
+    DS,
+    V1,
+    V2,
+    _member,
+    crafted_tar,
+    make_version,
+    packed_tree,
+    serve_version,
+    tree,
+    versioned_body,
+)
+from dataset_assets_tests.s3_fixtures import S3Bucket
+from dataset_assets_tests.static_server import StaticServer
+
+moto_endpoint = s3_fixtures.moto_endpoint
+moto_client = s3_fixtures.moto_client
+s3_bucket = s3_fixtures.s3_bucket
+DOWNLOADS = ("annotations", "assets", "features", "base_data")
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[StaticServer]:
+    served = tmp_path / "served"
+    served.mkdir()
+    with StaticServer(served) as server:
+        yield server
+
+
+def publish_section(bucket: S3Bucket) -> dict:
+    return {"bucket": bucket.name, "prefix": "public", "part_size_mib": 5, "concurrency": 2,
+            "endpoint_url": bucket.endpoint_url}
+
+
+def make_defs(catalog: Catalog, tmp_path: Path) -> Definitions:
+    home = DatasetHome(root=str(tmp_path / "home"), versioned_root=str(tmp_path / "cache"))
+    return build_definitions(catalog, home=home, transfer=TransferResource(max_attempts=1))
+
+
+def run(defs: Definitions, instance: DagsterInstance, version: str, *names: str,
+        raise_on_error: bool = True) -> ExecuteInProcessResult:
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(instance=instance, partition_key=version, raise_on_error=raise_on_error,
+                                  asset_selection=[AssetKey([DS, name]) for name in names])
+
+
+def metadata(instance: DagsterInstance, name: str, version: str) -> dict:
+    [record] = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey([DS, name]), asset_partitions=[version]), limit=1).records
+    assert record.asset_materialization is not None
+    return {key: value.value for key, value in record.asset_materialization.metadata.items()}
+
+
+def test_each_version_partition_materializes_into_its_own_folder_then_publishes_once(
+        provider: StaticServer, s3_bucket: S3Bucket, tmp_path: Path, instance: DagsterInstance) -> None:
+    produced = {version: serve_version(provider.folder, tmp_path / "producer", version) for version in (V1, V2)}
+    catalog = write_catalog(tmp_path, {DS: versioned_body(provider.base_url, publish=publish_section(s3_bucket))})
+    defs = make_defs(catalog, tmp_path)
+
+    for version in (V1, V2):
+        assert run(defs, instance, version, *DOWNLOADS, "published").success
+    for version, producer in produced.items():
+        folder = tmp_path / "cache" / DS / version
+        assert tree(folder / "assets") == packed_tree(producer / "assets")
+        assert metadata(instance, "annotations", version)["objects"] == 3
+        assert metadata(instance, "assets", version)["members"] == len(packed_tree(producer / "assets"))
+        assert metadata(instance, "published", version)["status"] == dict.fromkeys(FILES, "uploaded")
+        assert s3_bucket.read(f"public/{DS}/{version}/assets.tar") == (producer / "assets.tar").read_bytes()
+    assert tree(tmp_path / "cache" / DS / V1 / "assets") != tree(tmp_path / "cache" / DS / V2 / "assets")
+
+    assert run(defs, instance, V1, "published").success
+    assert metadata(instance, "published", V1)["status"] == dict.fromkeys(FILES, "skipped")
+    assert metadata(instance, "published", V1)["uploaded_bytes"] == 0
+
+
+def test_a_crafted_assets_tar_fails_its_version_partition_and_extracts_nothing(
+        provider: StaticServer, tmp_path: Path, instance: DagsterInstance) -> None:
+    serve_version(provider.folder, tmp_path / "producer", V1)
+    crafted_tar(provider.folder / V1 / "assets.tar", _member("/etc/cron.d/evil"), b"x")
+    defs = make_defs(write_catalog(tmp_path, {DS: versioned_body(provider.base_url)}), tmp_path)
+
+    with pytest.raises(UnsafeArchiveError, match="absolute"):
+        run(defs, instance, V1, "assets")
+    assert not (tmp_path / "cache" / DS / V1 / "assets").exists()
+    assert run(defs, instance, V1, "annotations").success
+
+
+def test_dynamic_versions_are_added_by_the_sensor_from_the_bucket_and_download_from_it(
+        s3_bucket: S3Bucket, tmp_path: Path, instance: DagsterInstance) -> None:
+    public = make_public(s3_bucket)
+    producer = make_version(tmp_path / "producer" / V2)
+    publish_folder(producer, FILES, version_destination(spec_for(s3_bucket), DS, V2, s3_bucket.client))
+    body = versioned_body(f"{public}/public/{DS}", "dynamic", publish_section(s3_bucket),
+                          annotations={}, assets={}, features={})
+    defs = make_defs(write_catalog(tmp_path, {DS: body}), tmp_path)
+    sensor = defs.resolve_sensor_def(f"{DS}_versions_sensor")
+
+    result = sensor(build_sensor_context(instance=instance))
+    assert isinstance(result, SensorResult)
+    assert [request.partition_key for request in result.run_requests or []] == [V2]
+    assert [list(request.partition_keys) for request in result.dynamic_partitions_requests or []] == [[V2]]
+    instance.add_dynamic_partitions(f"{DS}_versions", [V2])
+    assert run(defs, instance, V2, "annotations", "assets", "features").success
+    assert tree(tmp_path / "cache" / DS / V2 / "assets") == packed_tree(producer / "assets")
+
+    again = sensor(build_sensor_context(instance=instance))
+    assert isinstance(again, SensorResult) and not again.run_requests

@@ -1,0 +1,198 @@
+"""`dataset-assets download`: ATEK-compatible flags and outputs, run in-process and as a killed subprocess."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import yaml
+
+from dataset_assets.cli import main
+from dataset_assets.core.manifest import UrlManifest, parse_manifest
+from dataset_assets.core.splits import split_sequences
+from dataset_assets.demo.generate import DemoFile
+from dataset_assets.demo.server import DemoServer
+from dataset_assets_tests import s3_fixtures
+from dataset_assets_tests.demo import fixtures
+from dataset_assets_tests.s3_fixtures import S3Bucket
+
+demo_source = fixtures.demo_source
+demo_files = fixtures.demo_files
+demo_server = fixtures.demo_server
+moto_endpoint = s3_fixtures.moto_endpoint
+moto_client = s3_fixtures.moto_client
+s3_bucket = s3_fixtures.s3_bucket
+
+CONFIG = "efm"
+
+
+def save_manifest(server: DemoServer, folder: Path) -> tuple[Path, UrlManifest]:
+    response = httpx.get(server.manifest_url)
+    path = folder / "manifest.json"
+    path.write_bytes(response.content)
+    return path, parse_manifest(response.json(), str(path))
+
+
+def download_args(manifest_path: Path | str, out: Path, *extra: str) -> list[str]:
+    return ["download", "--config-name", CONFIG, "--input-json-path", str(manifest_path),
+            "--output-folder-path", str(out), *extra]
+
+
+def read_tars(path: Path) -> dict[str, list[str]]:
+    return yaml.safe_load(path.read_text())["tars"]
+
+
+def config_files(demo_files: list[DemoFile]) -> list[DemoFile]:
+    return [demo_file for demo_file in demo_files if demo_file.config == CONFIG]
+
+
+def test_without_download_writes_streamable_yamls_of_the_seeded_split(demo_server: DemoServer, tmp_path: Path
+                                                                      ) -> None:
+    manifest_path, manifest = save_manifest(demo_server, tmp_path)
+
+    assert main(download_args(manifest_path, tmp_path / "out", "--train-val-split-ratio", "0.75")) == 0
+
+    split = split_sequences(manifest.sequences(CONFIG), 0.75, 42)
+    train = read_tars(tmp_path / "out" / "streamable_train_tars.yaml")
+    assert list(train) == sorted(split.train)
+    assert train[split.train[0]] == [entry.url for entry in manifest.entries(CONFIG, split.train[0])]
+    assert set(read_tars(tmp_path / "out" / "streamable_all_tars.yaml")) == set(split.all)
+    assert demo_server.stats.body_bytes_sent() == 0
+
+
+def test_download_writes_verified_files_and_local_yamls_with_relative_paths(
+    demo_server: DemoServer, demo_files: list[DemoFile], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest_path, manifest = save_manifest(demo_server, tmp_path)
+    out = tmp_path / "out"
+
+    assert main(download_args(manifest_path, out, "--download-wds-to-local", "--workers", "4")) == 0
+
+    split = split_sequences(manifest.sequences(CONFIG))
+    assert read_tars(out / "local_validation_tars.yaml") == {
+        seq: [f"{seq}/shards-0000.tar", f"{seq}/shards-0001.tar"] for seq in split.validation}
+    assert set(read_tars(out / "local_all_tars.yaml")) == set(manifest.sequences(CONFIG))
+    for demo_file in config_files(demo_files):
+        assert hashlib.sha1((out / demo_file.sequence / demo_file.filename).read_bytes()).hexdigest() == demo_file.sha1
+    assert "16 file(s): 16 downloaded, 0 resumed, 0 skipped, 0 failed" in capsys.readouterr().out
+
+
+def test_split_json_applies_to_the_first_k_shuffled_sequences(demo_server: DemoServer, tmp_path: Path) -> None:
+    manifest_path, manifest = save_manifest(demo_server, tmp_path)
+    kept = split_sequences(manifest.sequences(CONFIG), 1.0, 7, 3).all
+    split_json = tmp_path / "split.json"
+    split_json.write_text(json.dumps({"train_sequences": [kept[0], "seq_999"], "val_sequences": list(kept[1:])}))
+
+    code = main(download_args(manifest_path, tmp_path / "out", "--download-wds-to-local", "--random-seed", "7",
+                              "--max-num-sequences", "3", "--train-val-split-json-path", str(split_json)))
+
+    assert code == 0
+    assert list(read_tars(tmp_path / "out" / "local_train_tars.yaml")) == [kept[0]]
+    assert sorted(read_tars(tmp_path / "out" / "local_validation_tars.yaml")) == sorted(kept[1:])
+    assert sorted(path.name for path in (tmp_path / "out").iterdir() if path.is_dir()) == sorted(kept)
+
+
+def test_failures_are_summarised_redacted_and_exit_non_zero(
+    demo_server: DemoServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    manifest_path, manifest = save_manifest(demo_server, tmp_path)
+    signatures = {parse_qs(urlsplit(e.url).query)["Signature"][0] for e in manifest.all_entries()}
+    demo_server.faults.fail_with_status(403, times=100, path_contains="efm/seq_003")
+    demo_server.faults.fail_with_status(500, times=3)
+    out = tmp_path / "out"
+
+    code = main(download_args(manifest_path, out, "--download-wds-to-local"))
+
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "14 downloaded, 0 resumed, 0 skipped, 2 failed" in captured.out
+    assert "failed efm/seq_003/shards-0000.tar: signed links expired" in captured.out
+    assert read_tars(out / "local_all_tars.yaml")["seq_003"] == []
+    yamls = [path.read_text() for path in out.glob("local_*_tars.yaml")]
+    for text in [captured.out, captured.err, caplog.text, *yamls]:
+        assert "Signature=" not in text
+        assert not any(signature in text for signature in signatures)
+
+
+def test_expired_links_of_a_manifest_url_are_refreshed_from_that_url(demo_server: DemoServer, tmp_path: Path) -> None:
+    demo_server.faults.fail_with_status(403, times=1, path_contains="efm/seq_002/shards-0001")
+
+    assert main(download_args(demo_server.manifest_url, tmp_path / "out", "--download-wds-to-local")) == 0
+
+    assert [r.path for r in demo_server.stats.requests].count("/manifest.json") == 2
+
+
+def test_bad_input_exits_2_naming_the_field(demo_server: DemoServer, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    manifest_path, _ = save_manifest(demo_server, tmp_path)
+
+    unknown = main(["download", "--config-name", "nope", "--input-json-path", str(manifest_path),
+                    "--output-folder-path", str(tmp_path / "out")])
+    no_download = main(download_args(manifest_path, tmp_path / "out", "--destination", "s3://bucket/x"))
+
+    err = capsys.readouterr().err
+    assert (unknown, no_download) == (2, 2)
+    assert "field 'atek_data_for_all_configs.nope' is not published" in err
+    assert "field '--destination' needs --download-wds-to-local" in err
+
+
+def test_destination_s3_streams_files_and_puts_the_yamls_beside_them(
+    demo_server: DemoServer, demo_files: list[DemoFile], tmp_path: Path, s3_bucket: S3Bucket
+) -> None:
+    manifest_path, _ = save_manifest(demo_server, tmp_path)
+
+    code = main(download_args(manifest_path, tmp_path / "out", "--download-wds-to-local", "--destination",
+                              f"s3://{s3_bucket.name}/atek", "--s3-endpoint-url", s3_bucket.endpoint_url))
+
+    assert code == 0
+    demo_file = config_files(demo_files)[0]
+    assert s3_bucket.read(f"atek/{demo_file.sequence}/{demo_file.filename}") == demo_file.path.read_bytes()
+    assert yaml.safe_load(s3_bucket.read("atek/local_all_tars.yaml")) == yaml.safe_load(
+        (tmp_path / "out" / "local_all_tars.yaml").read_text())
+    assert len(s3_bucket.keys()) == len(config_files(demo_files)) + 3
+
+
+def test_kill_9_mid_run_then_rerun_fetches_only_what_was_missing(
+    demo_source: Path, demo_files: list[DemoFile], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    with DemoServer(demo_source, secret=b"kill-9") as first:
+        manifest_path, _ = save_manifest(first, tmp_path)
+        first.faults.trickle(40_000)
+        process = subprocess.Popen([sys.executable, "-m", "dataset_assets.cli",
+                                    *download_args(manifest_path, out, "--download-wds-to-local")],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while not list(out.glob("*/*.tar")) and time.monotonic() < deadline and process.poll() is None:
+                time.sleep(0.02)
+            os.kill(process.pid, signal.SIGKILL)
+        finally:
+            process.wait()
+        port = urlsplit(first.base_url).port
+    files = config_files(demo_files)
+    complete = [f for f in files if (out / f.sequence / f.filename).exists()]
+    held = sum(path.stat().st_size for path in out.glob("*/*.tar.part"))
+    assert complete and held and len(complete) < len(files)
+
+    # A fresh server on the same port and secret: the saved links stay valid, its counters start at zero.
+    with DemoServer(demo_source, secret=b"kill-9", port=port or 0) as second:
+        assert main(download_args(manifest_path, out, "--download-wds-to-local")) == 0
+
+    missing = sum(f.size for f in files) - sum(f.size for f in complete) - held
+    assert second.stats.body_bytes_sent() == missing
+    fetched = {r.path for r in second.stats.requests}
+    assert not any(f"/files/{CONFIG}/{f.sequence}/{f.filename}" in fetched for f in complete)
+    for demo_file in files:
+        assert hashlib.sha1((out / demo_file.sequence / demo_file.filename).read_bytes()).hexdigest() == demo_file.sha1
+    assert not list(out.glob("*/*.part*"))

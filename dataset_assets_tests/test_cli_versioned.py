@@ -1,0 +1,111 @@
+"""`dataset-assets versioned prepare|pack|publish|download` end to end against moto's standalone S3 server."""
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from dataset_assets.cli import main
+from dataset_assets.core.catalog import CATALOG_ENV
+from dataset_assets_tests import s3_fixtures
+from dataset_assets_tests.core.handlers.helpers import write_catalog
+from dataset_assets_tests.core.test_publish import FILES, make_public
+from dataset_assets_tests.core.test_versioned import DS, V1, V2, make_assets, packed_tree, tree, versioned_body
+from dataset_assets_tests.s3_fixtures import S3Bucket
+
+moto_endpoint = s3_fixtures.moto_endpoint
+moto_client = s3_fixtures.moto_client
+s3_bucket = s3_fixtures.s3_bucket
+
+
+def versioned(action: str, path: Path, *extra: str, version: str = V1) -> list[str]:
+    return ["versioned", action, "--dataset", DS, "--version", version, "--path", str(path), *extra]
+
+
+@pytest.fixture
+def catalog_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_bucket: S3Bucket) -> S3Bucket:
+    """A catalog whose dataset publishes to `s3_bucket` and downloads from its public URL."""
+    public = make_public(s3_bucket)
+    publish = {"bucket": s3_bucket.name, "prefix": "public", "part_size_mib": 5, "concurrency": 4,
+               "endpoint_url": s3_bucket.endpoint_url}
+    body = versioned_body(f"{public}/public/{DS}", publish=publish, annotations={}, assets={}, features={})
+    write_catalog(tmp_path, {DS: body})
+    monkeypatch.setenv(CATALOG_ENV, str(tmp_path / "catalog.yaml"))
+    return s3_bucket
+
+
+def produce(root: Path, version: str) -> Path:
+    folder = make_assets(root / DS / version)
+    (folder / "features").mkdir()
+    (folder / "features" / "sbert_features.npy").write_bytes(version.encode() * 100)
+    return folder
+
+
+def test_prepare_pack_publish_then_download_gives_the_same_tree(catalog_for: S3Bucket, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    producer = tmp_path / "producer"
+    for version in (V1, V2):
+        folder = produce(producer, version)
+        for action in ("prepare", "pack", "publish"):
+            assert main(versioned(action, producer, version=version)) == 0, capsys.readouterr().err
+        assert main(versioned("download", tmp_path / "consumer", version=version)) == 0
+        local = tmp_path / "consumer" / DS / version
+        assert (local / "annotations.json.gz").read_bytes() == (folder / "annotations.json.gz").read_bytes()
+        assert tree(local / "assets") == packed_tree(folder / "assets")
+        assert tree(local / "features") == packed_tree(folder / "features")
+    assert sorted(catalog_for.keys()) == sorted(f"public/{DS}/{v}/{name}" for v in (V1, V2) for name in FILES)
+
+    capsys.readouterr()
+    assert main(versioned("publish", producer)) == 0
+    assert "3 file(s): 0 uploaded, 3 already published" in capsys.readouterr().out
+
+
+def test_pack_leaves_out_default_and_extra_excludes(catalog_for: S3Bucket, tmp_path: Path) -> None:
+    folder = produce(tmp_path, V1)
+    assert main(versioned("pack", tmp_path, "--exclude", "*.jpg")) == 0
+    with tarfile.open(folder / "assets.tar") as tar:
+        names = tar.getnames()
+    assert all(name.startswith("assets/") for name in names)
+    assert {Path(name).name for name in names} == {"obj000.glb", "obj001.glb", "obj002.glb", "annotations.json"}
+    manifest = json.loads((folder / "assets.tar.manifest.json").read_text())
+    assert "*.jpg" in manifest["excludes"] and "thor_metadata.json" in manifest["excludes"]
+
+
+def test_a_malformed_object_annotation_exits_2_naming_file_and_field(catalog_for: S3Bucket, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    folder = produce(tmp_path, V1)
+    bad = folder / "assets" / "obj002" / "annotations.json"
+    bad.write_text(json.dumps({"uid": "obj002", "category": "chair", "scale": "big"}))
+    assert main(versioned("prepare", tmp_path)) == 2
+    assert f"error: {bad}: field 'scale' must be a positive number (got 'big')" in capsys.readouterr().err
+    assert not (folder / "annotations.json.gz").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--version", "2023-07-28"], "command line: field '--version' must be a date version"),
+     (["--version", "2024_01_01"], "command line: field '--version' is not a version of this dataset"),
+     (["--dataset", "nope"], "field 'datasets' is not a dataset in the catalog")],
+)
+def test_bad_arguments_exit_2_naming_the_field(catalog_for: S3Bucket, tmp_path: Path, args: list[str], message: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*versioned("download", tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_publish_without_packing_first_names_the_missing_file(catalog_for: S3Bucket, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    folder = produce(tmp_path, V1)
+    assert main(versioned("prepare", tmp_path)) == 0
+    assert main(versioned("publish", tmp_path)) == 2
+    assert f"missing {folder / 'assets.tar'}, {folder / 'features.tar'}" in capsys.readouterr().err
+    assert catalog_for.keys() == []
+
+
+def test_download_of_a_component_the_dataset_lacks_exits_2(catalog_for: S3Bucket, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*versioned("download", tmp_path), "--component", "base_data"]) == 2
+    assert ("command line: field '--component' is not a component of this dataset "
+            "(components: annotations, assets, features) (got 'base_data')") in capsys.readouterr().err
