@@ -1,7 +1,8 @@
 """Download throughput of the transfer engine against `curl` on loopback, and peak RSS of a 1 GiB stream to S3.
 
 Scenarios (same files, same static server, same run): 64 small files (512 KiB) serial and
-8 in flight, one large file (1 GiB), four large files (256 MiB) 4 in flight. The server is a
+8 in flight, one large file (1 GiB), four large files (256 MiB) 4 in flight, and the 64 small
+files again with a 20 ms delay before each response (loopback has no latency to hide otherwise). The server is a
 separate process answering with `sendfile`, so neither client competes with it for the GIL.
 Files land on tmpfs by default (`--work-dir`), so the network path is measured, not the disk.
 Each row is the median of `--runs` runs into an emptied folder: wall seconds, and CPU seconds of
@@ -39,16 +40,25 @@ from dataset_assets.core.transfer import TransferSettings, transfer_entries
 MIB = 1 << 20
 CONFIG = "bench"
 SETS = {"small": (64, MIB // 2), "one_large": (1, 1024 * MIB), "few_large": (4, 256 * MIB)}
+SLOW_PREFIX = "/slow"
+SLOW_SECONDS = 0.02
 
 
 class SendfileHandler(BaseHTTPRequestHandler):
-    """GET `/<set>/<sequence>/<file>` from the served folder with zero-copy sendfile (HTTP/1.1 keep-alive)."""
+    """GET `/<set>/<sequence>/<file>` from the served folder with zero-copy sendfile (HTTP/1.1 keep-alive).
+
+    Under `/slow/` the same files answer after `SLOW_SECONDS`, like a distant CDN's first byte.
+    """
 
     protocol_version = "HTTP/1.1"
     root = Path(".")
 
     def do_GET(self) -> None:
-        path = (self.root / self.path.split("?", 1)[0].lstrip("/")).resolve()
+        target = self.path.split("?", 1)[0]
+        if target.startswith(SLOW_PREFIX):
+            time.sleep(SLOW_SECONDS)
+            target = target[len(SLOW_PREFIX):]
+        path = (self.root / target.lstrip("/")).resolve()
         if not path.is_file() or not path.is_relative_to(self.root):
             self.send_error(404)
             return
@@ -105,6 +115,7 @@ def digests(folder: Path, files: dict[str, list[Path]]) -> dict[str, tuple[str, 
 
 def entries_for(base_url: str, folder: Path, paths: list[Path], known: dict[str, tuple[str, int]]
                 ) -> list[ManifestEntry]:
+    """Entries for `paths` served at `base_url` (append SLOW_PREFIX to it for the slow variant)."""
     result = []
     for path in paths:
         relative = str(path.relative_to(folder))
@@ -245,8 +256,9 @@ def main() -> None:
         while not port_file.exists() or not port_file.read_text():
             time.sleep(0.05)
         base_url = f"http://127.0.0.1:{port_file.read_text()}"
-        rows = measure(args.runs, out, {name: entries_for(base_url, source, paths, known)
-                                        for name, paths in files.items()})
+        sets = {name: entries_for(base_url, source, paths, known) for name, paths in files.items()}
+        sets["small_slow"] = entries_for(base_url + SLOW_PREFIX, source, files["small"], known)
+        rows = measure(args.runs, out, sets)
         s3 = s3_peak_rss(entries_for(base_url, source, files["one_large"], known)[0])
     finally:
         server.terminate()
@@ -257,7 +269,9 @@ def main() -> None:
 
 def measure(runs: int, out: Path, sets: dict[str, list[ManifestEntry]]) -> list[Row]:
     plan = [("64 small files (512 KiB), serial", "small", 1), ("64 small files (512 KiB), 8 in flight", "small", 8),
-            ("1 large file (1 GiB)", "one_large", 1), ("4 large files (256 MiB), 4 in flight", "few_large", 4)]
+            ("1 large file (1 GiB)", "one_large", 1), ("4 large files (256 MiB), 4 in flight", "few_large", 4),
+            ("64 small files, 20 ms first byte, serial", "small_slow", 1),
+            ("64 small files, 20 ms first byte, 8 in flight", "small_slow", 8)]
     rows = []
     for label, name, workers in plan:
         entries = sets[name]
@@ -281,8 +295,9 @@ def report(args: argparse.Namespace, rows: list[Row], s3: dict[str, float]) -> N
         print(f"| {row.label} | {row.size / MIB / row.engine.wall:.0f} | {row.size / MIB / row.curl.wall:.0f} "
               f"| {row.curl.wall / row.engine.wall:.2f}x | {row.size / MIB / row.curl_sha1sum.wall:.0f} "
               f"| {row.engine.cpu:.2f} / {row.curl.cpu:.2f} / {row.curl_sha1sum.cpu:.2f} |")
-    serial_curl, concurrent = rows[0].curl.wall, rows[1].engine.wall
-    print(f"\n64 small files, engine with 8 in flight vs serial curl: {serial_curl / concurrent:.2f}x")
+    print()
+    for serial, concurrent in ((rows[0], rows[1]), (rows[4], rows[5])):
+        print(f"{concurrent.label}: engine vs serial curl {serial.curl.wall / concurrent.engine.wall:.2f}x")
     print(f"1 GiB stream to S3 (moto in another process, 8 MiB parts, 4 in flight): {1024 / s3['seconds']:.0f} MiB/s, "
           f"peak RSS growth {s3['peak_growth_mib']:.1f} MiB (RSS before {s3['rss_before_mib']:.0f} MiB)")
 
