@@ -262,8 +262,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.getLogger("dagster").setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="partitions-bench-"))
+    results = []
     try:
-        results = [measure_size(work, size, args.storage) for size in args.sizes]
+        for size in args.sizes:
+            results.append(measure_size(work, size, args.storage))
+            print(f"{size:,} sequences: {results[-1]}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     command = " ".join(shlex.quote(part) for part in [".venv/bin/python", "benchmarks/partitions.py", *sys.argv[1:]])

@@ -169,6 +169,7 @@ class _MultipartUpload:
         self.upload_id: str = created["UploadId"]
         self._pool = ThreadPoolExecutor(max_workers=destination.settings.concurrency, thread_name_prefix="s3-part")
         self._futures: list[Future[dict[str, Any]]] = []
+        self._failure: BaseException | None = None
 
     def submit(self, data: bytearray) -> None:
         """Queue the next part; blocks while the destination's part budget is used up."""
@@ -182,8 +183,13 @@ class _MultipartUpload:
         except BaseException:
             self._destination.slots.release()
             raise
-        future.add_done_callback(lambda _: self._destination.slots.release())
+        future.add_done_callback(self._part_done)
         self._futures.append(future)
+
+    def _part_done(self, future: Future[dict[str, Any]]) -> None:
+        self._destination.slots.release()
+        if not future.cancelled() and future.exception() is not None and self._failure is None:
+            self._failure = future.exception()
 
     def _upload_part(self, number: int, data: bytearray) -> dict[str, Any]:
         answer = self._destination.call("upload_part", self._path, UploadId=self.upload_id, PartNumber=number,
@@ -191,9 +197,9 @@ class _MultipartUpload:
         return {"PartNumber": number, "ETag": answer["ETag"]}
 
     def raise_failure(self) -> None:
-        for future in self._futures:
-            if future.done() and future.exception() is not None:
-                raise future.exception()  # type: ignore[misc]
+        """Stop feeding a doomed upload as soon as one part failed."""
+        if self._failure is not None:
+            raise self._failure
 
     def complete(self) -> None:
         parts = [future.result() for future in self._futures]

@@ -57,6 +57,7 @@ class BackfillReport:
     status: BulkActionStatus
     runs: tuple[tuple[str, str | None, DagsterRunStatus], ...]
     steps: tuple[StepExecution, ...]
+    failures: tuple[str, ...]
     seconds: float
 
     def runs_per_partition(self) -> Counter[str]:
@@ -112,6 +113,17 @@ def celery_steps(instance: DagsterInstance, run_id: str, partition: str | None) 
     return steps
 
 
+def failure_messages(instance: DagsterInstance, run_id: str) -> list[str]:
+    """`<run id> <step>: <error>` for every step or run failure of a run."""
+    messages = []
+    for entry in instance.all_logs(run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}):
+        event = entry.dagster_event
+        error = event.event_specific_data.error if event is not None and event.event_specific_data else None
+        detail = error.to_string().strip().splitlines()[-1] if error is not None else entry.message
+        messages.append(f"{run_id[:8]} {entry.step_key or 'run'}: {detail}")
+    return messages
+
+
 def backfill_report(instance: DagsterInstance, backfill_id: str, seconds: float) -> BackfillReport:
     backfill = instance.get_backfill(backfill_id)
     if backfill is None:
@@ -119,7 +131,9 @@ def backfill_report(instance: DagsterInstance, backfill_id: str, seconds: float)
     runs = instance.get_runs(filters=RunsFilter(tags={BACKFILL_ID_TAG: backfill_id}))
     summary = tuple((run.run_id, run.tags.get(PARTITION_NAME_TAG), run.status) for run in runs)
     steps = tuple(step for run_id, partition, _ in summary for step in celery_steps(instance, run_id, partition))
-    return BackfillReport(backfill_id, backfill.status, summary, steps, seconds)
+    failures = tuple(message for run_id, _, status in summary if status != DagsterRunStatus.SUCCESS
+                     for message in failure_messages(instance, run_id))
+    return BackfillReport(backfill_id, backfill.status, summary, steps, failures, seconds)
 
 
 def materialize_dataset_by_backfill(graphql: DagsterGraphQL, instance: DagsterInstance, dataset: str,

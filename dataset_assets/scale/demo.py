@@ -34,6 +34,8 @@ def _print_report(report: BackfillReport, home: Path) -> None:
           f"{len(report.runs)} runs, {len(report.steps)} steps")
     for worker, steps in sorted(report.steps_per_worker().items()):
         print(f"  {worker}: {steps} steps")
+    for failure in report.failures:
+        print(f"  failed: {failure}")
     print("split manifests:")
     for path in sorted((home / DEMO_DATASET / "shards").glob("*/*_tars.yaml")):
         print(f"  {path}")

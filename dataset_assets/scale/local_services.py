@@ -18,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,13 +92,12 @@ class Service:
             pass
 
 
-def start_service(name: str, command: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
-                  cwd: Path | None = None, user: str | None = None) -> Service:
-    """Start `command` in a new session, output appended to `log`."""
+def start_service(name: str, command: Sequence[str], log: Path, cwd: Path | None = None,
+                  user: str | None = None) -> Service:
+    """Start `command` (as `user`, if given) in a new session with this process's environment, output to `log`."""
     with open(log, "ab") as output:
         process = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                                   env=dict(env) if env is not None else None, cwd=cwd, user=user,
-                                   start_new_session=True)
+                                   cwd=cwd, user=user, start_new_session=True)
     return Service(name, process, log)
 
 

@@ -168,6 +168,7 @@ def running_stack(home: Path, workers: int = 2, env: Mapping[str, str] | None = 
 
     `env` adds variables for every process (e.g. the demo source's URL). Inside the block this
     process's environment is the stack's too, so `DagsterInstance.get()` opens the Postgres instance.
+    The logs of workers, daemon and webserver stay in `home/scale_logs`.
     """
     missing = missing_binaries()
     bindir = postgres_bin()
@@ -185,7 +186,7 @@ def running_stack(home: Path, workers: int = 2, env: Mapping[str, str] | None = 
         shutil.copy(DEPLOY / "dagster.yaml", dagster_home / "dagster.yaml")
         _create_instance_tables(dagster_home)
         ui_port = free_port()
-        logs = folder / "logs"
-        logs.mkdir()
+        logs = home / "scale_logs"  # kept after the stack stops, beside the data
+        logs.mkdir(parents=True, exist_ok=True)
         _start_processes(stack, logs, names, ui_port, stack_env[BROKER_ENV])
         yield ScaleStack(local_url(ui_port), names)

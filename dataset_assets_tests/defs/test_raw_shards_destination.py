@@ -5,12 +5,12 @@ import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, Definitions
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 from dagster_aws.s3 import S3Resource
 
 from dataset_assets.core.catalog import Catalog
 from dataset_assets.core.manifest import load_manifest_file
-from dataset_assets.defs.builder import build_assets, build_definitions
+from dataset_assets.defs.builder import build_definitions
 from dataset_assets.defs.resources import DatasetHome, TransferResource
 from dataset_assets.demo.server import DemoServer
 from dataset_assets_tests import s3_fixtures
@@ -30,9 +30,7 @@ def test_raw_shards_stream_to_the_s3_destination_with_counts_bytes_and_throughpu
 ) -> None:
     transfer = TransferResource(destination=f"s3://{s3_bucket.name}/mirror", backoff_initial_seconds=0.01,
                                 s3=S3Resource(endpoint_url=s3_bucket.endpoint_url, region_name="us-east-1"))
-    # Assets only: the raw_shards asset checks audit the home folder, which an S3 destination leaves empty.
-    defs = Definitions(assets=build_assets(demo_catalog), resources={"home": DatasetHome(root=str(home)),
-                                                                     "transfer": transfer})
+    defs = build_definitions(demo_catalog, home=DatasetHome(root=str(home)), transfer=transfer)
     job = defs.resolve_implicit_global_asset_job_def()
     job.execute_in_process(instance=instance, asset_selection=[MANIFEST])
 
