@@ -32,14 +32,19 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# Runs launched from the UI go through the run launcher without a daemon, so queueing must be off.
+# Runs launched from the UI go through the run launcher without a daemon, so queueing must be off;
+# `nux` off: no first-visit newsletter dialog over the page.
 INSTANCE_YAML = """\
 run_coordinator:
   module: dagster._core.run_coordinator
   class: DefaultRunCoordinator
 telemetry:
   enabled: false
+nux:
+  enabled: false
 """
+# Typed into the dialog's config editor: the run's steps share one process instead of one each.
+IN_PROCESS = "execution: {config: {in_process: {}}}"
 DEMO_ASSETS = ("url_manifest", "raw_shards", "shards__cubercnn_small", "shards__efm_png",
                "splits__cubercnn_small", "splits__efm_png")
 STARTUP_SECONDS = 180
@@ -118,18 +123,22 @@ def browser() -> Iterator[Browser]:
 def open_page(browser: Browser, url: str) -> Page:
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.set_default_timeout(UI_TIMEOUT_MS)
-    # The newsletter dialog of a first visit pops up at some point: dismiss it whenever it blocks an action.
-    page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
     page.goto(url, wait_until="networkidle")
     return page
 
 
 def launch_partition_from_ui(page: Page, partition: str) -> None:
-    """Materialize… on the asset page, pick one partition in the dialog, launch it as one run."""
+    """Materialize… on the asset page, pick one partition and the run config in the dialog, launch one run."""
     page.get_by_role("button", name="Materialize…").click()
     page.get_by_text("Select a partition or create one").click()
     page.locator("span", has_text=partition).first.click()
     page.get_by_text("Launch runs to materialize").click()  # closes the partition list
+    page.get_by_text("Config", exact=True).click()
+    page.get_by_role("button", name="Add config").click()
+    page.locator(".CodeMirror").click()
+    page.keyboard.type(IN_PROCESS)
+    expect(page.get_by_text("No errors")).to_be_visible(timeout=UI_TIMEOUT_MS)
+    page.get_by_role("button", name="Save config").click()
     page.get_by_role("button", name="Launch 1 run").click()
 
 
@@ -162,6 +171,7 @@ def test_asset_graph_lists_demo_assets_and_one_partition_materializes_from_the_u
     run = wait_for_run(webserver.dagster_home, "seq_001")
     assert run.is_success, f"run {run.run_id} ended {run.status}"
     assert run.tags.get("dagster/from_ui") == "true"
+    assert run.run_config == {"execution": {"config": {"in_process": {}}}}
 
     page.goto(f"{webserver.url}/runs/{run.run_id}", wait_until="networkidle")
     expect(page.get_by_text("Success").first).to_be_visible(timeout=UI_TIMEOUT_MS)
