@@ -34,6 +34,7 @@ from pathlib import Path
 import dagster
 from dagster import AssetKey, Definitions, instance_for_test
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from results import replace_section
 
 from dataset_assets.core.catalog import Catalog, load_catalog
 from dataset_assets.core.pipeline import download_sequence
@@ -143,18 +144,6 @@ def machine() -> str:
             f"load average at the end {load}")
 
 
-def replace_section(path: Path, body: str) -> None:
-    """Replace (or append) the `## Dagster overhead` section of `path`, leaving every other section alone."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(f"\n{SECTION}\n")
-    if start < 0:
-        text = text.rstrip("\n") + f"\n\n{body}\n"
-    else:
-        end = text.find("\n## ", start + len(SECTION) + 2)
-        text = text[: start + 1] + body + "\n" + (text[end:] if end >= 0 else "")
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sequences", type=int, default=200)
@@ -183,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     ])
     print(body)
     if args.results is not None:
-        replace_section(args.results, body)
+        replace_section(args.results, SECTION, body)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from dagster._core.storage.tags import BACKFILL_ID_TAG
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import ModuleTarget
 from dagster._daemon.backfill import execute_backfill_iteration
+from results import replace_section
 
 from dataset_assets.core.catalog import CATALOG_ENV, load_catalog
 from dataset_assets.defs.builder import build_definitions
@@ -242,18 +243,6 @@ def machine() -> str:
     return f"Python {platform.python_version()}, {os.cpu_count()} CPUs, load average at the end {load}"
 
 
-def replace_section(path: Path, body: str) -> None:
-    """Replace (or append) this benchmark's section of a markdown file, leaving the others alone."""
-    text = path.read_text()
-    start = text.find(f"\n{SECTION}\n")
-    if start < 0:
-        text = text.rstrip("\n") + f"\n\n{body}\n"
-    else:
-        end = text.find("\n## ", start + len(SECTION) + 2)
-        text = text[: start + 1] + body + "\n" + (text[end:] if end >= 0 else "")
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000], help="sequences per manifest")
@@ -274,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     body = "\n\n".join([SECTION, note, table(args.sizes, results)])
     print(body)
     if args.results is not None:
-        replace_section(args.results, body)
+        replace_section(args.results, SECTION, body)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from results import replace_section
 
 from dataset_assets.core.publish import publish_file, version_destination
 from dataset_assets.core.s3 import MIB, make_s3_client
@@ -125,18 +126,6 @@ def table(times: dict[str, list[float]], size_mib: int, spec: PublishSpec) -> st
     return "\n".join([header, "|---|---|---|---|", *rows])
 
 
-def replace_section(path: Path, body: str) -> None:
-    """Replace (or append) the `## Publish` section of `path`, leaving every other section alone."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(f"\n{SECTION}\n")
-    if start < 0:
-        text = text.rstrip("\n") + f"\n\n{body}\n"
-    else:
-        end = text.find("\n## ", start + len(SECTION) + 2)
-        text = text[: start + 1] + body + "\n" + (text[end:] if end >= 0 else "")
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024, help="tarball size (default 1 GiB)")
@@ -170,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     ])
     print(body)
     if args.results is not None:
-        replace_section(args.results, body)
+        replace_section(args.results, SECTION, body)
 
 
 if __name__ == "__main__":

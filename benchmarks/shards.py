@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy
 import webdataset
+from results import replace_section
 
 from dataset_assets.core.index import read_index, write_index
 from dataset_assets.core.loading import IndexedShardDataset, ShardStream
@@ -227,18 +228,6 @@ def machine() -> str:
             f"webdataset {webdataset.__version__}")
 
 
-def replace_section(path: Path, body: str) -> None:
-    """Replace (or append) the `## Shards` section of `path`, leaving every other section alone."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(f"\n{SECTION}\n")
-    if start < 0:
-        text = text.rstrip("\n") + f"\n\n{body}\n"
-    else:
-        end = text.find("\n## ", start + len(SECTION) + 2)
-        text = text[: start + 1] + body + "\n" + (text[end:] if end >= 0 else "")
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
@@ -257,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
                         f"{machine()}.", *tables, NOTES])
     print(body)
     if args.results is not None:
-        replace_section(args.results, body)
+        replace_section(args.results, SECTION, body)
 
 
 if __name__ == "__main__":
