@@ -30,7 +30,9 @@ from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
 from dataset_assets.core import storage
+from dataset_assets.core.catalog import PACKAGED_CATALOG, load_catalog
 from dataset_assets.core.manifest import ManifestEntry, UrlManifest, parse_manifest
+from dataset_assets.core.pipeline import preprocess_sequence
 from dataset_assets.core.s3 import MIN_PART_SIZE, MultipartSettings, S3Destination, S3Url
 from dataset_assets.core.transfer import (
     ChecksumMismatch,
@@ -95,17 +97,33 @@ class ClockJump:
 
 
 @dataclass(frozen=True)
+class Arm:
+    """Faults to inject on the target file: `apply` arms them, `count` is how many it arms."""
+
+    count: int
+    apply: Callable[[DemoServer, ManifestEntry], None]
+
+    def __add__(self, other: Arm) -> Arm:
+        def apply(server: DemoServer, entry: ManifestEntry) -> None:
+            self.apply(server, entry)
+            other.apply(server, entry)
+
+        return Arm(self.count + other.count, apply)
+
+
+@dataclass(frozen=True)
 class Fault:
     """One row of the matrix.
 
-    `arm` injects faults on the target and returns how many it injected. `error`/`message`: the
-    exception and text expected (None: the download must succeed). `extra` is the exact number of
-    target bytes a successful case may fetch beyond one copy (a server ignoring Range forces it);
-    `bound` caps the target bytes a failing case may have fetched, in units of the file size.
+    `error`/`message`: the exception and text expected (None: the download must succeed). `extra`
+    is the exact number of target bytes a successful case may fetch beyond one copy (a server
+    ignoring Range forces it); `bound` caps the target bytes a failing case may have fetched, in
+    file sizes. `expire_mid_transfer` moves the server's clock past the links' expiry (one more
+    fault) once the target's first bytes arrive; `refresh` lets the engine fetch fresh links.
     """
 
     name: str
-    arm: Callable[[DemoServer, ManifestEntry], int]
+    arm: Arm
     error: type[Exception] | None = None
     message: str = ""
     extra: Callable[[ManifestEntry], int] = lambda entry: 0
@@ -114,69 +132,59 @@ class Fault:
     refresh: bool = False
     min_seconds: float = 0.0
 
+    @property
+    def injected(self) -> int:
+        return self.arm.count + int(self.expire_mid_transfer)
+
 
 def size(entry: ManifestEntry) -> int:
     assert entry.size is not None
     return entry.size
 
 
-def drop(at: Callable[[int], int], times: int = 1) -> Callable[[DemoServer, ManifestEntry], int]:
-    def arm(server: DemoServer, entry: ManifestEntry) -> int:
-        server.faults.drop_after_bytes(at(size(entry)), times=times, path_contains=url_path(entry))
-        return times
-    return arm
+def drop(at: Callable[[int], int], times: int = 1) -> Arm:
+    return Arm(times, lambda server, entry: server.faults.drop_after_bytes(at(size(entry)), times=times,
+                                                                          path_contains=url_path(entry)))
 
 
-def statuses(*bursts: tuple[int, int, float | None]) -> Callable[[DemoServer, ManifestEntry], int]:
-    def arm(server: DemoServer, entry: ManifestEntry) -> int:
-        for status, times, retry_after in bursts:
-            server.faults.fail_with_status(status, times=times, retry_after=retry_after, path_contains=url_path(entry))
-        return sum(times for _, times, _ in bursts)
-    return arm
+def status(code: int, times: int, retry_after: float | None = None) -> Arm:
+    return Arm(times, lambda server, entry: server.faults.fail_with_status(code, times, retry_after, url_path(entry)))
 
 
-def replaced(content: Callable[[bytes], bytes]) -> Callable[[DemoServer, ManifestEntry], int]:
-    def arm(server: DemoServer, entry: ManifestEntry) -> int:
-        original = (server.root / key(entry)).read_bytes()
-        server.faults.replace_content(url_path(entry), content(original))
-        return 1
-    return arm
+def replaced(content: Callable[[bytes], bytes]) -> Arm:
+    return Arm(1, lambda server, entry: server.faults.replace_content(
+        url_path(entry), content((server.root / key(entry)).read_bytes())))
 
 
-def both(*arms: Callable[[DemoServer, ManifestEntry], int]) -> Callable[[DemoServer, ManifestEntry], int]:
-    return lambda server, entry: sum(arm(server, entry) for arm in arms)
-
-
-def ignore_range(server: DemoServer, entry: ManifestEntry) -> int:
-    server.faults.ignore_range()
-    return 1
+IGNORE_RANGE = Arm(1, lambda server, entry: server.faults.ignore_range())
 
 
 def flipped(data: bytes) -> bytes:
     return bytes(byte ^ 0xFF for byte in data)
 
 
+EXPIRED = r"signed links expired for \d+ file.*Refresh the URL manifest"
 FAULTS: list[Fault] = [
     Fault("drop_before_first_byte", drop(lambda n: 0)),
     Fault("drop_after_first_byte", drop(lambda n: 1)),
     Fault("drop_mid_file", drop(lambda n: n // 2)),
     Fault("drop_before_last_byte", drop(lambda n: n - 1)),
     Fault("drop_three_times", drop(lambda n: n // 5, times=3)),
-    *[Fault(f"burst_of_{status}", statuses((status, 2, None))) for status in (500, 502, 503, 504)],
-    Fault("429_with_retry_after", statuses((429, 1, 0.3)), min_seconds=0.3),
-    Fault("503_retry_after_then_drop", both(statuses((503, 1, 0.05)), drop(lambda n: n // 3))),
-    Fault("server_ignores_range_after_drop", both(drop(lambda n: n // 2), ignore_range),
+    *[Fault(f"burst_of_{code}", status(code, 2)) for code in (500, 502, 503, 504)],
+    Fault("429_with_retry_after", status(429, 1, 0.3), min_seconds=0.3),
+    Fault("503_retry_after_then_drop", status(503, 1, 0.05) + drop(lambda n: n // 3)),
+    Fault("server_ignores_range_after_drop", drop(lambda n: n // 2) + IGNORE_RANGE,
           extra=lambda entry: size(entry) // 2),
-    Fault("persistent_503", statuses((503, 50, None)), TransferError, r"RetryableStatus: .*HTTP 503", bound=0),
-    Fault("refused_link_403", statuses((403, 1, None)), LinkExpired, r"signed links expired for \d+ file.*Refresh the URL manifest", bound=0),
-    Fault("gone_404", statuses((404, 1, None)), TransferError, r"TransferError: .*HTTP 404", bound=0),
+    Fault("persistent_503", status(503, FAST.max_attempts), TransferError, r"RetryableStatus: .*HTTP 503", bound=0),
+    Fault("refused_link_403", status(403, 1), LinkExpired, EXPIRED, bound=0),
+    Fault("gone_404", status(404, 1), TransferError, r"TransferError: .*HTTP 404", bound=0),
     Fault("truncated_upstream_file", replaced(lambda data: data[: len(data) // 2]), ChecksumMismatch,
           r"ChecksumMismatch: .*server announces \d+ bytes, manifest says \d+"),
     Fault("wrong_bytes_sha1_mismatch", replaced(flipped), ChecksumMismatch,
           r"ChecksumMismatch: .*got \d+ bytes with sha1 [0-9a-f]{40}, manifest says"),
-    Fault("wrong_bytes_after_a_resume", both(replaced(flipped), drop(lambda n: n // 2)), ChecksumMismatch,
+    Fault("wrong_bytes_after_a_resume", replaced(flipped) + drop(lambda n: n // 2), ChecksumMismatch,
           r"ChecksumMismatch: .*got \d+ bytes with sha1 [0-9a-f]{40}, manifest says", bound=2),
-    Fault("link_expires_mid_transfer", drop(lambda n: n // 2), LinkExpired, r"signed links expired for \d+ file.*Refresh the URL manifest",
+    Fault("link_expires_mid_transfer", drop(lambda n: n // 2), LinkExpired, EXPIRED,
           expire_mid_transfer=True),
     Fault("link_expires_mid_transfer_refreshed", drop(lambda n: n // 2), expire_mid_transfer=True, refresh=True),
 ]
@@ -189,7 +197,7 @@ def test_fault_ends_verified_or_with_a_specific_error_and_never_downloads_a_file
     entries = sequence_entries(fetch_manifest(demo_server))
     target = next(entry for entry in entries if key(entry) == TARGET)
     demo_server.stats.reset()
-    assert fault.arm(demo_server, target) >= 1
+    fault.arm.apply(demo_server, target)
     progress = ClockJump(demo_server, TARGET) if fault.expire_mid_transfer else None
     refresh = (lambda: fetch_manifest(demo_server)) if fault.refresh else None
 
@@ -220,3 +228,162 @@ def test_fault_ends_verified_or_with_a_specific_error_and_never_downloads_a_file
         expected = size(entry) + (wasted if entry is target else 0)
         assert demo_server.stats.body_bytes_sent(url_path(entry)) == expected, key(entry)
     assert not list(tmp_path.rglob("*.part*"))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 512 KiB tmpfs: disk full comes from the kernel, not from a mock. Needs mount rights (root)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(mount)]
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(command, capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root; disk full cannot be produced for real here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def fill(disk: Path, keep: int) -> Path:
+    """Fill `disk` with one file until only about `keep` bytes stay free."""
+    stats = os.statvfs(disk)
+    filler = disk / "filler.bin"
+    filler.write_bytes(bytes(max(stats.f_bavail * stats.f_frsize - keep, 0)))
+    return filler
+
+
+def test_disk_full_mid_download_fails_naming_the_file_then_resumes_from_the_held_bytes(
+    demo_server: DemoServer, small_disk: Path
+) -> None:
+    entries = sequence_entries(fetch_manifest(demo_server))
+    filler = fill(small_disk, keep=sum(size(entry) for entry in entries) // 2)
+
+    with pytest.raises(TransferError) as raised:
+        download_entries(entries, folders(small_disk), FAST)
+
+    failed = [entry for entry in entries if key(entry) in str(raised.value)]
+    assert failed and "No space left on device" in str(raised.value)
+    for entry in entries:
+        final = final_path(small_disk, entry)
+        if entry in failed:
+            assert not final.exists()
+            held = (small_disk / entry.config / f"{entry.relative_path}.part")
+            if held.exists():
+                assert (demo_server.root / key(entry)).read_bytes().startswith(held.read_bytes())
+        else:
+            assert hashlib.sha1(final.read_bytes()).hexdigest() == entry.sha1
+    held = {key(entry): held_bytes(small_disk, entry) for entry in failed}
+    filler.unlink()
+    demo_server.stats.reset()
+
+    report = download_entries(entries, folders(small_disk), FAST)
+
+    assert report.count("skipped") == len(entries) - len(failed)
+    assert demo_server.stats.body_bytes_sent() == sum(size(entry) - held[key(entry)] for entry in failed)
+    for entry in entries:
+        assert hashlib.sha1(final_path(small_disk, entry).read_bytes()).hexdigest() == entry.sha1
+
+
+def test_disk_full_while_publishing_a_shard_set_or_yaml_keeps_the_previous_one_and_no_partial_file(
+    demo_server: DemoServer, small_disk: Path
+) -> None:
+    manifest = fetch_manifest(demo_server)
+    config = load_catalog(PACKAGED_CATALOG).dataset("demo_aria").preprocess["cubercnn_small"]
+    raw = demo_server.root / config.source_config
+    shard_set = small_disk / "shards" / SEQUENCE
+    preprocess_sequence(manifest, config, SEQUENCE, raw, shard_set)
+    before = {path.name: path.read_bytes() for path in shard_set.iterdir()}
+    yaml_path = small_disk / "local_all_tars.yaml"
+    storage.write_bytes_atomic(yaml_path, b"tars: {}\n")
+    filler = fill(small_disk, keep=4096)
+
+    with pytest.raises(OSError) as shards_error:
+        preprocess_sequence(manifest, config, SEQUENCE, raw, shard_set)
+    with pytest.raises(OSError) as yaml_error:
+        storage.write_bytes_atomic(yaml_path, b"tars: {seq_000: [a.tar]}\n" * 1000)
+
+    for error in (shards_error.value, yaml_error.value):
+        assert error.errno == errno.ENOSPC and "No space left on device" in str(error)
+    assert {path.name: path.read_bytes() for path in shard_set.iterdir()} == before
+    assert yaml_path.read_bytes() == b"tars: {}\n"
+    assert sorted(path.name for path in small_disk.iterdir()) == [
+        "filler.bin", "local_all_tars.yaml", "shards"]
+    assert sorted(path.name for path in (small_disk / "shards").iterdir()) == [SEQUENCE]
+    filler.unlink()
+
+
+class RestartableMoto:
+    """Moto's S3 server on a loopback port that can be stopped and started again on the same port.
+
+    Moto keeps its buckets in this process's memory, so state survives the restart, as a real S3
+    does when only the network path to it was down.
+    """
+
+    def __init__(self) -> None:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        self.port = self._server.get_host_and_port()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def restart(self) -> None:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+
+@pytest.fixture
+def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[RestartableMoto]:
+    for name, value in DUMMY_AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    server = RestartableMoto()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_s3_server_stopped_mid_multipart_fails_cleanly_then_a_rerun_completes_with_no_upload_left(
+    tmp_path: Path, moto: RestartableMoto
+) -> None:
+    source = tmp_path / "source"
+    data = hashlib.shake_256(b"big").digest(3 * MIN_PART_SIZE + 4321)
+    (source / "big" / SEQUENCE).mkdir(parents=True)
+    (source / "big" / SEQUENCE / "shards-0000.tar").write_bytes(data)
+    # Few client retries and short timeouts: the server is really gone, so waiting longer only slows the test.
+    client = boto3.session.Session().client("s3", endpoint_url=moto.endpoint, region_name="us-east-1",
+                                            config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+    bucket = f"faults-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    destination = S3Destination(client, S3Url(bucket, "mirror"), MultipartSettings(MIN_PART_SIZE, concurrency=1))
+    stopped = threading.Event()
+
+    def stop_after_first_part(**kwargs: Any) -> None:
+        if not stopped.is_set():
+            stopped.set()
+            moto.stop()
+
+    client.meta.events.register("after-call.s3.UploadPart", stop_after_first_part)
+    with DemoServer(source) as server:
+        manifest = fetch_manifest(server)
+        entries = list(manifest.entries("big", SEQUENCE))
+        with pytest.raises(TransferError) as raised:
+            download_entries(entries, {"big": destination}, TransferSettings(max_attempts=2,
+                                                                             backoff_initial_seconds=0.01))
+        assert stopped.is_set()
+        message = str(raised.value)
+        assert f"big/{SEQUENCE}/shards-0000.tar" in message and "Could not connect to the endpoint URL" in message
+        assert "StorageError" in message and f"s3://{bucket}/mirror/{SEQUENCE}/shards-0000.tar" in message
+
+        moto.restart()
+        key_name = f"mirror/{SEQUENCE}/shards-0000.tar"
+        assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+        assert [upload["Key"] for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])] == [
+            key_name]
+        report = download_entries(entries, {"big": destination}, FAST)
+
+    assert report.count("downloaded") == 1
+    assert client.get_object(Bucket=bucket, Key=key_name)["Body"].read() == data
+    assert client.head_object(Bucket=bucket, Key=key_name)["Metadata"]["sha1"] == hashlib.sha1(data).hexdigest()
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
