@@ -4,19 +4,23 @@
 a digest per sequence (its files' names, sizes and sha1s, not its links) with the digests in its
 cursor. Sequences Dagster does not know yet become dynamic partitions, and each new or changed
 sequence gets one `<ds>_sequence` run, unless its newest `raw_shards` materialization already
-verified exactly those files. `<ds>_link_refresh_sensor` requests `<ds>_refresh_links` once the
-saved manifest's earliest link expiry is within the margin, and re-requests every partition whose
-`raw_shards` step failed on expired links and has not been materialized since; `<ds>_sequence`
-fetches fresh links before it downloads.
+verified exactly those files. Those materializations are read in batches (a few instance queries
+per tick, not one per sequence), and only for sequences that already are partitions: a sequence
+that is not one yet cannot have been materialized. `<ds>_link_refresh_sensor` requests
+`<ds>_refresh_links` once the saved manifest's earliest link expiry is within the margin, and
+re-requests every partition whose `raw_shards` step failed on expired links and has not been
+materialized since; `<ds>_sequence` fetches fresh links before it downloads.
 """
 import json
 import os
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from dagster import (
     AssetKey,
+    AssetMaterialization,
     AssetRecordsFilter,
     DagsterEventType,
     DagsterInstance,
@@ -49,6 +53,7 @@ DEFAULT_REFRESH_MARGIN = timedelta(minutes=15)
 EXPIRED_LINKS_MESSAGE = "signed links expired"
 TRIGGER_TAG = "dataset_assets/trigger"
 FAILED_RUNS_PER_TICK = 100
+MATERIALIZATIONS_PER_QUERY = 500
 
 
 def refresh_margin() -> timedelta:
@@ -70,17 +75,37 @@ def sequence_digests(manifest: UrlManifest, raw_configs: list[str]) -> dict[str,
     }
 
 
-def is_current(instance: DagsterInstance, key: AssetKey, manifest: UrlManifest, raw_configs: list[str],
-               sequence: str) -> bool:
-    """Whether the newest materialization of `sequence` verified exactly the files the manifest lists."""
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=key, asset_partitions=[sequence]), limit=1).records
-    if not records or records[0].asset_materialization is None:
-        return False
-    verified = records[0].asset_materialization.metadata.get("sha1")
-    expected = {f"{entry.config}/{entry.relative_path}": entry.sha1
-                for config in raw_configs for entry in manifest.entries(config, sequence)}
-    return verified is not None and verified.value == expected
+def verified_files(materialization: AssetMaterialization | None) -> object:
+    """The `sha1` metadata of a `raw_shards` materialization: `{"<config>/<path>": sha1}` of the files it verified."""
+    verified = materialization.metadata.get("sha1") if materialization is not None else None
+    return verified.value if verified is not None else None
+
+
+def expected_files(manifest: UrlManifest, raw_configs: list[str], sequence: str) -> dict[str, str]:
+    return {f"{entry.config}/{entry.relative_path}": entry.sha1
+            for config in raw_configs for entry in manifest.entries(config, sequence)}
+
+
+def current_sequences(instance: DagsterInstance, key: AssetKey, manifest: UrlManifest, raw_configs: list[str],
+                      sequences: Collection[str]) -> set[str]:
+    """Those of `sequences` whose newest materialization verified exactly the files the manifest lists.
+
+    One query finds the newest materialization of every partition, then the materializations of
+    `sequences` are read `MATERIALIZATIONS_PER_QUERY` at a time.
+    """
+    if not sequences:
+        return set()
+    latest = instance.get_latest_storage_id_by_partition(key, DagsterEventType.ASSET_MATERIALIZATION)
+    storage_ids = [latest[sequence] for sequence in sequences if sequence in latest]
+    current = set()
+    for start in range(0, len(storage_ids), MATERIALIZATIONS_PER_QUERY):
+        batch = storage_ids[start:start + MATERIALIZATIONS_PER_QUERY]
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=key, storage_ids=batch), limit=len(batch)).records
+        current.update(record.partition_key for record in records if record.partition_key is not None
+                       and verified_files(record.asset_materialization)
+                       == expected_files(manifest, raw_configs, record.partition_key))
+    return current
 
 
 def links_expiring(expiry: datetime, within: timedelta) -> bool:
@@ -103,10 +128,12 @@ def build_manifest_sensor(spec: DatasetSpec, jobs: DatasetJobs) -> SensorDefinit
             manifest, _ = fetch_manifest(spec.manifest.location, client)
         digests = sequence_digests(manifest, spec.raw_configs)
         seen = json.loads(context.cursor) if context.cursor else {}
-        changed = [sequence for sequence, digest in digests.items() if seen.get(sequence) != digest
-                   and not is_current(context.instance, raw_key(dataset), manifest, spec.raw_configs, sequence)]
         known = set(context.instance.get_dynamic_partitions(sequences.name))
         new = [sequence for sequence in digests if sequence not in known]
+        different = [sequence for sequence, digest in digests.items() if seen.get(sequence) != digest]
+        current = current_sequences(context.instance, raw_key(dataset), manifest, spec.raw_configs,
+                                    [sequence for sequence in different if sequence in known])
+        changed = [sequence for sequence in different if sequence not in current]
         cursor = json.dumps(digests, sort_keys=True)
         if not changed and not new:
             return SensorResult(skip_reason=f"{len(digests)} sequences published, none new or changed", cursor=cursor)

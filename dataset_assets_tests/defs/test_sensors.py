@@ -5,21 +5,29 @@ requested job in-process with the request's partition and tags.
 """
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagster import (
     AssetKey,
+    AssetMaterialization,
     DagsterInstance,
     Definitions,
     ExecuteInProcessResult,
     RunRequest,
     SensorResult,
     build_sensor_context,
+    instance_for_test,
 )
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from dataset_assets.cli import DEMO_URL_ENV
 from dataset_assets.core.catalog import PACKAGED_CATALOG, Catalog, load_catalog
+from dataset_assets.core.transfer import fetch_manifest
 from dataset_assets.defs.sensors import REFRESH_MARGIN_ENV, TRIGGER_TAG
 from dataset_assets.demo.server import DemoServer
 from dataset_assets_tests.defs.conftest import DEMO, make_defs
@@ -119,6 +127,72 @@ def test_manifest_sensor_without_cursor_skips_sequences_already_downloaded_with_
     reset = tick(defs, instance, MANIFEST_SENSOR)
     assert added(reset) == []
     assert [partition for _, partition in requested(reset)] == [f"seq_{index:03d}" for index in range(1, 8)]
+
+
+@contextmanager
+def event_log_queries() -> Iterator[list[str]]:
+    """Every SQL statement on Dagster's event log that any engine of this process executes inside the block."""
+    statements: list[str] = []
+
+    def record(connection: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if "event_logs" in statement:
+            statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+def report_downloads(instance: DagsterInstance, server: DemoServer, stale: str) -> None:
+    """A `raw_shards` materialization per known sequence, each with the sha1s the manifest lists,
+    except `stale`'s: its files changed since."""
+    manifest, _ = fetch_manifest(f"{server.base_url}/manifest.json")
+    for sequence in instance.get_dynamic_partitions(f"{DEMO}_sequences"):
+        entries = [entry for config in ("cubercnn", "efm") for entry in manifest.entries(config, sequence)]
+        sha1 = {} if sequence == stale else {f"{entry.config}/{entry.relative_path}": entry.sha1 for entry in entries}
+        instance.report_runless_asset_event(AssetMaterialization(RAW, partition=sequence, metadata={"sha1": sha1}))
+
+
+@dataclass(frozen=True)
+class TwoTicks:
+    """A first tick on an empty instance and a cursorless tick once every sequence was downloaded,
+    each with the number of event log queries it made."""
+
+    first: SensorResult
+    first_queries: int
+    again: SensorResult
+    again_queries: int
+
+
+def first_and_cursorless_tick(defs: Definitions, instance: DagsterInstance, server: DemoServer) -> TwoTicks:
+    with event_log_queries() as first_queries:
+        first = tick(defs, instance, MANIFEST_SENSOR)
+    add_requested_partitions(first, instance)
+    report_downloads(instance, server, stale="seq_001")
+    with event_log_queries() as again_queries:
+        again = tick(defs, instance, MANIFEST_SENSOR)
+    return TwoTicks(first, len(first_queries), again, len(again_queries))
+
+
+def test_manifest_sensor_reads_no_materialization_for_new_sequences_and_batches_the_known_ones(
+    own_server: DemoServer, source: Path, home: Path, instance: DagsterInstance, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defs = make_defs(demo_catalog_at(own_server, monkeypatch), home)
+    small = first_and_cursorless_tick(defs, instance, own_server)
+    for index in range(100, 140):
+        for config in ("cubercnn", "efm"):
+            shutil.copytree(source / config / "seq_000", source / config / f"seq_{index:03d}")
+    (tmp_path / "large_instance").mkdir()
+    with instance_for_test(temp_dir=str(tmp_path / "large_instance")) as large_instance:
+        large = first_and_cursorless_tick(defs, large_instance, own_server)
+
+    assert len(added(large.first)) == len(requested(large.first)) == 48
+    assert requested(small.again) == requested(large.again) == [(f"{DEMO}_sequence", "seq_001")]
+    assert small.first_queries == large.first_queries == 0
+    assert 0 < small.again_queries == large.again_queries
 
 
 def test_link_refresh_sensor_requests_one_manifest_refresh_once_links_are_within_the_margin(
