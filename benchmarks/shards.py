@@ -1,7 +1,7 @@
 """Shard benchmarks, each against its reference measured in the same run (never run in CI).
 
 write:      `ShardWriter` (+ its `_index.json`)        vs `webdataset.ShardWriter`
-sequential: `ShardStream.raw_samples` (every member)   vs `cat` and plain `tarfile` (and `webdataset`)
+sequential: `ShardStream.raw_samples` (every member, as bytes and as views) vs `cat`, plain `tarfile`, `webdataset`
 random:     `IndexedShardDataset.read(i)` (raw bytes)  vs `wids.ShardListDataset[i]` (no transforms)
 
 Every measurement is repeated, references and ours interleaved (the machine is shared, so load
@@ -141,8 +141,8 @@ def read_tarfile(paths: list[str]) -> None:
                 extracted.read()
 
 
-def read_ours(paths: list[str]) -> int:
-    return sum(1 for _ in ShardStream(paths).raw_samples())
+def read_ours(paths: list[str], views: bool = False) -> int:
+    return sum(1 for _ in ShardStream(paths, views=views).raw_samples())
 
 
 def read_webdataset(paths: list[str]) -> int:
@@ -170,13 +170,16 @@ def bench_sequential(folder: Path, paths: list[str], repeats: int) -> list[Row]:
         "floor": lambda: read_floor(folder),
         "tarfile": lambda: read_tarfile(paths),
         "webdataset": lambda: read_webdataset(paths),
-        "ours": lambda: read_ours(paths),
+        "bytes": lambda: read_ours(paths),
+        "views": lambda: read_ours(paths, views=True),
     }, repeats)
+    ours = [("bytes", "ShardStream (bytes)"), ("views", "ShardStream (views)")]
     references = [("cat", "cat > /dev/null", 0.8), ("floor", "pread per member, no parsing", 0.0),
                   ("tarfile", "tarfile (plain)", 0.0), ("webdataset", "webdataset.WebDataset", 0.0)]
-    return [Row("sequential read", "ShardStream (raw members)", reference, "MB/s of shard",
-                size / medians["ours"] / 1e6, size / medians[name] / 1e6, target)
-            for name, reference, target in references]
+    return [Row("sequential read", label, reference, "MB/s of shard",
+                size / medians[mode] / 1e6, size / medians[name] / 1e6, target)
+            for mode, label in ours for name, reference, target in references
+            if mode == "bytes" or name == "cat"]
 
 
 def bench_random(paths: list[str], reads: int, repeats: int) -> Row:

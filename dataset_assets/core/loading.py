@@ -33,7 +33,7 @@ from dataset_assets.core.errors import DatasetAssetsError, SplitError
 from dataset_assets.core.index import INDEX_FILE, Block, IndexEntry, Member, read_index
 from dataset_assets.core.redaction import redact_text, redact_url
 from dataset_assets.core.s3 import make_s3_client
-from dataset_assets.core.shards import ShardFiles, iter_stream_samples, open_shard
+from dataset_assets.core.shards import ShardFiles, iter_stream_samples, iter_tar_samples
 from dataset_assets.core.transfer import make_client
 
 URL_SCHEMES = frozenset({"http", "https", "s3", "gs"})
@@ -42,7 +42,7 @@ IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp", 
 
 MemberDecoder = Callable[[bytes], object]
 SampleDecoder = Callable[[dict[str, object]], object]
-RawSample = dict[str, bytes]
+RawSample = dict[str, bytes | memoryview]
 
 
 def is_url(entry: str) -> bool:
@@ -130,15 +130,15 @@ def decode_npy(data: bytes) -> torch.Tensor | numpy.ndarray:
 
 
 def decode_json(data: bytes) -> object:
-    return json.loads(data)
+    return json.loads(bytes(data))
 
 
 def decode_text(data: bytes) -> str:
-    return data.decode("utf-8")
+    return str(data, "utf-8")
 
 
 def decode_class(data: bytes) -> int:
-    return int(data.decode("ascii").strip())
+    return int(str(data, "ascii").strip())
 
 
 DEFAULT_DECODERS: Mapping[str, MemberDecoder] = {
@@ -165,7 +165,7 @@ class SampleDecoding:
     def _member(self, shard: str, key: str, extension: str, data: bytes) -> object:
         decoder = self.decoders.get(extension, self.decoders.get(extension.rpartition(".")[2].lower()))
         if decoder is None:
-            return data
+            return bytes(data)  # a view of a mapped shard would not pickle to the DataLoader's main process
         try:
             return decoder(data)
         except Exception as error:  # any decoder failure becomes one error naming where it happened
@@ -233,8 +233,8 @@ def _open_s3(url: str) -> Iterator[io.BufferedReader]:
 
 
 @contextlib.contextmanager
-def open_tar(entry: str) -> Iterator[io.RawIOBase | io.BufferedReader]:
-    """A readable stream of one tar-list entry: a local path, an http(s) URL or an s3 URL."""
+def open_url(entry: str) -> Iterator[io.BufferedReader]:
+    """A readable stream of one remote tar-list entry: an http(s) URL or an s3 URL."""
     scheme = urlsplit(entry).scheme.lower()
     if scheme in ("http", "https"):
         with _open_http(entry) as stream:
@@ -245,8 +245,7 @@ def open_tar(entry: str) -> Iterator[io.RawIOBase | io.BufferedReader]:
     elif scheme in URL_SCHEMES:
         raise DatasetAssetsError(f"{redact_url(entry)}: {scheme}:// URLs are not supported for reading")
     else:
-        with open_shard(Path(entry)) as stream:
-            yield stream
+        raise DatasetAssetsError(f"{entry}: not an http(s) or s3 URL")
 
 
 def _check_tar_list(tar_list: Sequence[str | Path]) -> list[str]:
@@ -295,6 +294,12 @@ class ShardStream(IterableDataset):
     shards some slots read nothing (for DDP, give every rank as many shards). `shuffle_buffer > 0`
     shuffles the shard order (same permutation on every rank, seeded by `seed` and `set_epoch`)
     and samples through a buffer of that many raw samples.
+
+    Local shards are read through a memory map. With `views=True` their raw members are
+    zero-copy read-only `memoryview`s of the map (the map lives while any view does) instead of
+    `bytes` copies, for decoders that take any bytes-like object (`numpy.frombuffer`,
+    `torch.frombuffer`, PIL and the default decoders do); members without a decoder still come
+    out of `__iter__` as `bytes`, so decoded samples always pickle to DataLoader workers' parent.
     """
 
     def __init__(
@@ -306,6 +311,7 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        views: bool = False,
     ) -> None:
         if shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
@@ -314,6 +320,7 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.rank, self.world_size = rank, world_size
+        self.views = views
         _distributed(rank, world_size)
         self.epoch = 0
 
@@ -335,10 +342,14 @@ class ShardStream(IterableDataset):
         return order[slot::slots]
 
     def raw_samples(self) -> Iterator[tuple[str, str, RawSample]]:
-        """`(shard, key, {extension: bytes})` of this slot's shards, undecoded and unshuffled."""
+        """`(shard, key, {extension: data})` of this slot's shards, undecoded and unshuffled."""
         for tar in self.shards_for_this_worker():
-            with open_tar(tar) as stream:
-                for key, sample in iter_stream_samples(stream, redact_url(tar) if is_url(tar) else tar):
+            if not is_url(tar):
+                for key, sample in iter_tar_samples(Path(tar), self.views):
+                    yield tar, key, sample
+                continue
+            with open_url(tar) as stream:
+                for key, sample in iter_stream_samples(stream, redact_url(tar)):
                     yield tar, key, sample
 
     def __iter__(self) -> Iterator[object]:

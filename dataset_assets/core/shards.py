@@ -11,8 +11,10 @@ plain tar (same member headers, ending in two zero blocks), compressed as a sing
 `zstd -d` + `tar t` lists such a block; our readers expand blocks transparently, plain
 `webdataset` sees one opaque member per block. `block_samples=1` compresses each sample alone.
 
-Reading goes through `iter_tar_members`, a streaming parser that refuses any member that is not
-a plain file with a relative, non-escaping name (symlinks, hard links, devices, `..`, absolute).
+Reading goes through one parser that refuses any member that is not a plain file with a
+relative, non-escaping name (symlinks, hard links, devices, `..`, absolute): `iter_tar_members`
+over a stream (http, s3, a pipe) and `iter_buffer_members` over a tar in memory or a local shard
+mapped with `map_shard`, which can hand out members as zero-copy views.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import mmap
 import os
 import re
 import shutil
@@ -52,6 +55,8 @@ from dataset_assets.core.index import (
 )
 
 Sample = Mapping[str, bytes]
+MemberData = bytes | memoryview
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 BLOCKSIZE = tarfile.BLOCKSIZE
 RECORDSIZE = tarfile.RECORDSIZE
 BLOCK_PREFIX = "zstd-block-"
@@ -63,6 +68,7 @@ SPAN_READ_BYTES = 1 << 16
 _ZERO_BLOCK = b"\0" * BLOCKSIZE
 _END_OF_ARCHIVE = 2 * _ZERO_BLOCK
 _EXTENDED_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME)
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: fault the pages in with one call
 
 
 @dataclass(frozen=True)
@@ -363,7 +369,7 @@ class TarMember(NamedTuple):
     name: str
     offset: int
     size: int
-    data: bytes | None
+    data: MemberData | None
 
 
 class _Header(NamedTuple):
@@ -390,13 +396,6 @@ def _read_exact(stream: BinaryIO, size: int, archive: str, what: str) -> bytes:
     return data
 
 
-def _skip(stream: BinaryIO, size: int, archive: str, what: str) -> None:
-    if stream.seekable():
-        stream.seek(size, os.SEEK_CUR)
-    else:
-        _read_exact(stream, size, archive, what)
-
-
 def _read_then_header(stream: BinaryIO, size: int, archive: str, what: str) -> tuple[bytes, bytes]:
     """`size` bytes and the header block after them, in one read (the header is b"" at the end)."""
     chunk = _read_up_to(stream, size + BLOCKSIZE)
@@ -405,8 +404,66 @@ def _read_then_header(stream: BinaryIO, size: int, archive: str, what: str) -> t
     return chunk[:size], chunk[size:]
 
 
-def _pax_fields(payload: bytes, archive: str) -> dict[str, str]:
+class _StreamSource:
+    """Tar bytes from a stream: a member costs one read (small ones, read with their padding and the
+    next header) or two (large ones, read straight into their own bytes), so an unbuffered file
+    needs no extra copy. Skipped data is seeked over when the stream allows."""
+
+    def __init__(self, stream: BinaryIO, archive: str) -> None:
+        self.stream, self.archive = stream, archive
+
+    def first_header(self) -> bytes:
+        return _read_then_header(self.stream, 0, self.archive, "header")[1]
+
+    def take(self, size: int, padded: int, keep: bool, what: str) -> tuple[bytes | None, bytes]:
+        """A member's data (None unless `keep`) and the header block after its padding."""
+        stream, archive = self.stream, self.archive
+        if not keep:
+            if stream.seekable():
+                stream.seek(padded, os.SEEK_CUR)
+            else:
+                _read_exact(stream, padded, archive, what)
+            return None, self.first_header()
+        if size < SMALL_MEMBER_BYTES:
+            chunk, block = _read_then_header(stream, padded, archive, what)
+            return chunk[:size], block
+        data = _read_exact(stream, size, archive, what)
+        return data, _read_then_header(stream, padded - size, archive, what)[1]
+
+
+class _BufferSource:
+    """Tar bytes already in memory or mapped: member data is a slice, copied into its own `bytes`
+    or, with `views`, a zero-copy `memoryview` of the buffer."""
+
+    def __init__(self, buffer: memoryview, archive: str, views: bool) -> None:
+        self.buffer, self.archive, self.views = buffer, archive, views
+        self.position = 0
+
+    def _header_at(self, position: int, what: str) -> bytes:
+        end = len(self.buffer)
+        if position != end and position + BLOCKSIZE > end:
+            raise DatasetAssetsError(f"{self.archive}: truncated tar archive ({what})")
+        self.position = min(position + BLOCKSIZE, end)
+        return bytes(self.buffer[position:self.position])
+
+    def first_header(self) -> bytes:
+        return self._header_at(0, "header")
+
+    def take(self, size: int, padded: int, keep: bool, what: str) -> tuple[MemberData | None, bytes]:
+        start = self.position
+        if start + padded > len(self.buffer):
+            raise DatasetAssetsError(
+                f"{self.archive}: truncated tar archive ({what}: {len(self.buffer) - start} of {padded} bytes)")
+        data: MemberData | None = None
+        if keep:
+            data = self.buffer[start:start + size]
+            data = data if self.views else bytes(data)
+        return data, self._header_at(start + padded, what)
+
+
+def _pax_fields(payload: MemberData, archive: str) -> dict[str, str]:
     """Records `"<length> <keyword>=<value>\\n"` of a pax extended header."""
+    payload = bytes(payload)
     fields: dict[str, str] = {}
     position = 0
     while position < len(payload) and payload[position] != 0:
@@ -464,31 +521,25 @@ def _parse_header(block: bytes, archive: str, offset: int) -> _Header:
     return _Header(name.decode("utf-8", "surrogateescape"), size, kind)
 
 
-def iter_tar_members(stream: BinaryIO, archive: str, read_data: bool = True) -> Iterator[TarMember]:
-    """Parse a tar stream member by member, refusing unsafe members; stops at the end-of-archive block.
-
-    Supports ustar, pax (`path`, `size`) and GNU long names. With `read_data=False` member data
-    is skipped (seeked over when the stream allows), so only headers are read. Each member costs
-    one read (small members, read with their padding and the next header) or two (large ones,
-    read straight into their own bytes), so an unbuffered file needs no extra copy.
-    """
+def _members(source: _StreamSource | _BufferSource, archive: str, read_data: bool) -> Iterator[TarMember]:
+    """Parse tar members from `source`, refusing unsafe ones; stops at the end-of-archive block."""
     offset = 0
     long_name: str | None = None
     pax: dict[str, str] = {}
-    _, block = _read_then_header(stream, 0, archive, "header")
+    block = source.first_header()
     while block and block != _ZERO_BLOCK:
         header = _parse_header(block, archive, offset)
         offset += BLOCKSIZE
         padded = _padded(header.size)
         if header.kind in _EXTENDED_TYPES:
-            payload, block = _read_then_header(stream, padded, archive, "extended header")
+            payload, block = source.take(padded, padded, True, "extended header")
             offset += padded
             if header.kind == tarfile.XHDTYPE:
-                pax = _pax_fields(payload[: header.size], archive)
+                pax = _pax_fields(bytes(payload or b"")[: header.size], archive)
                 if any(keyword.startswith("GNU.sparse") for keyword in pax):
                     raise UnsafeArchiveError(archive, pax.get("path", header.name), "sparse members are not allowed")
             elif header.kind == tarfile.GNUTYPE_LONGNAME:
-                long_name = payload[: header.size].rstrip(b"\0").decode("utf-8", "surrogateescape")
+                long_name = bytes(payload or b"")[: header.size].rstrip(b"\0").decode("utf-8", "surrogateescape")
             continue
         name, size = header.name, header.size
         if pax or long_name:
@@ -497,25 +548,25 @@ def iter_tar_members(stream: BinaryIO, archive: str, read_data: bool = True) -> 
         if reason is not None:
             raise UnsafeArchiveError(archive, name, reason)
         padded = _padded(size)
-        data, block = _member_data(stream, size, padded, read_data, archive, name)
+        data, block = source.take(size, padded, read_data, f"member {name!r}")
         yield TarMember(name, offset, size, data)
         offset += padded
         long_name, pax = None, {}
 
 
-def _member_data(
-    stream: BinaryIO, size: int, padded: int, read_data: bool, archive: str, name: str
-) -> tuple[bytes | None, bytes]:
-    """A member's data (None when skipped) and the header block after it."""
-    what = f"member {name!r}"
-    if not read_data:
-        _skip(stream, padded, archive, what)
-        return None, _read_then_header(stream, 0, archive, "header")[1]
-    if size < SMALL_MEMBER_BYTES:
-        chunk, block = _read_then_header(stream, padded, archive, what)
-        return chunk[:size], block
-    data = _read_exact(stream, size, archive, what)
-    return data, _read_then_header(stream, padded - size, archive, what)[1]
+def iter_tar_members(stream: BinaryIO, archive: str, read_data: bool = True) -> Iterator[TarMember]:
+    """Parse a tar stream member by member, refusing any member that is not a safe plain file.
+
+    Supports ustar, pax (`path`, `size`) and GNU long names. With `read_data=False` member data
+    is skipped (seeked over when the stream allows), so only headers are read.
+    """
+    return _members(_StreamSource(stream, archive), archive, read_data)
+
+
+def iter_buffer_members(buffer: Buffer, archive: str, views: bool = False) -> Iterator[TarMember]:
+    """`iter_tar_members` over a tar already in memory or mapped; with `views`, member data is a
+    zero-copy `memoryview` of `buffer` instead of its own `bytes`."""
+    return _members(_BufferSource(memoryview(buffer), archive, views), archive, True)
 
 
 def is_block(name: str) -> bool:
@@ -533,11 +584,11 @@ def decompress_block(data: bytes, where: str) -> bytes:
         raise DatasetAssetsError(f"{where}: corrupt zstd block ({error})") from error
 
 
-def _samples(members: Iterator[TarMember], archive: str, in_block: bool = False
-             ) -> Iterator[tuple[str, dict[str, bytes]]]:
+def _samples(members: Iterator[TarMember], archive: str, views: bool = False, in_block: bool = False
+             ) -> Iterator[tuple[str, dict[str, MemberData]]]:
     """Group consecutive members by key into samples; a zstd block yields the samples inside it."""
     key: str | None = None
-    sample: dict[str, bytes] = {}
+    sample: dict[str, MemberData] = {}
     for member in members:
         assert member.data is not None
         if BLOCK_PREFIX in member.name and is_block(member.name):
@@ -547,7 +598,8 @@ def _samples(members: Iterator[TarMember], archive: str, in_block: bool = False
                 yield key, sample
             key, sample = None, {}
             where = f"{archive}:{member.name}"
-            yield from _samples(iter_tar_members(io.BytesIO(decompress_block(member.data, where)), where), where, True)
+            inner = iter_buffer_members(decompress_block(member.data, where), where, views)
+            yield from _samples(inner, where, views, in_block=True)
             continue
         member_key, extension = split_member_name(member.name)
         if member_key != key:
@@ -563,7 +615,7 @@ def _samples(members: Iterator[TarMember], archive: str, in_block: bool = False
 
 def iter_stream_samples(stream: BinaryIO, archive: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield `(key, {extension: bytes})` per sample of a shard stream, expanding zstd blocks."""
-    return _samples(iter_tar_members(stream, archive), archive)
+    return _samples(iter_tar_members(stream, archive), archive)  # type: ignore[return-value]
 
 
 def open_shard(path: Path) -> BinaryIO:
@@ -574,10 +626,32 @@ def open_shard(path: Path) -> BinaryIO:
         raise DatasetAssetsError(f"{path}: cannot open shard ({error.strerror})") from error
 
 
-def iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield `(key, {extension: bytes})` for each sample of a local shard, refusing unsafe members."""
-    with open_shard(path) as stream:
-        yield from iter_stream_samples(stream, str(path))
+def map_shard(path: Path) -> mmap.mmap | None:
+    """A read-only memory map of a local shard, populated up front; None for an empty file.
+
+    Reading through a map costs no system call per member, and slicing it copies each member
+    once (or never, as a view). The map is unmapped when its last slice or view is freed. A
+    mapped file must not shrink while it is read (that raises SIGBUS): our writers only ever
+    replace shards by rename, which leaves the mapped file intact.
+    """
+    try:
+        with open(path, "rb") as file:
+            if os.fstat(file.fileno()).st_size == 0:
+                return None
+            return mmap.mmap(file.fileno(), 0, flags=mmap.MAP_SHARED | _MAP_POPULATE, prot=mmap.PROT_READ)
+    except OSError as error:
+        raise DatasetAssetsError(f"{path}: cannot open shard ({error.strerror})") from error
+
+
+def iter_tar_samples(path: Path, views: bool = False) -> Iterator[tuple[str, dict[str, MemberData]]]:
+    """Yield `(key, {extension: data})` for each sample of a local shard, refusing unsafe members.
+
+    Data is `bytes`, or with `views` a read-only `memoryview` of the mapped shard (zero-copy;
+    `bytes(view)`, `numpy.frombuffer`, `torch.frombuffer` and `io.BytesIO` take it).
+    """
+    mapping = map_shard(path)
+    if mapping is not None:
+        yield from _samples(iter_buffer_members(mapping, str(path), views), str(path), views)
 
 
 def count_samples(path: Path) -> int:

@@ -209,6 +209,23 @@ def test_dataloader_two_workers_yield_each_sample_once(tmp_path: Path) -> None:
     assert len(keys) == len(set(keys))
 
 
+def test_views_decode_like_bytes_and_undecoded_members_reach_dataloader_workers_as_bytes(tmp_path: Path) -> None:
+    tars = [str(tar) for tar in write_sequence(tmp_path, "seq_a", frames=6, per_shard=2)]
+    keep_raw = {"json": None}
+
+    loaded = list(DataLoader(ShardStream(tars, member_decoders=keep_raw, views=True), batch_size=None, num_workers=2))
+    expected = list(ShardStream(tars, member_decoders=keep_raw))
+
+    by_key = {sample["__key__"]: sample for sample in loaded}
+    assert sorted(by_key) == [sample["__key__"] for sample in expected]
+    for sample in expected:
+        assert type(by_key[sample["__key__"]]["json"]) is bytes and by_key[sample["__key__"]]["json"] == sample["json"]
+        assert torch.equal(by_key[sample["__key__"]]["png"], sample["png"])
+        assert torch.equal(by_key[sample["__key__"]]["npy"], sample["npy"])
+    raw = [members for _, _, members in ShardStream(tars, views=True).raw_samples()]
+    assert {type(data) for members in raw for data in members.values()} == {memoryview}
+
+
 def test_more_workers_than_shards_is_not_an_error(tmp_path: Path) -> None:
     tars = write_sequence(tmp_path, "seq_a", frames=3, per_shard=10)
     dataset = make_shard_dataset([str(tars[0])], decoder=add_frame_index)

@@ -201,14 +201,54 @@ def test_truncated_tar_and_bad_header_checksum_name_the_file(tmp_path: Path) -> 
     write_set(tmp_path, SEQUENCE[:3])
     shard = tmp_path / "shards-0000.tar"
     data = shard.read_bytes()
-    shard.write_bytes(data[:1500])
-    with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: truncated tar archive"):
-        read_all(tmp_path)
+    for cut in (1500, 1636, 2048):  # inside a member, inside the next header, right after it
+        shard.write_bytes(data[:cut])
+        with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: truncated tar archive"):
+            read_all(tmp_path)
+        with open(shard, "rb") as stream, pytest.raises(DatasetAssetsError, match="truncated tar archive"):
+            list(iter_tar_members(stream, str(shard)))
     corrupted = bytearray(data)
     corrupted[3] ^= 0x01  # inside the first member's name
     shard.write_bytes(bytes(corrupted))
     with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: invalid tar header at byte 0 \(checksum"):
         read_all(tmp_path)
+
+
+@pytest.mark.parametrize("compression", [None, Compression(block_samples=4)], ids=["plain", "zstd"])
+def test_views_are_read_only_and_equal_to_the_bytes_webdataset_reads(
+    tmp_path: Path, compression: Compression | None
+) -> None:
+    write_set(tmp_path, [*SEQUENCE, BIG], max_samples=16, compression=compression)
+    views = [item for path in sorted(tmp_path.glob("*.tar")) for item in iter_tar_samples(path, views=True)]
+
+    assert [key for key, _ in views] == [key for key, _ in [*SEQUENCE, BIG]]
+    assert {key: {ext: bytes(data) for ext, data in members.items()} for key, members in views} == dict(
+        [*SEQUENCE, BIG])
+    assert all(isinstance(data, memoryview) and data.readonly for _, members in views for data in members.values())
+    if compression is None:
+        plain = [(s["__key__"], s["jpg"]) for s in webdataset.WebDataset(
+            [str(path) for path in sorted(tmp_path.glob("*.tar"))], shardshuffle=False, empty_check=False)
+            if "jpg" in s]
+        assert plain == [(key, bytes(members["jpg"])) for key, members in views if "jpg" in members]
+
+
+def test_views_outlive_the_iterator_and_a_shard_replaced_by_rename(tmp_path: Path) -> None:
+    write_set(tmp_path, SEQUENCE[:3])
+    shard = tmp_path / "shards-0000.tar"
+    views = list(iter_tar_samples(shard, views=True))
+    replacement = tmp_path / "replacement.tar"
+    replacement.write_bytes(b"\0" * 1024)
+    os.replace(replacement, shard)  # how every writer of ours publishes a shard
+
+    assert [(key, {ext: bytes(data) for ext, data in members.items()}) for key, members in views] == SEQUENCE[:3]
+    assert list(iter_tar_samples(shard)) == []
+
+
+def test_empty_shard_has_no_samples_and_a_missing_one_is_named(tmp_path: Path) -> None:
+    (tmp_path / "empty.tar").write_bytes(b"")
+    assert list(iter_tar_samples(tmp_path / "empty.tar")) == []
+    with pytest.raises(DatasetAssetsError, match=r"missing\.tar: cannot open shard"):
+        list(iter_tar_samples(tmp_path / "missing.tar"))
 
 
 @pytest.mark.parametrize("tar_format", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
