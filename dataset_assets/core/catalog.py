@@ -35,8 +35,8 @@ KINDS = ("signed_url", "handler", "versioned")
 VERSIONED_FIELDS = ("kind", "description", "owners", "base_url", "versions", "components", "publish")
 PUBLISH_FIELDS = ("bucket", "prefix", "part_size_mib", "concurrency", "endpoint_url")
 HANDLER_FIELDS = ("kind", "description", "owners", "handler", "base_url", "artifacts", "samples_per_shard", "split")
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
-NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
+NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}\Z")
 _ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 

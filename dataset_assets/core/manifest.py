@@ -25,8 +25,8 @@ from dataset_assets.core.errors import ManifestError
 from dataset_assets.core.redaction import redact_url
 
 ROOT_KEY = "atek_data_for_all_configs"
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}$")
-SHA1_HEX = re.compile(r"^[0-9a-f]{40}$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}\Z")
+SHA1_HEX = re.compile(r"^[0-9a-f]{40}\Z")
 
 
 @dataclass(frozen=True)

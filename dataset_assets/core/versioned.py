@@ -35,7 +35,7 @@ from dataset_assets.core.shards import check_member
 from dataset_assets.core.storage import atomic_file, atomic_folder, digest_file, write_bytes_atomic
 from dataset_assets.core.transfer import ChecksumMismatch, FileResult, TransferSettings, download_entries
 
-VERSION_PATTERN = re.compile(r"^(\d{4})_(\d{2})_(\d{2})$")
+VERSION_PATTERN = re.compile(r"^([0-9]{4})_([0-9]{2})_([0-9]{2})\Z")
 OBJECT_ANNOTATION = "annotations.json"
 ANNOTATIONS_FILE = "annotations.json.gz"
 ASSETS_TAR = "assets.tar"

@@ -29,7 +29,7 @@ SINGLE_LABEL = "single_label"
 MULTI_LABEL = "multi_label"
 SPLITS = ("train", "validation")
 Label = int | tuple[int, ...]
-_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 
 
 class ArtifactError(DatasetAssetsError):
