@@ -143,8 +143,10 @@ def size(entry: ManifestEntry) -> int:
 
 
 def drop(at: Callable[[int], int], times: int = 1) -> Arm:
-    return Arm(times, lambda server, entry: server.faults.drop_after_bytes(at(size(entry)), times=times,
-                                                                          path_contains=url_path(entry)))
+    def apply(server: DemoServer, entry: ManifestEntry) -> None:
+        server.faults.drop_after_bytes(at(size(entry)), times=times, path_contains=url_path(entry))
+
+    return Arm(times, apply)
 
 
 def status(code: int, times: int, retry_after: float | None = None) -> Arm:
