@@ -4,6 +4,11 @@ A reader must never see a half-written file at its final path: everything is wri
 sibling `*.part` path, flushed and fsynced, then renamed into place (rename is atomic within a
 filesystem). Folders are published by building a sibling staging folder and swapping it in.
 
+Two processes may publish the same path at once (two runs of one partition): each such path
+has an exclusive `flock` on a hidden `.<name>.lock` beside it, held while a download writes its
+`.part` and while a folder is swapped. The kernel drops the lock when its holder dies, so a
+`kill -9` never leaves a stale lock; the lock file is removed by whoever releases it.
+
 Downloads write through one small interface, `Destination` -> `FileSink`, so the transfer engine
 does not care where bytes land: `LocalDestination` (a folder; the `.part` file and its sidecar
 survive interruptions and are resumed) here, `S3Destination` (multipart upload) in `core.s3`.
@@ -11,6 +16,7 @@ survive interruptions and are resumed) here, `S3Destination` (multipart upload) 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -24,7 +30,9 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from dataset_assets.core.errors import DatasetAssetsError
+from dataset_assets.core.redaction import get_logger
 
+logger = get_logger(__name__)
 CHUNK_BYTES = 1 << 20
 HASH_BATCH_BYTES = 1 << 20
 _hashers_lock = threading.Lock()
@@ -111,6 +119,48 @@ def publish_file(part: Path, final: Path) -> None:
     fsync_path(final.parent)
 
 
+def lock_path(final: Path) -> Path:
+    """The hidden lock file guarding `final` (a file or a folder) against concurrent publishers."""
+    return final.with_name(f".{final.name}.lock")
+
+
+def acquire_lock(final: Path) -> int:
+    """Block until this process holds the exclusive lock of `final`; return the lock's fd.
+
+    A releaser unlinks the lock file before closing it, so after acquiring, the lock still
+    counts only if the path names the very file locked; otherwise take the new one.
+    """
+    path = lock_path(final)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("%s is being written by another process; waiting for it", final)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def release_lock(final: Path, fd: int) -> None:
+    lock_path(final).unlink(missing_ok=True)
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(final: Path) -> Iterator[None]:
+    """Hold the exclusive lock of `final` for the block (see `acquire_lock`)."""
+    fd = acquire_lock(final)
+    try:
+        yield
+    finally:
+        release_lock(final, fd)
+
+
 @contextlib.contextmanager
 def atomic_file(final: Path) -> Iterator[Path]:
     """Yield a `.part` path beside `final`; publish it on success, delete it on failure."""
@@ -134,6 +184,7 @@ def atomic_folder(final: Path) -> Iterator[Path]:
 
     The old folder (if any) is renamed aside before the new one is renamed in, so `final` is
     at every instant either the complete old folder, absent for one rename, or the complete new one.
+    The swap holds `final`'s lock: two runs publishing the same folder at once both succeed, last wins.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
@@ -145,10 +196,11 @@ def atomic_folder(final: Path) -> Iterator[Path]:
         for child in staging.rglob("*"):
             if child.is_file():
                 fsync_path(child)
-        if final.exists():
-            os.replace(final, retired)
-        os.replace(staging, final)
-        fsync_path(final.parent)
+        with locked(final):
+            if final.exists():
+                os.replace(final, retired)
+            os.replace(staging, final)
+            fsync_path(final.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)
@@ -197,9 +249,15 @@ def matches(digest: FileDigest, size: int | None, sha1: str | None) -> bool:
 
 
 class _LocalSink:
-    """`<file>.part` plus `<file>.part.json` ({"etag", "total"}) beside the final path."""
+    """`<file>.part` plus `<file>.part.json` ({"etag", "total"}) beside the final path.
+
+    The sink holds the file's lock from opening to `close`, so a second process downloading the
+    same file waits instead of appending its bytes to the same `.part`.
+    """
 
     def __init__(self, final: Path) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self._lock: int | None = acquire_lock(final)
         self._final = final
         self._part = final.with_name(final.name + ".part")
         self._sidecar = final.with_name(final.name + ".part.json")
@@ -209,7 +267,11 @@ class _LocalSink:
         etag, total = state.get("etag"), state.get("total")
         self.validator: str | None = etag if isinstance(etag, str) else None
         self.total: int | None = total if isinstance(total, int) else None
-        self.held = digest_file(self._part, self._digest).size if self._part.exists() else 0
+        try:
+            self.held = digest_file(self._part, self._digest).size if self._part.exists() else 0
+        except BaseException:
+            self.close()
+            raise
 
     def _read_sidecar(self) -> dict[str, object]:
         try:
@@ -250,6 +312,9 @@ class _LocalSink:
 
     def close(self) -> None:
         self._close_handle()
+        if self._lock is not None:
+            release_lock(self._final, self._lock)
+            self._lock = None
 
     def _close_handle(self) -> None:
         if self._handle is not None:
@@ -267,11 +332,17 @@ class LocalDestination:
         return str(self.root / relative_path) if relative_path else str(self.root)
 
     def verified(self, relative_path: str, size: int | None, sha1: str | None) -> FileDigest | None:
-        """The digest of a final file that matches the expected size and sha1, else None."""
+        """The digest of a final file that matches the expected size and sha1, else None.
+
+        Waits while another process downloads the file, so a second run reuses what the first publishes.
+        """
         final = self.root / relative_path
-        if not final.is_file() or (size is not None and final.stat().st_size != size):
+        if not final.parent.is_dir():
             return None
-        digest = digest_file(final)
+        with locked(final):
+            if not final.is_file() or (size is not None and final.stat().st_size != size):
+                return None
+            digest = digest_file(final)
         return digest if matches(digest, size, sha1) else None
 
     def open(self, relative_path: str, sha1: str | None) -> FileSink:
