@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SCALE_STAMP := $(VENV)/.installed-scale
 
-.PHONY: install demo ui test lint clean-demo scale-demo test-scale
+.PHONY: install demo ui test lint clean-demo scale-demo test-scale reliability
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ ui: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The reliability suite (README "Guarantees"), slow tests included, then the counts README states.
+reliability: install
+	$(BIN)/python -m pytest -rA dataset_assets_tests/reliability
+	$(BIN)/python -m dataset_assets_tests.reliability.counts
 
 # Scaling out (README "Scaling out"): the `scale` extra, plus Debian's postgresql and redis-server.
 $(SCALE_STAMP): $(STAMP)
