@@ -162,6 +162,7 @@ class OutputReader:
         self.checked = 0
         self.scans = 0
         self._versions: set[tuple[Path, int, int, int]] = set()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="output-reader", daemon=True)
 
@@ -173,6 +174,11 @@ class OutputReader:
         self._stop.set()
         self._thread.join()
         self.scan()
+
+    def paths(self) -> set[Path]:
+        """The paths read so far (safe to call while the reader runs)."""
+        with self._lock:
+            return set(self.seen)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -199,13 +205,17 @@ class OutputReader:
                 data = handle.read()
         except (FileNotFoundError, IsADirectoryError):
             return
-        self._versions.add(version)
-        self.checked += 1
-        self.seen.setdefault(path, set()).add(hashlib.sha256(data).hexdigest())
+        problem: str | None = None
         try:
             check_file(path, data)
         except Exception as error:  # noqa: BLE001 - every failure to read is a finding, whatever its type
-            self.problems.append(f"{path}: {type(error).__name__}: {error}")
+            problem = f"{path}: {type(error).__name__}: {error}"
+        with self._lock:
+            self._versions.add(version)
+            self.checked += 1
+            self.seen.setdefault(path, set()).add(hashlib.sha256(data).hexdigest())
+            if problem is not None:
+                self.problems.append(problem)
 
 
 def sha256_of(path: Path) -> str:

@@ -78,9 +78,11 @@ def test_two_runs_of_one_partition_at_once_download_each_byte_once_and_both_publ
     assert demo_server.stats.body_bytes_sent() == sum(entry.size or 0 for entry in entries.values())
     records = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=RAW, asset_partitions=[SEQUENCE]), limit=10).records
-    outcomes = sorted((r.asset_materialization.metadata["downloaded"].value,  # type: ignore[union-attr]
-                       r.asset_materialization.metadata["skipped"].value) for r in records)  # type: ignore[union-attr]
-    assert outcomes == [(0, len(entries)), (len(entries), 0)]
+    outcomes = [(r.asset_materialization.metadata["downloaded"].value,  # type: ignore[union-attr]
+                 r.asset_materialization.metadata["skipped"].value) for r in records]  # type: ignore[union-attr]
+    # Each file downloaded by exactly one run and reused by the other (which run wins may differ per file).
+    assert [downloaded + skipped for downloaded, skipped in outcomes] == [len(entries)] * 2
+    assert sum(downloaded for downloaded, _ in outcomes) == len(entries)
     for path, entry in entries.items():
         assert hashlib.sha1(path.read_bytes()).hexdigest() == entry.sha1
         assert sorted(p.name for p in path.parent.iterdir()) == ["shards-0000.tar", "shards-0001.tar"]

@@ -74,9 +74,8 @@ def test_kill_9_mid_download_then_rematerialization_fetches_only_missing_bytes_a
 
     with OutputReader([raw]) as reader, run:
         run.go()
-        run.wait_for(lambda: set(fast) <= set(reader.seen) and all(part.exists() and part.stat().st_size
-                                                                   for part in parts),
-                     "published cubercnn shards and efm .part bytes")
+        run.wait_for(lambda: set(fast) <= reader.paths() and all(
+            part.exists() and part.stat().st_size for part in parts), "published cubercnn shards and efm .part bytes")
         assert run.kill() == -signal.SIGKILL
         held = {path: path.with_name(path.name + ".part").stat().st_size for path in slow}
         assert_killed_run_recorded_as_started(instance, known)
@@ -143,7 +142,7 @@ def test_kill_9_mid_split_write_leaves_every_split_yaml_whole_and_rematerializat
     demo_catalog: Catalog, home: Path, instance: DagsterInstance, demo_server: DemoServer, tmp_path: Path
 ) -> None:
     run = RunProcess(f"{DEMO}/splits__{CONFIG}", dagster_env(Path(instance.root_directory), home, demo_server),
-                     tmp_path / "run.log", slow=("split-write", 0.6))
+                     tmp_path / "run.log", slow=("split-write", 1.0))
     job = make_defs(demo_catalog, home).resolve_implicit_global_asset_job_def()
     job.execute_in_process(instance=instance, asset_selection=[MANIFEST])
     for sequence in ("seq_000", "seq_001"):
