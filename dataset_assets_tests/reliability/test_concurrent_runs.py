@@ -93,6 +93,7 @@ def test_two_runs_of_one_partition_at_once_download_each_byte_once_and_both_publ
     tars = [path for path in reader.seen if path.suffix == ".tar"]
     assert set(entries) <= set(tars)
     assert {path: seen for path, seen in reader.seen.items() if path in tars and seen != {sha256_of(path)}} == {}
+    print(f"2 concurrent run processes, {len(entries)} files each fetched once; {reader.summary()}")
 
 
 def test_two_processes_publishing_one_shard_set_folder_at_once_both_succeed_and_leave_one_whole_set(
@@ -111,3 +112,4 @@ def test_two_processes_publishing_one_shard_set_folder_at_once_both_succeed_and_
     assert published[0] == published[1] and published[0]["number"] == count - 1
     assert [p.name for p in folder.parent.iterdir()] == [SEQUENCE]
     assert reader.problems == [] and reader.checked >= 2
+    print(f"{2 * count} concurrent swaps of one folder by 2 processes; {reader.summary()}")

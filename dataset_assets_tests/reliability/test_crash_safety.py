@@ -96,6 +96,7 @@ def test_kill_9_mid_download_then_rematerialization_fetches_only_missing_bytes_a
         assert sorted(p.name for p in (raw / config / sequence).iterdir()) == ["shards-0000.tar", "shards-0001.tar"]
     assert set(reader.seen) == set(entries)
     assert_only_final_versions_seen(reader, {path: {sha256_of(path)} for path in entries})
+    print(f"kill -9 mid-download: 1 run process; {reader.summary()}")
 
 
 def test_kill_9_mid_preprocess_keeps_the_published_shard_set_whole_and_rematerialization_reuses_raw_bytes(
@@ -136,6 +137,7 @@ def test_kill_9_mid_preprocess_keeps_the_published_shard_set_whole_and_remateria
     finals = {path: {sha256_of(path)} for path in published}
     finals[folder / LINEAGE_FILE].add(hashlib.sha256(before[LINEAGE_FILE]).hexdigest())
     assert_only_final_versions_seen(reader, finals)
+    print(f"kill -9 mid-preprocess: 1 run process; {reader.summary()}")
 
 
 def test_kill_9_mid_split_write_leaves_every_split_yaml_whole_and_rematerialization_writes_the_new_split(
@@ -174,3 +176,4 @@ def test_kill_9_mid_split_write_leaves_every_split_yaml_whole_and_rematerializat
     assert {shard_set / name for name in YAMLS} <= set(reader.seen)
     assert_only_final_versions_seen(reader, {shard_set / name: {old[name], new[name]} for name in YAMLS} | {
         path: {sha256_of(path)} for path in reader.seen if path.suffix != ".yaml"})
+    print(f"kill -9 mid-split-write: 1 run process; {reader.summary()}")
