@@ -58,15 +58,16 @@ def _hash_pool() -> ThreadPoolExecutor:
 class StreamDigest:
     """Size, sha1 and sha256 of a byte stream, fed chunk by chunk, hashed off the caller's thread.
 
-    Chunks are batched to `HASH_BATCH_BYTES` and hashed on a helper thread, one batch behind
-    (hashlib releases the GIL), so the thread receiving and writing bytes does not wait for them.
+    Chunks are batched to `HASH_BATCH_BYTES`; sha1 and sha256 each hash a batch on their own helper
+    thread, one batch behind (hashlib releases the GIL), so the two digests run in parallel and the
+    thread receiving and writing bytes does not wait for them.
     """
 
     def __init__(self) -> None:
         self._sha1, self._sha256, self.size = hashlib.sha1(), hashlib.sha256(), 0
         self._batch: list[bytes] = []
         self._batched = 0
-        self._pending: Future[None] | None = None
+        self._pending: list[Future[None]] = []
 
     def update(self, chunk: bytes) -> None:
         self._batch.append(chunk)
@@ -75,23 +76,25 @@ class StreamDigest:
         if self._batched >= HASH_BATCH_BYTES:
             batch, self._batch, self._batched = self._batch, [], 0
             self._wait()
-            self._pending = _hash_pool().submit(self._hash, batch)
-
-    def _hash(self, batch: list[bytes]) -> None:
-        for chunk in batch:
-            self._sha1.update(chunk)
-            self._sha256.update(chunk)
+            pool = _hash_pool()
+            self._pending = [pool.submit(_hash_into, self._sha1, batch), pool.submit(_hash_into, self._sha256, batch)]
 
     def _wait(self) -> None:
-        if self._pending is not None:
-            self._pending.result()
-            self._pending = None
+        for pending in self._pending:
+            pending.result()
+        self._pending = []
 
     def result(self) -> FileDigest:
         self._wait()
-        self._hash(self._batch)
+        for hasher in (self._sha1, self._sha256):
+            _hash_into(hasher, self._batch)
         self._batch, self._batched = [], 0
         return FileDigest(size=self.size, sha1=self._sha1.hexdigest(), sha256=self._sha256.hexdigest())
+
+
+def _hash_into(hasher: hashlib._Hash, batch: list[bytes]) -> None:
+    for chunk in batch:
+        hasher.update(chunk)
 
 
 def digest_file(path: Path, digest: StreamDigest | None = None) -> FileDigest:
