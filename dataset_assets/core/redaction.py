@@ -13,6 +13,8 @@ from urllib.parse import urlsplit, urlunsplit
 REDACTED = "<redacted>"
 
 _URL_IN_TEXT = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<rest>[^\s'\"<>()\[\]{}]+)")
+# A request target without scheme and host, as HTTP libraries log it: `"GET /p?Expires=1&Signature=abc HTTP/1.1"`.
+_TARGET_QUERY = re.compile(r"(?<![\w.~-])(?P<path>/[^\s?'\"<>]*)\?[^\s'\"<>]+")
 _SECRET_ASSIGNMENT = re.compile(
     r"(?i)\b(aws_secret_access_key|aws_session_token|secret|token|password|signature|sig)"
     r"(\s*[=:]\s*)['\"]?[A-Za-z0-9/+=%._-]{6,}"
@@ -33,8 +35,9 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """Redact every URL and every `token=...`-like assignment found in free text."""
+    """Redact every URL, every request target's query and every `token=...`-like assignment in free text."""
     redacted = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    redacted = _TARGET_QUERY.sub(lambda m: f"{m.group('path')}?{REDACTED}", redacted)
     return _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", redacted)
 
 
@@ -52,7 +55,7 @@ def get_logger(name: str) -> logging.Logger:
     """Return the named logger with a `RedactingFilter` attached (idempotent).
 
     Logger filters only see records logged on that very logger, so each module asks for its own
-    redacting logger; httpx and httpcore, which log request URLs, are covered on import.
+    redacting logger; the HTTP libraries' loggers that log request URLs are covered on import.
     """
     logger = logging.getLogger(name)
     if not any(isinstance(f, RedactingFilter) for f in logger.filters):
@@ -60,5 +63,5 @@ def get_logger(name: str) -> logging.Logger:
     return logger
 
 
-for _third_party in ("httpx", "httpcore"):
+for _third_party in ("httpx", "httpcore", "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry"):
     get_logger(_third_party)

@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
-import httpcore
 import httpx
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from dataset_assets.core.errors import DatasetAssetsError
+from dataset_assets.core.http_transport import Urllib3Transport
 from dataset_assets.core.manifest import ManifestEntry, UrlManifest, load_manifest_file, parse_manifest
 from dataset_assets.core.redaction import get_logger, redact_text
 from dataset_assets.core.storage import Destination, FileDigest, FileSink, LocalDestination, matches
@@ -45,7 +45,6 @@ logger = get_logger(__name__)
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 EXPIRY_STATUS = frozenset({401, 403, 410})
 MIB = 1 << 20
-READ_BYTES = 1 << 20
 ProgressCallback = Callable[[int], None]
 Refresh = Callable[[], UrlManifest]
 T = TypeVar("T")
@@ -204,51 +203,6 @@ class DownloadReport:
                                 f"file(s) failed: {listed}")
 
 
-class _BulkReadStream(httpcore.NetworkStream):
-    """A socket stream whose reads take whatever the socket holds, up to `READ_BYTES`.
-
-    httpcore asks for 64 KiB per read; on multi-GiB bodies the per-read work (h11 events and
-    buffer copies) then costs more CPU than the bytes themselves, so reads are made larger.
-    """
-
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
-        self._stream = stream
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max(max_bytes, READ_BYTES), timeout)
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, timeout)
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
-        return _BulkReadStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
-
-
-class _BulkReadBackend(httpcore.NetworkBackend):
-    """httpcore's sync socket backend, handing out `_BulkReadStream`s."""
-
-    def __init__(self) -> None:
-        self._backend = httpcore.SyncBackend()
-
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None) -> httpcore.NetworkStream:
-        return _BulkReadStream(self._backend.connect_tcp(host, port, timeout, local_address, socket_options))
-
-    def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None) -> httpcore.NetworkStream:
-        return _BulkReadStream(self._backend.connect_unix_socket(path, timeout, socket_options))
-
-    def sleep(self, seconds: float) -> None:
-        self._backend.sleep(seconds)
-
-
 @functools.lru_cache(maxsize=1)
 def _ssl_context() -> ssl.SSLContext:
     """Loading the CA store costs a fifth of a second: one verifying context serves every client."""
@@ -256,15 +210,9 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 def make_client(settings: TransferSettings = TransferSettings()) -> httpx.Client:
-    """The one HTTP client: a keep-alive pool sized to the workers, reading sockets in bulk."""
-    connections = max(settings.workers, 1) * 2
-    ssl_context = _ssl_context()
-    transport = httpx.HTTPTransport(verify=ssl_context, limits=httpx.Limits(
-        max_connections=connections, max_keepalive_connections=connections))
-    # httpx cannot pass a network backend to its transport yet (encode/httpx#3749): swap in a pool that has one.
-    transport._pool = httpcore.ConnectionPool(ssl_context=ssl_context, max_connections=connections,
-                                              max_keepalive_connections=connections, keepalive_expiry=5.0,
-                                              network_backend=_BulkReadBackend())
+    """The one HTTP client: keep-alive pools sized to the workers, requests sent by urllib3 (see
+    `core.http_transport`: a third of h11's CPU per byte received)."""
+    transport = Urllib3Transport(connections=max(settings.workers, 1) * 2, ssl_context=_ssl_context())
     return httpx.Client(timeout=settings.timeout_seconds, transport=transport, follow_redirects=True)
 
 

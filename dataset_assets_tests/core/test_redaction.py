@@ -28,3 +28,18 @@ def test_logger_from_get_logger_redacts_records(caplog: pytest.LogCaptureFixture
         logger.info("fetching %s", "https://h/f?Signature=SECRETSECRET")
     assert "SECRETSECRET" not in caplog.text
     assert "https://h/f?<redacted>" in caplog.text
+
+
+def test_request_targets_logged_without_scheme_lose_their_query_but_other_text_keeps_question_marks() -> None:
+    line = 'http://127.0.0.1:8 "GET /files/c/s/f.tar?Expires=17&Key-Pair-Id=KP4ABC HTTP/1.1" 403 12'
+    assert redact_text(line) == 'http://127.0.0.1:8 "GET /files/c/s/f.tar?<redacted> HTTP/1.1" 403 12'
+    assert redact_text("ratio 1/2?yes, path /a/b? done") == "ratio 1/2?yes, path /a/b? done"
+
+
+def test_urllib3_request_lines_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    """urllib3 (our HTTP transport) logs each request target with its query at DEBUG."""
+    logger = logging.getLogger("urllib3.connectionpool")
+    with caplog.at_level(logging.DEBUG, logger="urllib3.connectionpool"):
+        logger.debug('%s://%s:%s "%s %s %s" %s %s', "http", "h", 80, "GET", "/f.tar?Key-Pair-Id=KP4ABC", "HTTP/1.1",
+                     200, 3)
+    assert "KP4ABC" not in caplog.text and "/f.tar?<redacted>" in caplog.text
