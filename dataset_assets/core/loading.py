@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -25,89 +24,26 @@ import botocore.exceptions
 import httpx
 import numpy
 import torch
-import yaml
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from dataset_assets.core.errors import DatasetAssetsError, SplitError
+from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.index import INDEX_FILE, Block, IndexEntry, Member, read_index
 from dataset_assets.core.redaction import redact_text, redact_url
 from dataset_assets.core.s3 import make_s3_client
 from dataset_assets.core.shards import ShardFiles, iter_stream_samples, iter_tar_samples
+from dataset_assets.core.tar_lists import URL_SCHEMES, is_url, load_yaml_and_extract_tar_list
 from dataset_assets.core.transfer import make_client
 
-URL_SCHEMES = frozenset({"http", "https", "s3", "gs"})
 HTTP_CHUNK_BYTES = 1 << 20
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff"})
+
+__all__ = ["IndexedShardDataset", "SampleDecoding", "ShardStream", "load_yaml_and_extract_tar_list",
+           "make_shard_dataset"]
 
 MemberDecoder = Callable[[bytes], object]
 SampleDecoder = Callable[[dict[str, object]], object]
 RawSample = dict[str, bytes | memoryview]
-
-
-def is_url(entry: str) -> bool:
-    """Whether a tar-list entry is kept as a URL rather than resolved as a path."""
-    return urlsplit(entry).scheme.lower() in URL_SCHEMES
-
-
-def _read_yaml(path: Path) -> object:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle)
-    except OSError as error:
-        raise SplitError(str(path), "(file)", str(path), f"cannot be read ({error})") from error
-    except yaml.YAMLError as error:
-        raise SplitError(str(path), "(document)", str(error).splitlines()[0], "is not valid YAML") from error
-
-
-def _sequence_entries(path: Path, sequence: object, entries: object) -> list[str]:
-    if not isinstance(entries, list):
-        raise SplitError(str(path), f"tars.{sequence}", entries, "must be a list of tar paths or URLs")
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, str) or not entry:
-            raise SplitError(str(path), f"tars.{sequence}[{index}]", entry, "must be a non-empty string")
-    return entries
-
-
-def load_tars_by_sequence(yaml_path: str | Path) -> dict[str, list[str]]:
-    """`{sequence: [tar, ...]}` of a split YAML; URLs kept, paths made absolute against the YAML's folder."""
-    path = Path(yaml_path)
-    document = _read_yaml(path)
-    if not isinstance(document, dict) or "tars" not in document:
-        raise SplitError(str(path), "tars", document, "is required: the YAML must be a mapping with a 'tars' key")
-    sequences = document["tars"]
-    if not isinstance(sequences, dict):
-        raise SplitError(str(path), "tars", sequences, "must map sequence names to lists of tars")
-    folder = os.path.dirname(os.path.abspath(path))
-    return {
-        str(sequence): [
-            entry if is_url(entry) else os.path.abspath(os.path.join(folder, entry))
-            for entry in _sequence_entries(path, sequence, entries)
-        ]
-        for sequence, entries in sequences.items()
-    }
-
-
-def load_yaml_and_extract_tar_list(yaml_path: str | Path) -> list[str]:
-    """All tars of a `{"tars": {sequence: [path or URL, ...]}}` YAML, in file order.
-
-    URLs (http, https, s3, gs) are kept as they are; any other entry is joined to the YAML's
-    folder and returned as an absolute path, so a `pipe:` entry can never reach a shell.
-    """
-    return [tar for tars in load_tars_by_sequence(yaml_path).values() for tar in tars]
-
-
-def missing_tars(yaml_path: str | Path) -> list[str]:
-    """Local entries of a split YAML that are not existing files (URLs are not fetched)."""
-    return [tar for tar in load_yaml_and_extract_tar_list(yaml_path) if not is_url(tar) and not os.path.isfile(tar)]
-
-
-def split_overlap(train_yaml: str | Path, validation_yaml: str | Path) -> list[str]:
-    """Sequences or tars listed in both split YAMLs (empty when the split is clean)."""
-    train, validation = load_tars_by_sequence(train_yaml), load_tars_by_sequence(validation_yaml)
-    both = sorted(set(train) & set(validation))
-    train_tars = {tar for tars in train.values() for tar in tars}
-    return both + sorted({tar for tars in validation.values() for tar in tars} & train_tars)
 
 
 # Decoding: an allow-list by extension; anything else stays bytes.

@@ -5,6 +5,8 @@ import json
 import os
 import pickle
 import re
+import subprocess
+import sys
 import tarfile
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +26,10 @@ from dataset_assets.core.loading import (
     ShardStream,
     load_yaml_and_extract_tar_list,
     make_shard_dataset,
-    missing_tars,
-    split_overlap,
 )
 from dataset_assets.core.shards import Compression, ShardWriter
 from dataset_assets.core.splits import split_sequences, write_split_yamls
+from dataset_assets.core.tar_lists import missing_tars, split_overlap
 from dataset_assets.demo.server import DemoServer
 from dataset_assets_tests import s3_fixtures
 from dataset_assets_tests.s3_fixtures import S3Bucket
@@ -401,3 +402,10 @@ def test_package_source_never_unpickles_or_torch_loads_without_weights_only() ->
     assert offenders == []
     assert FORBIDDEN_LOADS.search("torch.load(path)") and FORBIDDEN_LOADS.search("x = pickle.load(f)")
     assert not FORBIDDEN_LOADS.search("torch.load(path, weights_only=True)")
+
+
+def test_the_dagster_layer_does_not_import_torch() -> None:
+    """Split checks read YAMLs through `core.tar_lists`; torch would add seconds to every Dagster process."""
+    code = "import sys, dataset_assets.definitions; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
