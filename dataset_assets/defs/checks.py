@@ -22,9 +22,9 @@ from dagster import (
 from dataset_assets.core.catalog import DatasetSpec
 from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.index import INDEX_FILE
-from dataset_assets.core.tar_lists import missing_tars, split_overlap
 from dataset_assets.core.preprocess import PreprocessConfig
 from dataset_assets.core.shards import ShardSetCheck, verify_shard_set
+from dataset_assets.core.tar_lists import missing_tars, split_overlap
 from dataset_assets.defs.partitions import sequence_partitions
 from dataset_assets.defs.resources import DatasetHome
 

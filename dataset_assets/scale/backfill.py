@@ -25,6 +25,7 @@ from dagster import (
 from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
+from dagster._utils.error import SerializableErrorInfo
 
 from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.defs.partitions import sequence_partitions
@@ -113,13 +114,20 @@ def celery_steps(instance: DagsterInstance, run_id: str, partition: str | None) 
     return steps
 
 
+def root_cause(error: SerializableErrorInfo) -> str:
+    """The innermost error's `Class: message`, where Dagster's wrapping errors say what really failed."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 def failure_messages(instance: DagsterInstance, run_id: str) -> list[str]:
-    """`<run id> <step>: <error>` for every step or run failure of a run."""
+    """`<run id> <step>: <innermost error>` for every step or run failure of a run."""
     messages = []
     for entry in instance.all_logs(run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}):
         event = entry.dagster_event
         error = event.event_specific_data.error if event is not None and event.event_specific_data else None
-        detail = error.to_string().strip().splitlines()[-1] if error is not None else entry.message
+        detail = root_cause(error) if error is not None else entry.message
         messages.append(f"{run_id[:8]} {entry.step_key or 'run'}: {detail}")
     return messages
 

@@ -43,7 +43,8 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 CODE_LOCATION = "dataset_assets.definitions"
 BROKER_ENV = "DAGSTER_CELERY_BROKER_URL"
 BACKEND_ENV = "DAGSTER_CELERY_BACKEND_URL"
-STARTUP_TIMEOUT_SECONDS = 120.0
+# Workers, daemon and webserver import the code location at once: on 2 busy cores that can take minutes.
+STARTUP_TIMEOUT_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
