@@ -237,23 +237,34 @@ class ShardWriter:
             raise DatasetAssetsError(f"sample {key!r} has no members")
         for extension in sample:
             _check_extension(key, extension)
-        if self._full():
-            self._close_current()
-        if self._tar is None:
-            self._open_next()
-        assert self._tar is not None
-        if self.compression is None:
-            self._entries.append(IndexEntry(key, len(self.shards), self._tar.add_sample(key, sample)))
-        else:
-            self._pending.append((key, dict(sample)))
-            self._pending_bytes += sum(len(data) + 2 * BLOCKSIZE for data in sample.values())
-            if len(self._pending) >= self.compression.block_samples:
-                self._flush_block()
+        with self._naming_write_errors():
+            if self._full():
+                self._close_current()
+            if self._tar is None:
+                self._open_next()
+            assert self._tar is not None
+            if self.compression is None:
+                self._entries.append(IndexEntry(key, len(self.shards), self._tar.add_sample(key, sample)))
+            else:
+                self._pending.append((key, dict(sample)))
+                self._pending_bytes += sum(len(data) + 2 * BLOCKSIZE for data in sample.values())
+                if len(self._pending) >= self.compression.block_samples:
+                    self._flush_block()
         self._samples_in_shard += 1
 
     def close(self) -> list[ShardInfo]:
-        self._close_current()
+        with self._naming_write_errors():
+            self._close_current()
         return list(self.shards)
+
+    @contextlib.contextmanager
+    def _naming_write_errors(self) -> Iterator[None]:
+        """An OSError while writing (a full disk, say) names the shard being written."""
+        try:
+            yield
+        except OSError as error:
+            raise DatasetAssetsError(
+                f"{self.folder / self._name}: cannot write shard ({error.strerror or error})") from error
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -264,7 +275,8 @@ class ShardWriter:
         if exc_type is None:
             self.close()
         elif self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # flushing may fail again (a full disk): keep the first error
+                self._file.close()
 
 
 @contextlib.contextmanager

@@ -214,6 +214,13 @@ def test_truncated_tar_and_bad_header_checksum_name_the_file(tmp_path: Path) -> 
         read_all(tmp_path)
 
 
+def test_a_full_disk_while_writing_names_the_shard(tmp_path: Path) -> None:
+    """/dev/full answers every write with ENOSPC: a real full device, reached through a symlink."""
+    (tmp_path / "shards-0000.tar").symlink_to("/dev/full")
+    with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: cannot write shard \(No space left on device\)"):
+        write_set(tmp_path, [*SEQUENCE, BIG], max_samples=100)
+
+
 @pytest.mark.parametrize("compression", [None, Compression(block_samples=4)], ids=["plain", "zstd"])
 def test_views_are_read_only_and_equal_to_the_bytes_webdataset_reads(
     tmp_path: Path, compression: Compression | None
