@@ -27,8 +27,8 @@ from dataset_assets_tests.defs.conftest import DEMO
 
 SEQUENCES = 20
 WORKERS = 2
-# Bounds that keep a stuck stack from eating CI's budget; on 2 cores the module takes about 4.5 minutes
-# at load average 4 and 9 at load average 10.
+# Bounds that keep a stuck stack from eating CI's budget; on 2 cores shared with other jobs (load
+# average 4 to 7) the module takes 4 to 6 minutes.
 TIMEOUT_SECONDS = 900
 BACKFILL_TIMEOUT_SECONDS = 720
 ENABLE_ENV = "DATASET_ASSETS_SCALE_TESTS"
