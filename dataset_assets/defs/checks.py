@@ -1,12 +1,13 @@
 """Asset checks of shard and split assets: indexes agree with their shards, splits are clean.
 
-Per `<ds>/shards__<config>` (partitioned like the asset): `sample_count_matches_index` and
-`index_entries_resolve`. Per `<ds>/splits__<config>`: `train_validation_disjoint` and
-`yaml_paths_exist`. All are blocking: in a run that also materializes something downstream, a
-failed check stops it, so a corrupt shard set or a leaking split never reaches the next step.
+Per `<ds>/shards__<config>` (partitioned like the asset) and per handler dataset's `<ds>/records`:
+`sample_count_matches_index` and `index_entries_resolve`. Per `<ds>/splits__<config>` and handler
+`<ds>/splits`: `train_validation_disjoint` and `yaml_paths_exist`. All are blocking: in a run that
+also materializes something downstream, a failed check stops it, so a corrupt shard set or a
+leaking split never reaches the next step.
 Each check body calls one core function and reports what it found.
 """
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dagster import (
@@ -16,6 +17,7 @@ from dagster import (
     AssetCheckSpec,
     AssetKey,
     MetadataValue,
+    PartitionsDefinition,
     multi_asset_check,
 )
 
@@ -25,6 +27,7 @@ from dataset_assets.core.index import INDEX_FILE
 from dataset_assets.core.preprocess import PreprocessConfig
 from dataset_assets.core.shards import ShardSetCheck, verify_shard_set
 from dataset_assets.core.tar_lists import missing_tars, split_overlap
+from dataset_assets.defs.assets.handlers import records_folder
 from dataset_assets.defs.partitions import sequence_partitions
 from dataset_assets.defs.resources import DatasetHome
 
@@ -46,9 +49,9 @@ def _verify(folder: Path) -> ShardSetCheck:
         return ShardSetCheck(index_rows=0, samples=0, problems=(str(error),))
 
 
-def _shards_checks(spec: DatasetSpec, config: PreprocessConfig) -> AssetChecksDefinition:
-    key = AssetKey([spec.name, f"shards__{config.name}"])
-    partitions = sequence_partitions(spec.name)
+def _shard_set_checks(key: AssetKey, root: Callable[[DatasetHome], Path],
+                      partitions: PartitionsDefinition | None) -> AssetChecksDefinition:
+    """`sample_count_matches_index` and `index_entries_resolve` of the shard sets below `root(home)`."""
     specs = [
         AssetCheckSpec("sample_count_matches_index", asset=key, blocking=True, partitions_def=partitions,
                        description="Samples found in the shard files equal the rows of the set's _index.json."),
@@ -57,10 +60,9 @@ def _shards_checks(spec: DatasetSpec, config: PreprocessConfig) -> AssetChecksDe
                                    "reads back exactly the bytes a sequential tar read yields."),
     ]
 
-    @multi_asset_check(specs=specs, name=f"{spec.name}_shards__{config.name}_checks")
+    @multi_asset_check(specs=specs, name=f"{'_'.join(key.path)}_checks")
     def shard_checks(context: AssetCheckExecutionContext, home: DatasetHome) -> Iterator[AssetCheckResult]:
-        root = home.shard_set_folder(spec.name, config.name)
-        reports = {folder.name: _verify(folder) for folder in _shard_set_folders(context, root)}
+        reports = {folder.name: _verify(folder) for folder in _shard_set_folders(context, root(home))}
         counts = {name: {"index_rows": r.index_rows, "samples": r.samples} for name, r in reports.items()}
         mismatched = sorted(name for name, r in reports.items() if r.index_rows != r.samples or not r.index_rows)
         yield AssetCheckResult(
@@ -78,8 +80,9 @@ def _shards_checks(spec: DatasetSpec, config: PreprocessConfig) -> AssetChecksDe
     return shard_checks
 
 
-def _splits_checks(spec: DatasetSpec, config: PreprocessConfig) -> AssetChecksDefinition:
-    key = AssetKey([spec.name, f"splits__{config.name}"])
+def _split_checks(key: AssetKey, folder_of: Callable[[DatasetHome], Path], prefixes: tuple[str, ...]
+                  ) -> AssetChecksDefinition:
+    """`train_validation_disjoint` and `yaml_paths_exist` of the `<prefix>_*_tars.yaml` in `folder_of(home)`."""
     specs = [
         AssetCheckSpec("train_validation_disjoint", asset=key, blocking=True,
                        description="No sequence or tar is in both the train and the validation split."),
@@ -87,13 +90,12 @@ def _splits_checks(spec: DatasetSpec, config: PreprocessConfig) -> AssetChecksDe
                        description="Every path in local_{all,train,validation}_tars.yaml is an existing file."),
     ]
 
-    @multi_asset_check(specs=specs, name=f"{spec.name}_splits__{config.name}_checks")
+    @multi_asset_check(specs=specs, name=f"{'_'.join(key.path)}_checks")
     def split_checks(home: DatasetHome) -> Iterator[AssetCheckResult]:
-        folder = home.shard_set_folder(spec.name, config.name)
+        folder = folder_of(home)
         try:
-            overlap = [*split_overlap(folder / "local_train_tars.yaml", folder / "local_validation_tars.yaml"),
-                       *split_overlap(folder / "streamable_train_tars.yaml",
-                                      folder / "streamable_validation_tars.yaml")]
+            overlap = [item for prefix in prefixes for item in split_overlap(
+                folder / f"{prefix}_train_tars.yaml", folder / f"{prefix}_validation_tars.yaml")]
             missing = {part: missing_tars(folder / f"local_{part}_tars.yaml") for part in SPLIT_PARTS}
         except DatasetAssetsError as error:
             overlap, missing = [str(error)], {"error": [str(error)]}
@@ -114,5 +116,23 @@ def _splits_checks(spec: DatasetSpec, config: PreprocessConfig) -> AssetChecksDe
 
 def build_shard_checks(spec: DatasetSpec) -> list[AssetChecksDefinition]:
     """The shard-set and split checks of every preprocessing config of a signed-URL dataset."""
-    return [check for config in spec.preprocess.values()
-            for check in (_shards_checks(spec, config), _splits_checks(spec, config))]
+    checks = []
+    for config in spec.preprocess.values():
+        def shard_sets(home: DatasetHome, config: PreprocessConfig = config) -> Path:
+            return home.shard_set_folder(spec.name, config.name)
+
+        checks += [
+            _shard_set_checks(AssetKey([spec.name, f"shards__{config.name}"]), shard_sets,
+                              sequence_partitions(spec.name)),
+            _split_checks(AssetKey([spec.name, f"splits__{config.name}"]), shard_sets, ("local", "streamable")),
+        ]
+    return checks
+
+
+def build_handler_checks(spec: DatasetSpec) -> list[AssetChecksDefinition]:
+    """The checks of a handler dataset's record shard sets (one per split) and of its split YAMLs."""
+    def records(home: DatasetHome) -> Path:
+        return records_folder(home, spec.name)
+
+    return [_shard_set_checks(AssetKey([spec.name, "records"]), records, None),
+            _split_checks(AssetKey([spec.name, "splits"]), records, ("local",))]

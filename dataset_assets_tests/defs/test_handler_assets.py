@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy
 import pytest
-from dagster import AssetKey, DagsterInstance, Definitions, ExecuteInProcessResult
+from dagster import AssetCheckKey, AssetKey, DagsterInstance, Definitions, ExecuteInProcessResult
 from PIL import Image
 
 from dataset_assets.core.catalog import Catalog
@@ -29,6 +29,7 @@ from dataset_assets_tests.defs.conftest import make_defs
 from dataset_assets_tests.static_server import StaticServer
 
 DS = "raw"
+FIRST_MEMBER_BYTE = 512 + 16  # past the first tar header: inside the first member's data
 
 
 @pytest.fixture
@@ -144,3 +145,36 @@ def test_a_checksum_mismatch_fails_the_artifacts_asset_and_records_cannot_run(
     with pytest.raises(ArtifactFetchError, match="artifact 'val_images': is missing at .*: materialize raw/artifacts"):
         run(defs, instance, "records")
     assert not (home / DS / "records").exists()
+
+
+def run_checks(defs: Definitions, instance: DagsterInstance) -> dict[tuple[str, str], bool]:
+    """Only the asset checks of `records` and `splits`, against the data as it is on disk now."""
+    job = defs.resolve_implicit_global_asset_job_def()
+    checks = {AssetCheckKey(key, name) for key, names in ((keys("records")[0], RECORD_CHECKS),
+                                                          (keys("splits")[0], SPLIT_CHECKS)) for name in names}
+    result = job.get_subset(asset_selection=set(), asset_check_selection=checks).execute_in_process(
+        instance=instance, raise_on_error=False)
+    return {(e.asset_key.path[-1], e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+
+
+RECORD_CHECKS = ("sample_count_matches_index", "index_entries_resolve")
+SPLIT_CHECKS = ("train_validation_disjoint", "yaml_paths_exist")
+
+
+def test_record_and_split_checks_pass_then_catch_a_corrupt_record_shard_and_a_leaking_split(
+        provider: StaticServer, tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
+    _, _, defs = setup(get_handler("mnist"), provider, tmp_path, home)
+    result = run(defs, instance, "artifacts", "records", "splits")
+    assert result.success
+    expected = {("records", name): True for name in RECORD_CHECKS} | {("splits", name): True for name in SPLIT_CHECKS}
+    assert {(e.asset_key.path[-1], e.check_name): e.passed for e in result.get_asset_check_evaluations()} == expected
+
+    records = home / DS / "records"
+    shard = sorted((records / "train").glob("*.tar"))[0]
+    corrupted = bytearray(shard.read_bytes())
+    corrupted[FIRST_MEMBER_BYTE] ^= 0xFF
+    shard.write_bytes(bytes(corrupted))
+    (records / "local_validation_tars.yaml").write_bytes((records / "local_train_tars.yaml").read_bytes())
+
+    assert run_checks(defs, instance) == expected | {
+        ("records", "index_entries_resolve"): False, ("splits", "train_validation_disjoint"): False}
