@@ -110,6 +110,22 @@ def publish_folder(folder: Path, names: Sequence[str], destination: S3Destinatio
     return PublishReport(files, time.monotonic() - started)
 
 
+def publish_mismatches(folder: Path, names: Sequence[str], destination: S3Destination) -> list[str]:
+    """Why each of `names` is not published as `folder/<name>` is: missing locally, or its object below
+    `destination` missing or of another size or stored sha1 (empty when every object matches)."""
+    problems = []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{path}: missing locally")
+            continue
+        digest = digest_file(path)
+        if destination.verified(name, digest.size, digest.sha1) is None:
+            problems.append(f"{destination.describe(name)}: missing, or not {digest.size} bytes with sha1 "
+                            f"{digest.sha1} like {path}")
+    return problems
+
+
 def _published_keys(client: Any, bucket: str, prefix: str) -> list[str]:
     try:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)

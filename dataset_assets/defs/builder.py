@@ -9,7 +9,7 @@ from dataset_assets.core.catalog import Catalog
 from dataset_assets.defs.assets.handlers import build_handler_assets
 from dataset_assets.defs.assets.signed_url import build_signed_url_assets
 from dataset_assets.defs.assets.versioned import build_versioned_assets, build_versions_sensor
-from dataset_assets.defs.checks import build_handler_checks, build_shard_checks
+from dataset_assets.defs.checks import build_handler_checks, build_shard_checks, build_versioned_checks
 from dataset_assets.defs.jobs import build_dataset_jobs
 from dataset_assets.defs.manifest_checks import build_manifest_checks
 from dataset_assets.defs.resources import DatasetHome, TransferResource
@@ -50,7 +50,8 @@ def build_definitions(catalog: Catalog, home: DatasetHome | None = None,
         asset_checks=[check for spec in signed_url
                       for check in (*build_manifest_checks(spec), *build_shard_checks(spec))]
         + [check for spec in catalog.datasets.values() if spec.kind == "handler"
-           for check in build_handler_checks(spec)],
+           for check in build_handler_checks(spec)]
+        + [check for spec in catalog.datasets.values() for check in build_versioned_checks(spec)],
         jobs=[job for dataset_jobs in jobs.values() for job in dataset_jobs.all()],
         sensors=[sensor for spec in signed_url for sensor in build_sensors(spec, jobs[spec.name])]
         + [build_versions_sensor(spec) for spec in catalog.datasets.values()

@@ -2,7 +2,8 @@
 
 Per `<ds>/shards__<config>` (partitioned like the asset) and per handler dataset's `<ds>/records`:
 `sample_count_matches_index` and `index_entries_resolve`. Per `<ds>/splits__<config>` and handler
-`<ds>/splits`: `train_validation_disjoint` and `yaml_paths_exist`. All are blocking: in a run that
+`<ds>/splits`: `train_validation_disjoint` and `yaml_paths_exist`. Per version of a versioned
+dataset's `<ds>/published`: `objects_match_local`. All are blocking: in a run that
 also materializes something downstream, a failed check stops it, so a corrupt shard set or a
 leaking split never reaches the next step.
 Each check body calls one core function and reports what it found.
@@ -25,9 +26,11 @@ from dataset_assets.core.catalog import DatasetSpec
 from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.index import INDEX_FILE
 from dataset_assets.core.preprocess import PreprocessConfig
+from dataset_assets.core.publish import publish_mismatches, version_destination
 from dataset_assets.core.shards import ShardSetCheck, verify_shard_set
 from dataset_assets.core.tar_lists import missing_tars, split_overlap
 from dataset_assets.defs.assets.handlers import records_folder
+from dataset_assets.defs.assets.versioned import version_partitions
 from dataset_assets.defs.partitions import sequence_partitions
 from dataset_assets.defs.resources import DatasetHome
 
@@ -136,3 +139,26 @@ def build_handler_checks(spec: DatasetSpec) -> list[AssetChecksDefinition]:
 
     return [_shard_set_checks(AssetKey([spec.name, "records"]), records, None),
             _split_checks(AssetKey([spec.name, "splits"]), records, ("local",))]
+
+
+def build_versioned_checks(spec: DatasetSpec) -> list[AssetChecksDefinition]:
+    """`objects_match_local` of a versioned dataset's `<ds>/published`, per version (none without publish)."""
+    source = spec.versioned
+    if source is None or source.publish is None:
+        return []
+    publish, files, key = source.publish, source.published_files(), AssetKey([spec.name, "published"])
+    check_spec = AssetCheckSpec(
+        "objects_match_local", asset=key, blocking=True, partitions_def=version_partitions(spec),
+        description="Every published object of the version exists with the size and stored sha1 of its local file.")
+
+    @multi_asset_check(specs=[check_spec], name=f"{spec.name}_published_checks")
+    def published_checks(context: AssetCheckExecutionContext, home: DatasetHome) -> Iterator[AssetCheckResult]:
+        version = context.partition_key
+        problems = publish_mismatches(home.version_folder(spec.name, version), files,
+                                      version_destination(publish, spec.name, version))
+        yield AssetCheckResult(check_name="objects_match_local", asset_key=key, passed=not problems,
+                               description=problems[0] if problems else None,
+                               metadata={"version": version, "files": len(files),
+                                         "problems": MetadataValue.json(problems[:SHOWN_PROBLEMS])})
+
+    return [published_checks]

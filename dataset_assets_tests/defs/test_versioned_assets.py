@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from dagster import (
+    AssetCheckKey,
     AssetKey,
     AssetRecordsFilter,
     DagsterInstance,
@@ -130,3 +131,22 @@ def test_dynamic_versions_are_added_by_the_sensor_from_the_bucket_and_download_f
 
     again = sensor(build_sensor_context(instance=instance))
     assert isinstance(again, SensorResult) and not again.run_requests
+
+
+def test_published_check_passes_after_publishing_and_fails_naming_an_object_that_changed(
+        provider: StaticServer, s3_bucket: S3Bucket, tmp_path: Path, instance: DagsterInstance) -> None:
+    serve_version(provider.folder, tmp_path / "producer", V1)
+    catalog = write_catalog(tmp_path, {DS: versioned_body(provider.base_url, publish=publish_section(s3_bucket))})
+    defs = make_defs(catalog, tmp_path)
+    published = run(defs, instance, V1, *DOWNLOADS, "published")
+    assert [(e.check_name, e.passed) for e in published.get_asset_check_evaluations()] == [
+        ("objects_match_local", True)]
+
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=f"public/{DS}/{V1}/assets.tar", Body=b"not the tar")
+    check = AssetCheckKey(AssetKey([DS, "published"]), "objects_match_local")
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(), asset_check_selection={check})
+    result = job.execute_in_process(instance=instance, partition_key=V1, raise_on_error=False)
+    [evaluation] = result.get_asset_check_evaluations()
+
+    assert not evaluation.passed
+    assert f"public/{DS}/{V1}/assets.tar: missing, or not" in (evaluation.description or "")
