@@ -109,20 +109,41 @@ def _tars_yaml(sequences: Sequence[str], tars_by_sequence: Mapping[str, Sequence
     return yaml.dump({"tars": tars}, default_flow_style=False).encode("utf-8")
 
 
+def _published_sequences(path: Path) -> list[str] | None:
+    """The sequences a published split YAML lists; None when there is none or it cannot be read."""
+    try:
+        document = yaml.safe_load(path.read_bytes())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(document, dict) or not isinstance(document.get("tars"), dict):
+        return None
+    return [str(sequence) for sequence in document["tars"]]
+
+
 def write_split_yamls(
     folder: Path, split: Split, tars_by_sequence: Mapping[str, Sequence[str]], prefix: str
 ) -> dict[str, Path]:
     """Atomically write `<prefix>_{train,validation,all}_tars.yaml` into `folder`.
 
     `prefix` is "local" (entries are paths relative to `folder`) or "streamable" (entries are URLs).
+    Each file is replaced atomically, and the train and validation files on disk are disjoint at
+    every moment, even if the process dies between two replacements: each is first shrunk to the
+    sequences it keeps (old and new split), then grown to the new split. With a disjoint old split,
+    (T0∩T1, V0), (T0∩T1, V0∩V1), (T1, V0∩V1) and (T1, V1) never share a sequence.
     """
     if prefix not in YAML_PREFIXES:
         raise ValueError(f"prefix must be one of {list(YAML_PREFIXES)}, got {prefix!r}")
     parts = {"train": split.train, "validation": split.validation, "all": split.all}
     # Render all three before writing any, so a missing tar list leaves no partial set behind.
     contents = {part: _tars_yaml(sequences, tars_by_sequence) for part, sequences in parts.items()}
-    written: dict[str, Path] = {}
+    written = {part: folder / f"{prefix}_{part}_tars.yaml" for part in parts}
+    for part in ("train", "validation"):
+        published = _published_sequences(written[part])
+        if published is None:
+            continue
+        kept = [sequence for sequence in parts[part] if sequence in frozenset(published)]
+        if len(kept) < len(published) and kept != list(parts[part]):
+            storage.write_bytes_atomic(written[part], _tars_yaml(kept, tars_by_sequence))
     for part, data in contents.items():
-        written[part] = folder / f"{prefix}_{part}_tars.yaml"
         storage.write_bytes_atomic(written[part], data)
     return written

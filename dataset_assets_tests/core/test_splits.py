@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dataset_assets.core import storage
 from dataset_assets.core.errors import DatasetAssetsError, SplitError
 from dataset_assets.core.splits import Split, load_split_json, split_sequences, write_split_yamls
 
@@ -194,3 +195,31 @@ def test_split_yaml_with_missing_tar_list_writes_nothing(tmp_path: Path) -> None
 def test_split_yaml_prefix_must_be_local_or_streamable(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="remote"):
         write_split_yamls(tmp_path, Split(train=(), validation=()), {}, "remote")
+
+
+def _listed(path: Path) -> set[str]:
+    return set(yaml.safe_load(path.read_bytes())["tars"]) if path.exists() else set()
+
+
+def test_train_and_validation_on_disk_never_overlap_while_a_split_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every state between two atomic replacements (where a kill -9 could leave the folder) is disjoint.
+
+    The real `write_bytes_atomic` runs; the wrapper only records the folder after each replacement.
+    """
+    tars = {name: [f"{name}/shards-0000.tar"] for name in "abcdef"}
+    write_split_yamls(tmp_path, Split(train=("a", "b", "c"), validation=("d", "e")), tars, "local")
+    states: list[tuple[set[str], set[str]]] = []
+    real_write = storage.write_bytes_atomic
+
+    def write_and_record(final: Path, data: bytes) -> None:
+        real_write(final, data)
+        states.append((_listed(tmp_path / "local_train_tars.yaml"), _listed(tmp_path / "local_validation_tars.yaml")))
+
+    monkeypatch.setattr(storage, "write_bytes_atomic", write_and_record)
+    write_split_yamls(tmp_path, Split(train=("a", "d", "f"), validation=("b", "e")), tars, "local")
+
+    assert [train & validation for train, validation in states] == [set()] * len(states)
+    assert states[-1] == ({"a", "d", "f"}, {"b", "e"})
+    assert len(states) == 5  # train shrunk to {a}, validation shrunk to {e}, then train, validation, all
