@@ -1,2 +1,4 @@
-"""Fixtures shared by every test package."""
+"""Fixtures shared by every test package: the demo source and server, and a loopback static file server
+standing in for dataset providers."""
 from dataset_assets_tests.demo.fixtures import demo_server, demo_source  # noqa: F401
+from dataset_assets_tests.static_server import static_folder, static_server  # noqa: F401

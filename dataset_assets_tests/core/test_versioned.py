@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -224,14 +223,6 @@ def versioned_body(base_url: str, versions: list[str] | str | None = None, publi
     return body
 
 
-@pytest.fixture
-def provider(tmp_path: Path) -> Iterator[StaticServer]:
-    served = tmp_path / "served"
-    served.mkdir()
-    with StaticServer(served) as server:
-        yield server
-
-
 def test_versioned_catalog_defaults_follow_the_seed_layout(tmp_path: Path) -> None:
     catalog: Catalog = write_catalog(tmp_path, {DS: versioned_body("http://127.0.0.1:1/objathor/")})
     source = catalog.dataset(DS).versioned
@@ -313,9 +304,9 @@ def test_strip_root_rejects_a_second_top_folder_or_a_top_level_file(tmp_path: Pa
 
 
 def test_versions_download_into_their_own_folders_laid_out_like_the_seed(
-        provider: StaticServer, tmp_path: Path) -> None:
-    produced = {version: serve_version(provider.folder, tmp_path / "producer", version) for version in (V1, V2)}
-    source = write_catalog(tmp_path, {DS: versioned_body(provider.base_url)}).dataset(DS).versioned
+        static_server: StaticServer, tmp_path: Path) -> None:
+    produced = {version: serve_version(static_server.folder, tmp_path / "producer", version) for version in (V1, V2)}
+    source = write_catalog(tmp_path, {DS: versioned_body(static_server.base_url)}).dataset(DS).versioned
     assert source is not None
     root = tmp_path / "cache"
     for version in (V1, V2):
@@ -333,23 +324,24 @@ def test_versions_download_into_their_own_folders_laid_out_like_the_seed(
     assert tree(root / DS / V1 / "assets") != tree(root / DS / V2 / "assets")
 
 
-def test_a_second_download_fetches_nothing_and_keeps_the_extracted_tree(provider: StaticServer,
+def test_a_second_download_fetches_nothing_and_keeps_the_extracted_tree(static_server: StaticServer,
                                                                         tmp_path: Path) -> None:
-    serve_version(provider.folder, tmp_path / "producer", V1)
-    source = write_catalog(tmp_path, {DS: versioned_body(provider.base_url)}).dataset(DS).versioned
+    serve_version(static_server.folder, tmp_path / "producer", V1)
+    source = write_catalog(tmp_path, {DS: versioned_body(static_server.base_url)}).dataset(DS).versioned
     assert source is not None
     root = tmp_path / "cache"
     download_components(DS, source, V1, root, ["annotations", "assets"], FAST)
-    fetched, extracted = len(provider.requests), (root / DS / V1 / "assets").stat().st_ino
+    fetched, extracted = len(static_server.requests), (root / DS / V1 / "assets").stat().st_ino
     results = download_components(DS, source, V1, root, ["annotations", "assets"], FAST)
     assert [result.status for result in results] == ["skipped", "skipped"]
-    assert len(provider.requests) == fetched
+    assert len(static_server.requests) == fetched
     assert (root / DS / V1 / "assets").stat().st_ino == extracted
 
 
-def test_a_pinned_sha256_mismatch_fails_naming_the_file_and_deletes_it(provider: StaticServer, tmp_path: Path) -> None:
-    serve_version(provider.folder, tmp_path / "producer", V1)
-    body = versioned_body(provider.base_url, [V1], annotations={"sha256": {V1: "0" * 64}}, assets={})
+def test_a_pinned_sha256_mismatch_fails_naming_the_file_and_deletes_it(
+        static_server: StaticServer, tmp_path: Path) -> None:
+    serve_version(static_server.folder, tmp_path / "producer", V1)
+    body = versioned_body(static_server.base_url, [V1], annotations={"sha256": {V1: "0" * 64}}, assets={})
     source = write_catalog(tmp_path, {DS: body}).dataset(DS).versioned
     assert source is not None
     target = tmp_path / "cache" / DS / V1 / "annotations.json.gz"
@@ -359,10 +351,11 @@ def test_a_pinned_sha256_mismatch_fails_naming_the_file_and_deletes_it(provider:
     assert not target.exists()
 
 
-def test_a_kept_file_that_no_longer_matches_its_pin_is_fetched_again(provider: StaticServer, tmp_path: Path) -> None:
-    producer = serve_version(provider.folder, tmp_path / "producer", V1)
+def test_a_kept_file_that_no_longer_matches_its_pin_is_fetched_again(
+        static_server: StaticServer, tmp_path: Path) -> None:
+    producer = serve_version(static_server.folder, tmp_path / "producer", V1)
     pin = hashlib.sha256((producer / "annotations.json.gz").read_bytes()).hexdigest()
-    body = versioned_body(provider.base_url, [V1], annotations={"sha256": {V1: pin}}, assets={})
+    body = versioned_body(static_server.base_url, [V1], annotations={"sha256": {V1: pin}}, assets={})
     source = write_catalog(tmp_path, {DS: body}).dataset(DS).versioned
     assert source is not None
     target = tmp_path / "cache" / DS / V1 / "annotations.json.gz"
@@ -372,11 +365,11 @@ def test_a_kept_file_that_no_longer_matches_its_pin_is_fetched_again(provider: S
     assert result.status == "downloaded" and target.read_bytes() == (producer / "annotations.json.gz").read_bytes()
 
 
-def test_a_crafted_assets_tar_is_rejected_on_download_and_nothing_extracted(provider: StaticServer,
+def test_a_crafted_assets_tar_is_rejected_on_download_and_nothing_extracted(static_server: StaticServer,
                                                                             tmp_path: Path) -> None:
-    serve_version(provider.folder, tmp_path / "producer", V1)
-    crafted_tar(provider.folder / V1 / "assets.tar", _member("../escaped.txt"), b"x")
-    source = write_catalog(tmp_path, {DS: versioned_body(provider.base_url, [V1])}).dataset(DS).versioned
+    serve_version(static_server.folder, tmp_path / "producer", V1)
+    crafted_tar(static_server.folder / V1 / "assets.tar", _member("../escaped.txt"), b"x")
+    source = write_catalog(tmp_path, {DS: versioned_body(static_server.base_url, [V1])}).dataset(DS).versioned
     assert source is not None
     with pytest.raises(UnsafeArchiveError, match="escape"):
         download_components(DS, source, V1, tmp_path / "cache", ["assets"], FAST)
@@ -384,11 +377,11 @@ def test_a_crafted_assets_tar_is_rejected_on_download_and_nothing_extracted(prov
     assert not (tmp_path / "cache" / DS / "escaped.txt").exists()
 
 
-def test_a_version_outside_the_catalog_list_is_refused_before_any_request(provider: StaticServer,
+def test_a_version_outside_the_catalog_list_is_refused_before_any_request(static_server: StaticServer,
                                                                           tmp_path: Path) -> None:
-    source = write_catalog(tmp_path, {DS: versioned_body(provider.base_url)}).dataset(DS).versioned
+    source = write_catalog(tmp_path, {DS: versioned_body(static_server.base_url)}).dataset(DS).versioned
     assert source is not None
     for bad, problem in (("2024_01_01", "is not a version of this dataset"), ("../x", "must be a date version")):
         with pytest.raises(InvalidInputError, match=rf"field 'version' {problem}"):
             download_components(DS, source, bad, tmp_path / "cache", ["annotations"], FAST)
-    assert provider.requests == []
+    assert static_server.requests == []

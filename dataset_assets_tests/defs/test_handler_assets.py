@@ -5,7 +5,7 @@ and its map-style `IndexedShardDataset` (through each split's `_index.json`).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy
@@ -32,14 +32,6 @@ DS = "raw"
 FIRST_MEMBER_BYTE = 512 + 16  # past the first tar header: inside the first member's data
 
 
-@pytest.fixture
-def provider(tmp_path: Path) -> Iterator[StaticServer]:
-    folder = tmp_path / "provider"
-    folder.mkdir()
-    with StaticServer(folder) as server:
-        yield server
-
-
 def keys(*names: str) -> list[AssetKey]:
     return [AssetKey([DS, name]) for name in names]
 
@@ -50,9 +42,10 @@ def run(defs: Definitions, instance: DagsterInstance, *names: str, raise_on_erro
     return job.execute_in_process(instance=instance, asset_selection=keys(*names), raise_on_error=raise_on_error)
 
 
-def setup(handler: Handler, provider: StaticServer, tmp_path: Path, home: Path) -> tuple[Fixture, Catalog, Definitions]:
-    fixture = handler.write_fixture(provider.folder)
-    catalog = write_catalog(tmp_path, {DS: handler_dataset(handler, fixture, provider.base_url)})
+def setup(handler: Handler, static_server: StaticServer, tmp_path: Path, home: Path
+          ) -> tuple[Fixture, Catalog, Definitions]:
+    fixture = handler.write_fixture(static_server.folder)
+    catalog = write_catalog(tmp_path, {DS: handler_dataset(handler, fixture, static_server.base_url)})
     return fixture, catalog, make_defs(catalog, home, max_attempts=1)
 
 
@@ -82,9 +75,9 @@ def assert_decoded_samples_match(samples: Iterable[dict], examples: list[Fixture
 
 @pytest.mark.parametrize("name", sorted(HANDLERS))
 def test_handler_dataset_materializes_and_its_shards_read_back_as_the_fixture(
-        name: str, provider: StaticServer, tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
+        name: str, static_server: StaticServer, tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
     handler = get_handler(name)
-    fixture, catalog, defs = setup(handler, provider, tmp_path, home)
+    fixture, catalog, defs = setup(handler, static_server, tmp_path, home)
     assert run(defs, instance, "artifacts", "records", "splits").success
 
     records = home / DS / "records"
@@ -103,19 +96,19 @@ def test_handler_dataset_materializes_and_its_shards_read_back_as_the_fixture(
 
 
 def test_records_and_splits_rematerialize_with_the_provider_down(
-        provider: StaticServer, tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
-    _, _, defs = setup(get_handler("mnist"), provider, tmp_path, home)
+        static_server: StaticServer, tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
+    _, _, defs = setup(get_handler("mnist"), static_server, tmp_path, home)
     assert run(defs, instance, "artifacts").success
-    fetched = len(provider.requests)
+    fetched = len(static_server.requests)
     assert fetched == 4
-    provider.stop()
+    static_server.stop()
 
     assert run(defs, instance, "artifacts", "records", "splits").success
     assert run(defs, instance, "records", "splits").success
     artifacts = ("train_images", "train_labels", "test_images", "test_labels")
     assert latest_metadata(instance, "artifacts")["status"] == {name: "kept" for name in artifacts}
     assert latest_metadata(instance, "records")["examples"] == 17
-    assert len(provider.requests) == fetched
+    assert len(static_server.requests) == fetched
 
 
 def test_a_missing_manual_artifact_fails_the_asset_saying_where_to_put_it(
@@ -133,10 +126,10 @@ def test_a_missing_manual_artifact_fails_the_asset_saying_where_to_put_it(
 
 
 def test_a_checksum_mismatch_fails_the_artifacts_asset_and_records_cannot_run(
-        provider: StaticServer, tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
+        static_server: StaticServer, tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
     handler = get_handler("coco2017_multilabel")
-    fixture = handler.write_fixture(provider.folder)
-    body = handler_dataset(handler, fixture, provider.base_url)
+    fixture = handler.write_fixture(static_server.folder)
+    body = handler_dataset(handler, fixture, static_server.base_url)
     body["artifacts"]["val_images"]["sha256"] = "f" * 64
     defs = make_defs(write_catalog(tmp_path, {DS: body}), home, max_attempts=1)
     with pytest.raises(ArtifactFetchError, match=f"artifact 'val_images': downloaded from .*/val2017.zip has sha256 "
@@ -162,8 +155,8 @@ SPLIT_CHECKS = ("train_validation_disjoint", "yaml_paths_exist")
 
 
 def test_record_and_split_checks_pass_then_catch_a_corrupt_record_shard_and_a_leaking_split(
-        provider: StaticServer, tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
-    _, _, defs = setup(get_handler("mnist"), provider, tmp_path, home)
+        static_server: StaticServer, tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
+    _, _, defs = setup(get_handler("mnist"), static_server, tmp_path, home)
     result = run(defs, instance, "artifacts", "records", "splits")
     assert result.success
     expected = {("records", name): True for name in RECORD_CHECKS} | {("splits", name): True for name in SPLIT_CHECKS}

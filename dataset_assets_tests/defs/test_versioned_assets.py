@@ -1,7 +1,6 @@
 """Versioned datasets in a real DagsterInstance: one partition per version, from a loopback provider to moto S3."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,14 +44,6 @@ s3_bucket = s3_fixtures.s3_bucket
 DOWNLOADS = ("annotations", "assets", "features", "base_data")
 
 
-@pytest.fixture
-def provider(tmp_path: Path) -> Iterator[StaticServer]:
-    served = tmp_path / "served"
-    served.mkdir()
-    with StaticServer(served) as server:
-        yield server
-
-
 def publish_section(bucket: S3Bucket) -> dict:
     return {"bucket": bucket.name, "prefix": "public", "part_size_mib": 5, "concurrency": 2,
             "endpoint_url": bucket.endpoint_url}
@@ -78,9 +69,9 @@ def metadata(instance: DagsterInstance, name: str, version: str) -> dict:
 
 
 def test_each_version_partition_materializes_into_its_own_folder_then_publishes_once(
-        provider: StaticServer, s3_bucket: S3Bucket, tmp_path: Path, instance: DagsterInstance) -> None:
-    produced = {version: serve_version(provider.folder, tmp_path / "producer", version) for version in (V1, V2)}
-    catalog = write_catalog(tmp_path, {DS: versioned_body(provider.base_url, publish=publish_section(s3_bucket))})
+        static_server: StaticServer, s3_bucket: S3Bucket, tmp_path: Path, instance: DagsterInstance) -> None:
+    produced = {version: serve_version(static_server.folder, tmp_path / "producer", version) for version in (V1, V2)}
+    catalog = write_catalog(tmp_path, {DS: versioned_body(static_server.base_url, publish=publish_section(s3_bucket))})
     defs = make_defs(catalog, tmp_path)
 
     for version in (V1, V2):
@@ -100,10 +91,10 @@ def test_each_version_partition_materializes_into_its_own_folder_then_publishes_
 
 
 def test_a_crafted_assets_tar_fails_its_version_partition_and_extracts_nothing(
-        provider: StaticServer, tmp_path: Path, instance: DagsterInstance) -> None:
-    serve_version(provider.folder, tmp_path / "producer", V1)
-    crafted_tar(provider.folder / V1 / "assets.tar", _member("/etc/cron.d/evil"), b"x")
-    defs = make_defs(write_catalog(tmp_path, {DS: versioned_body(provider.base_url)}), tmp_path)
+        static_server: StaticServer, tmp_path: Path, instance: DagsterInstance) -> None:
+    serve_version(static_server.folder, tmp_path / "producer", V1)
+    crafted_tar(static_server.folder / V1 / "assets.tar", _member("/etc/cron.d/evil"), b"x")
+    defs = make_defs(write_catalog(tmp_path, {DS: versioned_body(static_server.base_url)}), tmp_path)
 
     with pytest.raises(UnsafeArchiveError, match="absolute"):
         run(defs, instance, V1, "assets")
@@ -134,9 +125,9 @@ def test_dynamic_versions_are_added_by_the_sensor_from_the_bucket_and_download_f
 
 
 def test_published_check_passes_after_publishing_and_fails_naming_an_object_that_changed(
-        provider: StaticServer, s3_bucket: S3Bucket, tmp_path: Path, instance: DagsterInstance) -> None:
-    serve_version(provider.folder, tmp_path / "producer", V1)
-    catalog = write_catalog(tmp_path, {DS: versioned_body(provider.base_url, publish=publish_section(s3_bucket))})
+        static_server: StaticServer, s3_bucket: S3Bucket, tmp_path: Path, instance: DagsterInstance) -> None:
+    serve_version(static_server.folder, tmp_path / "producer", V1)
+    catalog = write_catalog(tmp_path, {DS: versioned_body(static_server.base_url, publish=publish_section(s3_bucket))})
     defs = make_defs(catalog, tmp_path)
     published = run(defs, instance, V1, *DOWNLOADS, "published")
     assert [(e.check_name, e.passed) for e in published.get_asset_check_evaluations()] == [
