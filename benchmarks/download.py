@@ -36,6 +36,7 @@ from dataset_assets.core.manifest import ManifestEntry
 from dataset_assets.core.s3 import MultipartSettings, S3Destination, S3Url, make_s3_client
 from dataset_assets.core.storage import LocalDestination
 from dataset_assets.core.transfer import TransferSettings, transfer_entries
+from dataset_assets.scale.local_services import free_port
 
 MIB = 1 << 20
 CONFIG = "bench"
@@ -175,12 +176,6 @@ class Row:
     engine: Timing
     curl: Timing
     curl_sha1sum: Timing
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _status_kib(field: str) -> int:

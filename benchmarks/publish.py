@@ -20,7 +20,6 @@ import os
 import platform
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from results import replace_section
 from dataset_assets.core.publish import publish_file, version_destination
 from dataset_assets.core.s3 import MIB, make_s3_client
 from dataset_assets.core.versioned import PublishSpec
+from dataset_assets.scale.local_services import free_port
 
 SECTION = "## Publish"
 BUCKET = "publish-bench"
@@ -54,9 +54,7 @@ DUMMY_AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
 @contextmanager
 def moto_server() -> Iterator[str]:
     """`moto_server` on a free loopback port, in its own process; yields its endpoint URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"

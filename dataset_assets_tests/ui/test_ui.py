@@ -6,7 +6,6 @@ Materialize dialog runs to success. Skips only when chromium cannot start on thi
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from dataset_assets.cli import DEMO_URL_ENV
 from dataset_assets.core.catalog import Catalog
 from dataset_assets.defs.resources import HOME_ENV
 from dataset_assets.demo.server import DemoServer
+from dataset_assets.scale.local_services import free_port
 from dataset_assets_tests.defs.conftest import DEMO, demo_catalog, make_defs  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -57,12 +57,6 @@ class Webserver:
     url: str
     dagster_home: Path
     home: Path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until_serving(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
