@@ -473,9 +473,8 @@ class _BufferSource:
         return data, self._header_at(start + padded, what)
 
 
-def _pax_fields(payload: MemberData, archive: str) -> dict[str, str]:
+def _pax_fields(payload: bytes, archive: str) -> dict[str, str]:
     """Records `"<length> <keyword>=<value>\\n"` of a pax extended header."""
-    payload = bytes(payload)
     fields: dict[str, str] = {}
     position = 0
     while position < len(payload) and payload[position] != 0:
@@ -544,14 +543,15 @@ def _members(source: _StreamSource | _BufferSource, archive: str, read_data: boo
         offset += BLOCKSIZE
         padded = _padded(header.size)
         if header.kind in _EXTENDED_TYPES:
-            payload, block = source.take(padded, padded, True, "extended header")
+            data, block = source.take(padded, padded, True, "extended header")
+            payload = bytes(data or b"")[: header.size]
             offset += padded
             if header.kind == tarfile.XHDTYPE:
-                pax = _pax_fields(bytes(payload or b"")[: header.size], archive)
+                pax = _pax_fields(payload, archive)
                 if any(keyword.startswith("GNU.sparse") for keyword in pax):
                     raise UnsafeArchiveError(archive, pax.get("path", header.name), "sparse members are not allowed")
             elif header.kind == tarfile.GNUTYPE_LONGNAME:
-                long_name = bytes(payload or b"")[: header.size].rstrip(b"\0").decode("utf-8", "surrogateescape")
+                long_name = payload.rstrip(b"\0").decode("utf-8", "surrogateescape")
             continue
         name, size = header.name, header.size
         if pax or long_name:
