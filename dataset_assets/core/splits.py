@@ -18,6 +18,7 @@ import yaml
 
 from dataset_assets.core import storage
 from dataset_assets.core.errors import DatasetAssetsError, SplitError
+from dataset_assets.core.tar_lists import load_tars_by_sequence
 
 SPLIT_JSON_KEYS = ("train_sequences", "val_sequences")
 YAML_PREFIXES = ("local", "streamable")
@@ -109,15 +110,12 @@ def _tars_yaml(sequences: Sequence[str], tars_by_sequence: Mapping[str, Sequence
     return yaml.dump({"tars": tars}, default_flow_style=False).encode("utf-8")
 
 
-def _published_sequences(path: Path) -> list[str] | None:
+def _published_sequences(path: Path) -> frozenset[str] | None:
     """The sequences a published split YAML lists; None when there is none or it cannot be read."""
     try:
-        document = yaml.safe_load(path.read_bytes())
-    except (OSError, yaml.YAMLError):
+        return frozenset(load_tars_by_sequence(path))
+    except SplitError:
         return None
-    if not isinstance(document, dict) or not isinstance(document.get("tars"), dict):
-        return None
-    return [str(sequence) for sequence in document["tars"]]
 
 
 def write_split_yamls(
@@ -141,7 +139,7 @@ def write_split_yamls(
         published = _published_sequences(written[part])
         if published is None:
             continue
-        kept = [sequence for sequence in parts[part] if sequence in frozenset(published)]
+        kept = [sequence for sequence in parts[part] if sequence in published]
         if len(kept) < len(published) and kept != list(parts[part]):
             storage.write_bytes_atomic(written[part], _tars_yaml(kept, tars_by_sequence))
     for part, data in contents.items():
