@@ -58,16 +58,18 @@ def _hash_pool() -> ThreadPoolExecutor:
 class StreamDigest:
     """Size, sha1 and sha256 of a byte stream, fed chunk by chunk, hashed off the caller's thread.
 
-    Chunks are batched to `HASH_BATCH_BYTES`; sha1 and sha256 each hash a batch on their own helper
-    thread, one batch behind (hashlib releases the GIL), so the two digests run in parallel and the
-    thread receiving and writing bytes does not wait for them.
+    Chunks are batched to `HASH_BATCH_BYTES`; one helper thread hashes a batch into both digests
+    (hashlib releases the GIL) while the caller receives and writes the next one. One helper per
+    stream, not one per digest: on two cores, a receiving thread and two hashing threads share them
+    three ways, and the receiver, the critical path, gets two thirds of a core (benchmarks/RESULTS.md
+    "Downloads").
     """
 
     def __init__(self) -> None:
         self._sha1, self._sha256, self.size = hashlib.sha1(), hashlib.sha256(), 0
         self._batch: list[bytes] = []
         self._batched = 0
-        self._pending: list[Future[None]] = []
+        self._pending: Future[None] | None = None
 
     def update(self, chunk: bytes) -> None:
         self._batch.append(chunk)
@@ -76,25 +78,23 @@ class StreamDigest:
         if self._batched >= HASH_BATCH_BYTES:
             batch, self._batch, self._batched = self._batch, [], 0
             self._wait()
-            pool = _hash_pool()
-            self._pending = [pool.submit(_hash_into, self._sha1, batch), pool.submit(_hash_into, self._sha256, batch)]
+            self._pending = _hash_pool().submit(self._hash, batch)
+
+    def _hash(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self._sha1.update(chunk)
+            self._sha256.update(chunk)
 
     def _wait(self) -> None:
-        for pending in self._pending:
-            pending.result()
-        self._pending = []
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
 
     def result(self) -> FileDigest:
         self._wait()
-        for hasher in (self._sha1, self._sha256):
-            _hash_into(hasher, self._batch)
+        self._hash(self._batch)
         self._batch, self._batched = [], 0
         return FileDigest(size=self.size, sha1=self._sha1.hexdigest(), sha256=self._sha256.hexdigest())
-
-
-def _hash_into(hasher: hashlib._Hash, batch: list[bytes]) -> None:
-    for chunk in batch:
-        hasher.update(chunk)
 
 
 def digest_file(path: Path, digest: StreamDigest | None = None) -> FileDigest:
