@@ -5,8 +5,10 @@ Scenarios (same files, same static server, same run): 64 small files (512 KiB) s
 files again with a 20 ms delay before each response (loopback has no latency to hide otherwise). The server is a
 separate process answering with `sendfile`, so neither client competes with it for the GIL.
 Files land on tmpfs by default (`--work-dir`), so the network path is measured, not the disk.
-Each row is the median of `--runs` runs into an emptied folder: wall seconds, and CPU seconds of
-the client (this process for the engine, the child for curl), which a busy machine skews less.
+Each row is the median of `--runs` rounds into an emptied folder, each round running the engine,
+curl and curl + sha1sum once (interleaved, so a change in the machine's load hits them alike): wall
+seconds, and CPU seconds of the client (this process for the engine, the child for curl), which a
+busy machine skews less.
 The engine verifies sha1 + sha256 and fsyncs each file before its atomic rename; curl does
 neither, so `curl + sha1sum` shows what verifying costs curl. The S3 line streams the 1 GiB file
 into moto's standalone server (another process) from a fresh child process and reports that
@@ -164,9 +166,12 @@ def engine(entries: list[ManifestEntry], out: Path, workers: int) -> Timing:
     return timing
 
 
-def median_timing(runs: int, out: Path, measure: Callable[[Path], Timing]) -> Timing:
-    timings = [measure(fresh(out)) for _ in range(runs)]
-    return Timing(statistics.median(t.wall for t in timings), statistics.median(t.cpu for t in timings))
+def median_timings(runs: int, out: Path, measures: list[Callable[[Path], Timing]]) -> list[Timing]:
+    """Median timing of each measure, run interleaved (one of each per round) so that a change in
+    the machine's load during the row hits the engine and curl alike."""
+    rounds = [[measure(fresh(out)) for measure in measures] for _ in range(runs)]
+    return [Timing(statistics.median(r[i].wall for r in rounds), statistics.median(r[i].cpu for r in rounds))
+            for i in range(len(measures))]
 
 
 @dataclass(frozen=True)
@@ -270,10 +275,10 @@ def measure(runs: int, out: Path, sets: dict[str, list[ManifestEntry]]) -> list[
     rows = []
     for label, name, workers in plan:
         entries = sets[name]
-        row = Row(label, sum(entry.size or 0 for entry in entries),
-                  median_timing(runs, out, lambda folder: engine(entries, folder, workers)),
-                  median_timing(runs, out, lambda folder: curl(entries, folder, workers, verify=False)),
-                  median_timing(runs, out, lambda folder: curl(entries, folder, workers, verify=True)))
+        row = Row(label, sum(entry.size or 0 for entry in entries), *median_timings(runs, out, [
+            lambda folder: engine(entries, folder, workers),
+            lambda folder: curl(entries, folder, workers, verify=False),
+            lambda folder: curl(entries, folder, workers, verify=True)]))
         rows.append(row)
         print(f"{label}: {row}", flush=True)
     return rows
@@ -292,7 +297,8 @@ def report(args: argparse.Namespace, rows: list[Row], s3: dict[str, float]) -> N
               f"| {row.engine.cpu:.2f} / {row.curl.cpu:.2f} / {row.curl_sha1sum.cpu:.2f} |")
     print()
     for serial, concurrent in ((rows[0], rows[1]), (rows[4], rows[5])):
-        print(f"{concurrent.label}: engine vs serial curl {serial.curl.wall / concurrent.engine.wall:.2f}x")
+        print(f"{concurrent.label}: engine vs serial curl {serial.curl.wall / concurrent.engine.wall:.2f}x, "
+              f"curl in flight vs serial curl {serial.curl.wall / concurrent.curl.wall:.2f}x")
     print(f"1 GiB stream to S3 (moto in another process, 8 MiB parts, 4 in flight): {1024 / s3['seconds']:.0f} MiB/s, "
           f"peak RSS growth {s3['peak_growth_mib']:.1f} MiB (RSS before {s3['rss_before_mib']:.0f} MiB)")
 
