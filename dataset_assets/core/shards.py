@@ -11,10 +11,11 @@ plain tar (same member headers, ending in two zero blocks), compressed as a sing
 `zstd -d` + `tar t` lists such a block; our readers expand blocks transparently, plain
 `webdataset` sees one opaque member per block. `block_samples=1` compresses each sample alone.
 
-Reading goes through one parser that refuses any member that is not a plain file with a
-relative, non-escaping name (symlinks, hard links, devices, `..`, absolute): `iter_tar_members`
-over a stream (http, s3, a pipe) and `iter_buffer_members` over a tar in memory or a local shard
-mapped with `map_shard`, which can hand out members as zero-copy views.
+Reading refuses any member that is not a plain file with a relative, non-escaping name
+(symlinks, hard links, devices, `..`, absolute). Two loops share the header parse and the
+refusals: `iter_tar_members` over a stream (http, s3, a pipe), and `_buffer_members` over a tar
+in memory (a decompressed block) or a local shard mapped with `map_shard`, which can hand out
+members as zero-copy views.
 """
 from __future__ import annotations
 
@@ -443,36 +444,6 @@ class _StreamSource:
         return data, _read_then_header(stream, padded - size, archive, what)[1]
 
 
-class _BufferSource:
-    """Tar bytes already in memory or mapped: member data is a slice, copied into its own `bytes`
-    or, with `views`, a zero-copy `memoryview` of the buffer."""
-
-    def __init__(self, buffer: memoryview, archive: str, views: bool) -> None:
-        self.buffer, self.archive, self.views = buffer, archive, views
-        self.position = 0
-
-    def _header_at(self, position: int, what: str) -> bytes:
-        end = len(self.buffer)
-        if position != end and position + BLOCKSIZE > end:
-            raise DatasetAssetsError(f"{self.archive}: truncated tar archive ({what})")
-        self.position = min(position + BLOCKSIZE, end)
-        return bytes(self.buffer[position:self.position])
-
-    def first_header(self) -> bytes:
-        return self._header_at(0, "header")
-
-    def take(self, size: int, padded: int, keep: bool, what: str) -> tuple[MemberData | None, bytes]:
-        start = self.position
-        if start + padded > len(self.buffer):
-            raise DatasetAssetsError(
-                f"{self.archive}: truncated tar archive ({what}: {len(self.buffer) - start} of {padded} bytes)")
-        data: MemberData | None = None
-        if keep:
-            data = self.buffer[start:start + size]
-            data = data if self.views else bytes(data)
-        return data, self._header_at(start + padded, what)
-
-
 def _pax_fields(payload: bytes, archive: str) -> dict[str, str]:
     """Records `"<length> <keyword>=<value>\\n"` of a pax extended header."""
     fields: dict[str, str] = {}
@@ -495,6 +466,18 @@ def _pax_size(pax: Mapping[str, str], archive: str, header: _Header) -> int:
     if not value.isdigit():
         raise DatasetAssetsError(f"{archive}: member {header.name!r}: pax size {value!r} is not a number >= 0")
     return int(value)
+
+
+def _extended(header: _Header, payload: bytes, archive: str, pax: dict[str, str], long_name: str | None
+              ) -> tuple[dict[str, str], str | None]:
+    """The pax fields and GNU long name that apply to the next member, after extended header `header`."""
+    if header.kind == tarfile.XHDTYPE:
+        pax = _pax_fields(payload, archive)
+        if any(keyword.startswith("GNU.sparse") for keyword in pax):
+            raise UnsafeArchiveError(archive, pax.get("path", header.name), "sparse members are not allowed")
+    elif header.kind == tarfile.GNUTYPE_LONGNAME:
+        long_name = payload.rstrip(b"\0").decode("utf-8", "surrogateescape")
+    return pax, long_name
 
 
 def _octal(field: bytes) -> int:
@@ -532,7 +515,7 @@ def _parse_header(block: bytes, archive: str, offset: int) -> _Header:
     return _Header(name.decode("utf-8", "surrogateescape"), size, kind)
 
 
-def _members(source: _StreamSource | _BufferSource, archive: str, read_data: bool) -> Iterator[TarMember]:
+def _members(source: _StreamSource, archive: str, read_data: bool) -> Iterator[TarMember]:
     """Parse tar members from `source`, refusing unsafe ones; stops at the end-of-archive block."""
     offset = 0
     long_name: str | None = None
@@ -544,14 +527,8 @@ def _members(source: _StreamSource | _BufferSource, archive: str, read_data: boo
         padded = _padded(header.size)
         if header.kind in _EXTENDED_TYPES:
             data, block = source.take(padded, padded, True, "extended header")
-            payload = bytes(data or b"")[: header.size]
             offset += padded
-            if header.kind == tarfile.XHDTYPE:
-                pax = _pax_fields(payload, archive)
-                if any(keyword.startswith("GNU.sparse") for keyword in pax):
-                    raise UnsafeArchiveError(archive, pax.get("path", header.name), "sparse members are not allowed")
-            elif header.kind == tarfile.GNUTYPE_LONGNAME:
-                long_name = payload.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            pax, long_name = _extended(header, bytes(data or b"")[: header.size], archive, pax, long_name)
             continue
         name, size = header.name, header.size
         if pax or long_name:
@@ -575,12 +552,6 @@ def iter_tar_members(stream: BinaryIO, archive: str, read_data: bool = True) -> 
     return _members(_StreamSource(stream, archive), archive, read_data)
 
 
-def iter_buffer_members(buffer: Buffer, archive: str, views: bool = False) -> Iterator[TarMember]:
-    """`iter_tar_members` over a tar already in memory or mapped; with `views`, member data is a
-    zero-copy `memoryview` of `buffer` instead of its own `bytes`."""
-    return _members(_BufferSource(memoryview(buffer), archive, views), archive, True)
-
-
 def is_block(name: str) -> bool:
     return BLOCK_NAME.fullmatch(name.rpartition("/")[2]) is not None
 
@@ -596,38 +567,88 @@ def decompress_block(data: bytes, where: str) -> bytes:
         raise DatasetAssetsError(f"{where}: corrupt zstd block ({error})") from error
 
 
-def _samples(members: Iterator[TarMember], archive: str, views: bool = False, in_block: bool = False
+def _samples(members: Iterable[tuple[str, MemberData]], archive: str, views: bool = False, in_block: bool = False
              ) -> Iterator[tuple[str, dict[str, MemberData]]]:
-    """Group consecutive members by key into samples; a zstd block yields the samples inside it."""
+    """Group consecutive `(name, data)` members by key into samples; a zstd block yields the
+    samples inside it."""
     key: str | None = None
     sample: dict[str, MemberData] = {}
-    for member in members:
-        assert member.data is not None
-        if BLOCK_PREFIX in member.name and is_block(member.name):
+    for name, data in members:
+        if BLOCK_PREFIX in name and is_block(name):
             if in_block:
-                raise UnsafeArchiveError(archive, member.name, "nested zstd blocks are not allowed")
+                raise UnsafeArchiveError(archive, name, "nested zstd blocks are not allowed")
             if key is not None:
                 yield key, sample
             key, sample = None, {}
-            where = f"{archive}:{member.name}"
-            inner = iter_buffer_members(decompress_block(member.data, where), where, views)
-            yield from _samples(inner, where, views, in_block=True)
+            where = f"{archive}:{name}"
+            inner = decompress_block(bytes(data), where)
+            yield from _samples(_buffer_members(inner, where, views), where, views, in_block=True)
             continue
-        member_key, extension = split_member_name(member.name)
+        member_key, extension = split_member_name(name)
         if member_key != key:
             if key is not None:
                 yield key, sample
             key, sample = member_key, {}
         elif extension in sample:
             raise DatasetAssetsError(f"{archive}: sample {member_key!r} has member {extension!r} twice")
-        sample[extension] = member.data
+        sample[extension] = data
     if key is not None:
         yield key, sample
 
 
+def _truncated(archive: str, what: str) -> DatasetAssetsError:
+    return DatasetAssetsError(f"{archive}: truncated tar archive ({what})")
+
+
+def _buffer_members(buffer: Buffer, archive: str, views: bool) -> Iterator[tuple[str, MemberData]]:
+    """`(name, data)` of each member of a tar in memory or mapped, refusing unsafe members.
+
+    The parse and refusals of `iter_tar_members`, in one loop over the buffer: member data is a
+    slice of it, copied into its own `bytes` or, with `views`, a zero-copy `memoryview`. For small
+    members Python's cost per member is all the cost, and the stream parser's source object and
+    member tuples cost about 1.5x this loop (benchmarks/RESULTS.md "Shards").
+    """
+    view = memoryview(buffer)
+    end = len(view)
+    position = 0
+    what = "header"
+    long_name: str | None = None
+    pax: dict[str, str] = {}
+    while position < end:
+        data_start = position + BLOCKSIZE
+        if data_start > end:
+            raise _truncated(archive, what)
+        block = bytes(view[position:data_start])
+        if block == _ZERO_BLOCK:
+            return
+        header = _parse_header(block, archive, position)
+        size = header.size
+        if header.kind in _EXTENDED_TYPES:
+            position = data_start + _padded(size)
+            if position > end:
+                raise _truncated(archive, f"extended header: {end - data_start} of {position - data_start} bytes")
+            pax, long_name = _extended(header, bytes(view[data_start:data_start + size]), archive, pax, long_name)
+            what = "extended header"
+            continue
+        name = header.name
+        if pax or long_name:
+            name, size = pax.get("path", long_name or name), _pax_size(pax, archive, header)
+            long_name, pax = None, {}
+        reason = _unsafe_reason(name, header.kind)
+        if reason is not None:
+            raise UnsafeArchiveError(archive, name, reason)
+        what = f"member {name!r}"
+        position = data_start + _padded(size)
+        if position > end:
+            raise _truncated(archive, f"{what}: {end - data_start} of {position - data_start} bytes")
+        data = view[data_start:data_start + size]
+        yield name, (data if views else bytes(data))
+
+
 def iter_stream_samples(stream: BinaryIO, archive: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield `(key, {extension: bytes})` per sample of a shard stream, expanding zstd blocks."""
-    return _samples(iter_tar_members(stream, archive), archive)  # type: ignore[return-value]
+    members = ((member.name, member.data or b"") for member in iter_tar_members(stream, archive))
+    return _samples(members, archive)  # type: ignore[return-value]
 
 
 def open_shard(path: Path) -> BinaryIO:
@@ -663,7 +684,7 @@ def iter_tar_samples(path: Path, views: bool = False) -> Iterator[tuple[str, dic
     """
     mapping = map_shard(path)
     if mapping is not None:
-        yield from _samples(iter_buffer_members(mapping, str(path), views), str(path), views)
+        yield from _samples(_buffer_members(mapping, str(path), views), str(path), views)
 
 
 def count_samples(path: Path) -> int:

@@ -20,6 +20,7 @@ from dataset_assets.core.shards import (
     ShardWriter,
     append_shards,
     count_samples,
+    iter_stream_samples,
     iter_tar_members,
     iter_tar_samples,
     verify_shard_set,
@@ -195,6 +196,30 @@ def test_crafted_tar_members_are_rejected_with_archive_member_and_reason(tmp_pat
             read(tmp_path)
         assert caught.value.archive == str(path) and caught.value.member.rstrip("/") == member.name
         assert reason in str(caught.value)
+
+
+def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            tar.addfile(_regular(name, data), io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_a_zstd_block_inside_a_block_is_refused_by_the_local_and_the_stream_reader(tmp_path: Path) -> None:
+    inner = zstandard.ZstdCompressor(write_content_size=True).compress(_tar_bytes([("seq_a_f0000.json", b"{}")]))
+    outer = zstandard.ZstdCompressor(write_content_size=True).compress(
+        _tar_bytes([("seq_a_f0001.json", b"{}"), ("zstd-block-000001.tar.zst", inner)]))
+    path = tmp_path / "nested.tar"
+    path.write_bytes(_tar_bytes([("zstd-block-000000.tar.zst", outer)]))
+
+    with pytest.raises(UnsafeArchiveError, match="nested zstd blocks are not allowed") as mapped:
+        list(iter_tar_samples(path))
+    with open(path, "rb") as stream, pytest.raises(UnsafeArchiveError, match="nested zstd blocks") as streamed:
+        list(iter_stream_samples(stream, str(path)))
+    for caught in (mapped, streamed):
+        assert caught.value.archive == f"{path}:zstd-block-000000.tar.zst"
+        assert caught.value.member == "zstd-block-000001.tar.zst"
 
 
 def test_truncated_tar_and_bad_header_checksum_name_the_file(tmp_path: Path) -> None:
