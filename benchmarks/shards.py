@@ -44,16 +44,16 @@ members handed out either as `bytes` (one copy each into fresh memory) or, with
 bytes come from the page cache when a decoder touches them, so the views rows measure how fast
 samples are delivered, while `cat` and the bytes rows move every byte once.
 
-Sequential read meets 0.8× `cat` only with views and large members. What remains is Python's
-cost per member — parse and checksum the 512-byte header, refuse unsafe names, split the key,
-group members into samples — about 15 µs per member in this run. For 150 KiB members that is small
-next to the copy the bytes path makes (whose ceiling is the "pread per member" row: a bare loop of
-one `os.pread` per member at offsets from `_index.json`, nothing else); for 4 KiB members it is
-everything (cat moves a whole 10 KiB sample in about 2 µs), so neither path comes near `cat`
-there, though both beat `tarfile` and `webdataset` several times over. Closing that gap needs the
-header walk and sample grouping in compiled code. Write and random access meet their targets;
-random access reads a sample with one `pread` (one per member past 64 KiB) through the index,
-where `wids` slices an mmap."""
+What keeps sequential read under 0.8× `cat` is Python's cost per member (the "time per member"
+lines): parse and checksum the 512-byte header, refuse unsafe names, split the key, group members
+into samples. `cat` moves a 4 KiB member with its header in under 1 µs; the reader spends several
+µs of Python on every member before touching its bytes, which is nearly all of the gap for 4 KiB
+members and, with a JSON and a tensor member beside each image, much of it for 150 KiB ones. Both
+paths beat `tarfile` and `webdataset` several times over; closing the gap to `cat` needs the
+header walk and sample grouping in compiled code. The "pread per member" row is a bare loop of
+one `os.pread` per member at offsets from `_index.json`, nothing else. Write and random access
+meet their targets; random access reads a sample with one `pread` (one per member past 64 KiB)
+through the index, where `wids` slices an mmap."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,8 @@ def read_floor(folder: Path) -> None:
             os.close(descriptor)
 
 
-def bench_sequential(folder: Path, paths: list[str], repeats: int) -> list[Row]:
+def bench_sequential(folder: Path, paths: list[str], repeats: int) -> tuple[list[Row], str]:
+    """Rows against each reference, and the time each reader spends per member."""
     size = sum(os.path.getsize(path) for path in paths)
     read_ours(paths)  # warm the page cache
     medians = interleaved({
@@ -180,10 +181,13 @@ def bench_sequential(folder: Path, paths: list[str], repeats: int) -> list[Row]:
     ours = [("bytes", "ShardStream (bytes)"), ("views", "ShardStream (views)")]
     references = [("cat", "cat > /dev/null", 0.8), ("floor", "pread per member, no parsing", 0.0),
                   ("tarfile", "tarfile (plain)", 0.0), ("webdataset", "webdataset.WebDataset", 0.0)]
-    return [Row("sequential read", label, reference, "MB/s of shard",
+    rows = [Row("sequential read", label, reference, "MB/s of shard",
                 size / medians[mode] / 1e6, size / medians[name] / 1e6, target)
             for mode, label in ours for name, reference, target in references
             if mode == "bytes" or name == "cat"]
+    members = sum(len(entry.members) for entry in read_index(folder).entries)
+    per_member = ", ".join(f"{name} {medians[name] / members * 1e6:.1f} µs" for name in ("bytes", "views", "cat"))
+    return rows, f"Sequential read, time per member ({members:,} members): {per_member}."
 
 
 def bench_random(paths: list[str], reads: int, repeats: int) -> Row:
@@ -205,19 +209,20 @@ def bench_random(paths: list[str], reads: int, repeats: int) -> Row:
                reads / medians["ours"], reads / medians["wids"], 1.0)
 
 
-def run_profile(profile: Profile, work: Path, repeats: int, reads: int) -> list[Row]:
+def run_profile(profile: Profile, work: Path, repeats: int, reads: int) -> tuple[list[Row], str]:
     samples = make_samples(profile)
     rows = [bench_write(samples, work, profile, repeats)]
     folder = work / f"set-{profile.name}"
     write_ours(samples, folder, profile.per_shard)
     paths = sorted(str(path) for path in folder.glob("*.tar"))
-    rows += bench_sequential(folder, paths, repeats)
+    sequential, per_member = bench_sequential(folder, paths, repeats)
+    rows += sequential
     rows.append(bench_random(paths, reads, repeats))
     shutil.rmtree(folder)
-    return rows
+    return rows, per_member
 
 
-def table(profile: Profile, rows: list[Row]) -> str:
+def table(profile: Profile, rows: list[Row], per_member: str) -> str:
     lines = [f"**{profile.name}**: {profile.samples} samples of ~{profile.image_bytes // 1024} KiB image + "
              f"JSON + 4 KiB tensor, {profile.per_shard} samples/shard", "",
              "| stage | ours | reference | ours | reference | ratio | target |",
@@ -226,7 +231,7 @@ def table(profile: Profile, rows: list[Row]) -> str:
         target = f"≥ {row.target:.1f}× {'met' if row.ratio >= row.target else '**missed**'}" if row.target else "—"
         lines.append(f"| {row.stage} | {row.ours} | {row.reference} | {row.ours_value:,.0f} {row.unit} | "
                      f"{row.reference_value:,.0f} {row.unit} | {row.ratio:.2f}× | {target} |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", per_member])
 
 
 def machine() -> str:
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     profiles = [Profile("camera frames", 2500, 150 * 1024, 250), Profile("small samples", 8000, 4 * 1024, 1000)]
     work = Path(tempfile.mkdtemp(prefix="shards-bench-", dir=args.work))
     try:
-        tables = [table(profile, run_profile(profile, work, args.repeats, args.reads)) for profile in profiles]
+        tables = [table(profile, *run_profile(profile, work, args.repeats, args.reads)) for profile in profiles]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     command = " ".join(shlex.quote(part) for part in [".venv/bin/python", "benchmarks/shards.py", *sys.argv[1:]])
