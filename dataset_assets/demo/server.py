@@ -63,12 +63,17 @@ class RequestRecord:
 
 
 class ServerStats:
-    """Thread-safe record of requests answered and body bytes written, for assertions in tests."""
+    """Thread-safe record of requests answered and body bytes written, for assertions in tests.
+
+    `reset()` starts a new generation: a body that began before it (say, still trickling into the
+    socket of a client that was just killed) keeps counting in its own generation, not the new one.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: list[RequestRecord] = []
         self._body_bytes: dict[str, int] = {}
+        self.generation = 0
 
     @property
     def requests(self) -> list[RequestRecord]:
@@ -87,14 +92,16 @@ class ServerStats:
         with self._lock:
             self._requests.clear()
             self._body_bytes.clear()
+            self.generation += 1
 
     def record_request(self, record: RequestRecord) -> None:
         with self._lock:
             self._requests.append(record)
 
-    def count_body_bytes(self, path: str, size: int) -> None:
+    def count_body_bytes(self, path: str, size: int, generation: int) -> None:
         with self._lock:
-            self._body_bytes[path] = self._body_bytes.get(path, 0) + size
+            if generation == self.generation:
+                self._body_bytes[path] = self._body_bytes.get(path, 0) + size
 
 
 @dataclass
@@ -414,7 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _write_body(self, source: BinaryIO, length: int) -> None:
         """Copy `length` bytes to the socket, applying any armed drop or trickle fault."""
-        path = self.url_path
+        path, generation = self.url_path, self.demo.stats.generation
         limit = self.demo.faults.take_drop(path)
         rate = self.demo.faults.trickle_rate(path)
         chunk = max(1, rate // TRICKLE_TICKS_PER_SECOND) if rate else CHUNK_BYTES
@@ -425,11 +432,11 @@ class _Handler(BaseHTTPRequestHandler):
             if not data:
                 break
             # Counted before writing: a client that has read these bytes must already see them counted.
-            self.demo.stats.count_body_bytes(path, len(data))
+            self.demo.stats.count_body_bytes(path, len(data), generation)
             try:
                 self.wfile.write(data)
             except ConnectionError:
-                self.demo.stats.count_body_bytes(path, -len(data))
+                self.demo.stats.count_body_bytes(path, -len(data), generation)
                 raise
             sent += len(data)
             if rate and self.demo._wait_stopping(len(data) / rate):

@@ -282,6 +282,22 @@ def test_trickle_slows_the_body_down(demo_server: DemoServer, demo_files: list[D
     assert elapsed >= 0.25
 
 
+def test_bytes_of_a_body_begun_before_reset_do_not_count_after_it(demo_server: DemoServer) -> None:
+    url = _first_url(demo_server)
+    demo_server.faults.trickle(10_000)
+    with httpx.stream("GET", url, headers={"Range": "bytes=0-2999"}) as slow:
+        chunks = slow.iter_raw(1000)
+        first = next(chunks)
+        demo_server.stats.reset()
+        rest = b"".join(chunks)
+    demo_server.faults.clear()
+
+    assert len(first) + len(rest) == 3000
+    assert demo_server.stats.body_bytes_sent() == 0
+    httpx.get(url, headers={"Range": "bytes=0-99"})
+    assert demo_server.stats.body_bytes_sent() == 100
+
+
 def test_ignore_range_answers_the_whole_body(demo_server: DemoServer, demo_files: list[DemoFile]) -> None:
     demo_server.faults.ignore_range()
 
