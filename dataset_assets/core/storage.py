@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -164,16 +166,71 @@ def locked(final: Path) -> Iterator[None]:
         release_lock(final, fd)
 
 
+def _hold(path: Path) -> int:
+    """Open `path` (a file or a folder) and hold an exclusive flock on it, which marks it as being
+    written: the kernel drops the lock when the holder exits, however it exits."""
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _abandoned(path: Path) -> bool:
+    """Whether nobody holds `path`'s flock (see `_hold`); False if it vanished meanwhile."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def remove_abandoned_work(final: Path) -> list[Path]:
+    """Delete the `.part` files, staging and retired folders beside `final` that writers killed
+    before they could clean up left behind; return what was removed.
+
+    Call with `final`'s lock held: writers create their part or staging folder and take its flock
+    under that lock, so every unlocked one found here belongs to a dead writer, and a retired
+    folder only exists while a swap holds the lock.
+    """
+    work = re.compile(rf"\.{re.escape(final.name)}\.[0-9a-f]{{8}}\.(part|staging|retired)")
+    removed = []
+    for path in sorted(final.parent.glob(f".{glob.escape(final.name)}.*")):
+        match = work.fullmatch(path.name)
+        if match is not None and (match.group(1) == "retired" or _abandoned(path)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        logger.info("removed %d abandoned partial writes of %s: %s", len(removed), final,
+                    ", ".join(path.name for path in removed))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_file(final: Path) -> Iterator[Path]:
-    """Yield a `.part` path beside `final`; publish it on success, delete it on failure."""
+    """Yield a `.part` path beside `final`; publish it on success, delete it on failure.
+
+    Parts that killed writers left beside `final` are removed first (`remove_abandoned_work`).
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
     part = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.part")
+    with locked(final):
+        remove_abandoned_work(final)
+        os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        owner = _hold(part)
     try:
         yield part
         publish_file(part, final)
     finally:
         part.unlink(missing_ok=True)
+        os.close(owner)
 
 
 def write_bytes_atomic(final: Path, data: bytes) -> None:
@@ -188,12 +245,16 @@ def atomic_folder(final: Path) -> Iterator[Path]:
     The old folder (if any) is renamed aside before the new one is renamed in, so `final` is
     at every instant either the complete old folder, absent for one rename, or the complete new one.
     The swap holds `final`'s lock: two runs publishing the same folder at once both succeed, last wins.
+    Staging folders that killed writers left beside `final` are removed first (`remove_abandoned_work`).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
     staging = final.with_name(f".{final.name}.{token}.staging")
     retired = final.with_name(f".{final.name}.{token}.retired")
-    staging.mkdir()
+    with locked(final):
+        remove_abandoned_work(final)
+        staging.mkdir()
+        owner = _hold(staging)
     try:
         yield staging
         for child in staging.rglob("*"):
@@ -207,6 +268,7 @@ def atomic_folder(final: Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)
+        os.close(owner)
 
 
 class StorageError(DatasetAssetsError):

@@ -1,12 +1,23 @@
-"""Digests and local files of core/storage.py, against hashlib and the file system."""
+"""Digests and atomic local writes of core/storage.py, against hashlib, the file system and killed writers."""
 from __future__ import annotations
 
 import hashlib
 import random
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from dataset_assets.core.storage import HASH_BATCH_BYTES, FileDigest, StreamDigest, digest_file
+from dataset_assets.core.storage import (
+    HASH_BATCH_BYTES,
+    FileDigest,
+    StreamDigest,
+    atomic_file,
+    atomic_folder,
+    digest_file,
+    remove_abandoned_work,
+    write_bytes_atomic,
+)
 
 
 def _chunks(seed: int, total: int) -> list[bytes]:
@@ -57,3 +68,70 @@ def test_digest_file_equals_the_stream_digest_of_its_bytes(tmp_path: Path) -> No
     path.write_bytes(b"".join(chunks))
 
     assert digest_file(path) == _expected(chunks)
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from dataset_assets.core.storage import atomic_file, atomic_folder
+final = Path(sys.argv[2])
+if sys.argv[1] == "folder":
+    with atomic_folder(final) as staging:
+        (staging / "half.bin").write_bytes(b"half")
+        print("ready", flush=True)
+        time.sleep(60)
+else:
+    with atomic_file(final) as part:
+        part.write_bytes(b"half")
+        print("ready", flush=True)
+        time.sleep(60)
+"""
+
+
+def _killed_mid_write(kind: str, final: Path) -> list[Path]:
+    """Run a writer in a child process, SIGKILL it mid-write, return the hidden work it left."""
+    child = subprocess.Popen([sys.executable, "-c", WRITER, kind, str(final)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    finally:
+        child.kill()
+        child.wait()
+    return sorted(path for path in final.parent.iterdir() if path.name.startswith(f".{final.name}."))
+
+
+def test_a_staging_folder_left_by_a_killed_writer_is_removed_by_the_next_publish(tmp_path: Path) -> None:
+    final = tmp_path / "shard_set"
+    [left] = _killed_mid_write("folder", final)
+    assert left.name.endswith(".staging") and (left / "half.bin").exists()
+
+    with atomic_folder(final) as staging:
+        (staging / "whole.bin").write_bytes(b"whole")
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["shard_set"]
+    assert [path.name for path in final.iterdir()] == ["whole.bin"]
+
+
+def test_a_part_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    final = tmp_path / "local_all_tars.yaml"
+    [left] = _killed_mid_write("file", final)
+    assert left.name.endswith(".part") and left.read_bytes() == b"half"
+
+    write_bytes_atomic(final, b"whole")
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["local_all_tars.yaml"]
+    assert final.read_bytes() == b"whole"
+
+
+def test_work_of_a_live_writer_is_left_alone(tmp_path: Path) -> None:
+    folder, file = tmp_path / "shard_set", tmp_path / "index.json"
+    with atomic_folder(folder) as staging, atomic_file(file) as part:
+        part.write_bytes(b"in progress")
+        (staging / "in_progress.bin").write_bytes(b"x")
+
+        assert remove_abandoned_work(folder) == [] and remove_abandoned_work(file) == []
+        write_bytes_atomic(file, b"other writer")
+        with atomic_folder(folder) as other:
+            (other / "other.bin").write_bytes(b"y")
+
+        assert part.read_bytes() == b"in progress" and (staging / "in_progress.bin").exists()
+    assert file.read_bytes() == b"in progress" and [path.name for path in folder.iterdir()] == ["in_progress.bin"]

@@ -3,7 +3,8 @@
 Each test materializes with `dagster asset materialize` in a subprocess against the test's real
 sqlite instance and dataset home, waits for evidence that the run is inside the stage (a `.part`
 holding bytes, a staging folder holding an open shard, a half-written YAML `.part`), SIGKILLs the
-process group it started, then re-materializes in-process. An `OutputReader` thread reads every
+process group it started, then re-materializes in-process, which must also remove the staging
+folder or `.part` the killed run left behind. An `OutputReader` thread reads every
 file at a final path the whole time; no version it saw may be partial or differ from what the
 stage publishes. Downloads are slowed by the demo server's trickle fault; preprocessing and split
 writing by the delay wrapper in `crash_helpers` (fault injection around the real functions).
@@ -127,6 +128,7 @@ def test_kill_9_mid_preprocess_keeps_the_published_shard_set_whole_and_remateria
         assert verify_shard_set(folder).problems == ()
 
         assert job.execute_in_process(instance=instance, asset_selection=[SHARDS], partition_key=sequence).success
+        assert not staging.exists(), "the killed run's staging folder outlived the next publish"
 
     after = {path.name: path.read_bytes() for path in folder.iterdir()}
     assert {name: data for name, data in after.items() if name != LINEAGE_FILE} == {
@@ -167,6 +169,7 @@ def test_kill_9_mid_split_write_leaves_whole_disjoint_split_yamls_and_rematerial
         assert split_overlap(shard_set / "local_train_tars.yaml", shard_set / "local_validation_tars.yaml") == []
 
         assert job.execute_in_process(instance=instance, asset_selection=[SPLITS]).success
+        assert not half.exists(), "the killed run's YAML .part outlived the next write"
 
     new = {name: sha256_of(shard_set / name) for name in YAMLS}
     assert set(yaml.safe_load((shard_set / "local_all_tars.yaml").read_text())["tars"]) == {
