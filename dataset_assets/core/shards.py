@@ -361,8 +361,11 @@ def _unsafe_reason(name: str, kind: bytes) -> str | None:
 
 
 def check_member(archive: str, member: tarfile.TarInfo) -> None:
-    """Raise `UnsafeArchiveError` unless `member` is a regular file with a safe relative name."""
+    """Raise `UnsafeArchiveError` unless `member` is a regular file with a safe relative name and
+    a size >= 0 (`tarfile` reads `-1750` in a size field as -1000, which would offset size limits)."""
     reason = _unsafe_reason(member.name, member.type)
+    if reason is None and member.size < 0:
+        reason = f"negative size {member.size}"
     if reason is not None:
         raise UnsafeArchiveError(archive, member.name, reason)
 
@@ -463,7 +466,7 @@ def _pax_size(pax: Mapping[str, str], archive: str, header: _Header) -> int:
     if "size" not in pax:
         return header.size
     value = pax["size"]
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise DatasetAssetsError(f"{archive}: member {header.name!r}: pax size {value!r} is not a number >= 0")
     return int(value)
 
@@ -480,10 +483,18 @@ def _extended(header: _Header, payload: bytes, archive: str, pax: dict[str, str]
     return pax, long_name
 
 
-def _octal(field: bytes) -> int:
+def _octal(field: bytes, what: str) -> int:
+    """A numeric header field: octal digits padded with whitespace and ended by a NUL (as tar writes
+    them), or GNU base-256 when the top bit of its first byte is set.
+
+    Only the digits 0-7: `int(text, 8)` alone would also take a sign or underscores, and a size
+    of `-1000` would send the reader back over the header it just read.
+    """
     if field[0] & 0x80:  # GNU base-256, for sizes past 8 GiB
         return tarfile.nti(field)
     text = field.partition(b"\0")[0].strip()
+    if text.translate(None, b"01234567"):
+        raise ValueError(f"{what} field {text!r} is not an octal number")
     return int(text, 8) if text else 0
 
 
@@ -504,9 +515,11 @@ def _parse_header(block: bytes, archive: str, offset: int) -> _Header:
     Parsed here rather than by `tarfile.TarInfo.frombuf`, which costs ~10x more per member.
     """
     try:
-        size, checksum = _octal(block[124:136]), _octal(block[148:156])
+        size, checksum = _octal(block[124:136], "size"), _octal(block[148:156], "checksum")
     except (ValueError, tarfile.InvalidHeaderError) as error:
         raise DatasetAssetsError(f"{archive}: invalid tar header at byte {offset} ({error})") from error
+    if size < 0:
+        raise DatasetAssetsError(f"{archive}: invalid tar header at byte {offset} (negative size {size})")
     if not _checksum_matches(block, checksum):
         raise DatasetAssetsError(f"{archive}: invalid tar header at byte {offset} (checksum mismatch)")
     kind, name, prefix = block[156:157], block[:100].partition(b"\0")[0], block[345:500].partition(b"\0")[0]

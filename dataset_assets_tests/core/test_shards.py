@@ -25,6 +25,7 @@ from dataset_assets.core.shards import (
     iter_tar_samples,
     verify_shard_set,
 )
+from dataset_assets_tests.tar_fixtures import header_with_size_field
 
 
 def sample(sequence: str, frame: int) -> dict[str, bytes]:
@@ -220,6 +221,29 @@ def test_a_zstd_block_inside_a_block_is_refused_by_the_local_and_the_stream_read
     for caught in (mapped, streamed):
         assert caught.value.archive == f"{path}:zstd-block-000000.tar.zst"
         assert caught.value.member == "zstd-block-000001.tar.zst"
+
+
+@pytest.mark.parametrize("size_field", [b"-0000001000\0", b"+0000000010\0", b"1_000\0\0\0\0\0\0\0",
+                                        b"0000000001x\0", b"\xff" + b"\xff" * 10 + b"\xfe"])
+def test_a_size_field_that_is_not_plain_octal_is_refused_by_every_reader(tmp_path: Path, size_field: bytes) -> None:
+    path = tmp_path / "shards-0000.tar"
+    path.write_bytes(header_with_size_field("seq_a_f0000.json", size_field) + b"{}".ljust(1024, b"\0")
+                     + b"\0" * 1024)
+
+    for read in (read_all, lambda folder: count_samples(path),
+                 lambda folder: list(iter_stream_samples(io.BytesIO(path.read_bytes()), str(path)))):
+        with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: invalid tar header at byte 0 \("
+                           r"(size field .* is not an octal number|negative size -\d+)\)"):
+            read(tmp_path)
+
+
+def test_a_pax_size_in_non_ascii_digits_is_refused(tmp_path: Path) -> None:
+    member = _regular("seq_a_f0000.json", b"{}")
+    member.pax_headers = {"size": "\u0662"}  # ARABIC-INDIC DIGIT TWO: str.isdigit() and int() take it
+    crafted_tar(tmp_path / "shards-0000.tar", member)
+
+    with pytest.raises(DatasetAssetsError, match=r"pax size '\u0662' is not a number >= 0"):
+        read_all(tmp_path)
 
 
 def test_truncated_tar_and_bad_header_checksum_name_the_file(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from dataset_assets.core.versioned import (
 )
 from dataset_assets_tests.core.handlers.helpers import write_catalog
 from dataset_assets_tests.static_server import StaticServer
+from dataset_assets_tests.tar_fixtures import header_with_size_field
 
 DS = "objects"
 V1, V2 = "2023_07_28", "2023_09_23"
@@ -147,6 +148,18 @@ def test_crafted_tar_is_rejected_and_nothing_extracted(
         extract_tar_safely(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "x").exists()
+
+
+def test_a_member_of_negative_size_is_rejected_before_it_can_offset_the_size_limit(tmp_path: Path) -> None:
+    archive = tmp_path / "negative.tar"
+    big = tarfile.TarInfo("assets/big.bin")
+    big.size = 1000
+    archive.write_bytes(header_with_size_field("assets/neg.bin", b"-0000001750\0") + big.tobuf(tarfile.USTAR_FORMAT)
+                        + b"y" * 1024 + b"\0" * 1024)  # -1000 then +1000: a sum of 0 under any limit
+
+    with pytest.raises(UnsafeArchiveError, match="negative size"):
+        extract_tar_safely(archive, tmp_path / "out", max_bytes=500)
+    assert not (tmp_path / "out").exists()
 
 
 def test_archive_over_size_limit_is_rejected(tmp_path: Path) -> None:
