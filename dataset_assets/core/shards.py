@@ -63,6 +63,8 @@ RECORDSIZE = tarfile.RECORDSIZE
 BLOCK_PREFIX = "zstd-block-"
 BLOCK_NAME = re.compile(r"zstd-block-\d{6}\.tar\.zst")
 MAX_BLOCK_BYTES = 1 << 30
+MAX_STREAMED_MEMBER_BYTES = 1 << 30
+SKIP_READ_BYTES = 1 << 20
 WRITE_BUFFER_BYTES = 1 << 20
 SMALL_MEMBER_BYTES = 1 << 16
 SPAN_READ_BYTES = 1 << 16
@@ -423,7 +425,12 @@ def _read_then_header(stream: BinaryIO, size: int, archive: str, what: str) -> t
 class _StreamSource:
     """Tar bytes from a stream: a member costs one read (small ones, read with their padding and the
     next header) or two (large ones, read straight into their own bytes), so an unbuffered file
-    needs no extra copy. Skipped data is seeked over when the stream allows."""
+    needs no extra copy. Skipped data is seeked over when the stream allows, else read in chunks.
+
+    A member kept in memory may declare at most `MAX_STREAMED_MEMBER_BYTES`: a read of the size a
+    header declares allocates that much up front, so a hostile server could otherwise ask for any
+    amount of memory with one header.
+    """
 
     def __init__(self, stream: BinaryIO, archive: str) -> None:
         self.stream, self.archive = stream, archive
@@ -438,8 +445,12 @@ class _StreamSource:
             if stream.seekable():
                 stream.seek(padded, os.SEEK_CUR)
             else:
-                _read_exact(stream, padded, archive, what)
+                for skipped in range(0, padded, SKIP_READ_BYTES):
+                    _read_exact(stream, min(SKIP_READ_BYTES, padded - skipped), archive, what)
             return None, self.first_header()
+        if size > MAX_STREAMED_MEMBER_BYTES:
+            raise DatasetAssetsError(f"{archive}: {what} declares {size} bytes, more than the "
+                                     f"{MAX_STREAMED_MEMBER_BYTES} a streamed member may hold")
         if size < SMALL_MEMBER_BYTES:
             chunk, block = _read_then_header(stream, padded, archive, what)
             return chunk[:size], block

@@ -15,6 +15,8 @@ import zstandard
 from dataset_assets.core.errors import DatasetAssetsError, UnsafeArchiveError
 from dataset_assets.core.index import INDEX_FILE, read_index, write_index
 from dataset_assets.core.shards import (
+    MAX_STREAMED_MEMBER_BYTES,
+    SKIP_READ_BYTES,
     Compression,
     ShardFiles,
     ShardWriter,
@@ -237,6 +239,15 @@ def test_a_size_field_that_is_not_plain_octal_is_refused_by_every_reader(tmp_pat
             read(tmp_path)
 
 
+def test_a_streamed_member_declaring_more_than_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    huge = b"\x80" + (MAX_STREAMED_MEMBER_BYTES + 1).to_bytes(11, "big")  # GNU base-256
+    data = header_with_size_field("seq_a_f0000.bin", huge) + b"x" * 4096
+
+    with pytest.raises(DatasetAssetsError, match=rf"member 'seq_a_f0000\.bin' declares {MAX_STREAMED_MEMBER_BYTES + 1}"
+                       r" bytes, more than the \d+ a streamed member may hold"):
+        list(iter_stream_samples(io.BytesIO(data), "remote.tar"))
+
+
 def test_a_pax_size_in_non_ascii_digits_is_refused(tmp_path: Path) -> None:
     member = _regular("seq_a_f0000.json", b"{}")
     member.pax_headers = {"size": "\u0662"}  # ARABIC-INDIC DIGIT TWO: str.isdigit() and int() take it
@@ -315,9 +326,25 @@ def test_reader_agrees_with_tarfile_on_third_party_formats(tmp_path: Path, tar_f
         for number, name in enumerate(names):
             data = os.urandom(number * 700)
             tar.addfile(_regular(name, data), io.BytesIO(data))
+        big = os.urandom(2 * SKIP_READ_BYTES + 5)  # skipped in several reads on an unseekable stream
+        tar.addfile(_regular("k4.big", big), io.BytesIO(big))
     with tarfile.open(path) as tar, open(path, "rb") as stream:
         expected = [(m.name, m.offset_data, tar.extractfile(m).read()) for m in tar]  # type: ignore[union-attr]
         assert [(m.name, m.offset, m.data) for m in iter_tar_members(stream, str(path))] == expected
+    unseekable = io.BufferedReader(_Unseekable(path.read_bytes()), 1000)  # like an HTTP body: skips read
+    headers_only = [(m.name, m.offset, m.data) for m in iter_tar_members(unseekable, str(path), read_data=False)]
+    assert headers_only == [(name, offset, None) for name, offset, _ in expected]
+
+
+class _Unseekable(io.RawIOBase):
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        return self._data.readinto(buffer)
 
 
 def test_appending_a_sequence_extends_the_index_and_leaves_existing_shards_untouched(tmp_path: Path) -> None:
