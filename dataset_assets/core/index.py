@@ -21,6 +21,7 @@ folder. Nothing in it is ever unpickled.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -31,6 +32,7 @@ from dataset_assets.core.errors import DatasetAssetsError, InvalidInputError
 INDEX_FILE = "_index.json"
 INDEX_FORMAT = "dataset_assets.shard_index"
 INDEX_VERSION = 1
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 Member = tuple[str, int, int]
 
@@ -184,7 +186,7 @@ def _shard(item: object, source: str, where: str) -> ShardInfo:
     if not isinstance(name, str) or not name or PurePosixPath(name).is_absolute() or ".." in name.split("/"):
         raise ShardIndexError(source, f"{where}.name", name, "must be a relative shard path inside the index folder")
     sha256 = item.get("sha256")
-    if not isinstance(sha256, str) or len(sha256) != 64:
+    if not isinstance(sha256, str) or SHA256_HEX.fullmatch(sha256) is None:
         raise ShardIndexError(source, f"{where}.sha256", sha256, "must be a 64-character hex digest")
     compression = item.get("compression")
     if compression not in (None, "zstd"):

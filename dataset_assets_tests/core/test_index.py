@@ -71,6 +71,7 @@ def _document(**changes: object) -> dict[str, object]:
         (_document(shards=[{"name": "../x.tar", "samples": 1, "bytes": 1, "sha256": SHA}]), "shards[0].name"),
         (_document(shards=[{"name": "x.tar", "samples": 1, "bytes": -1, "sha256": SHA}]), "shards[0].bytes"),
         (_document(shards=[{"name": "x.tar", "samples": 1, "bytes": 1, "sha256": "zz"}]), "shards[0].sha256"),
+        (_document(shards=[{"name": "x.tar", "samples": 1, "bytes": 1, "sha256": "g" * 64}]), "shards[0].sha256"),
         (_document(blocks=[[3, 0, 1]]), "blocks[0][0]"),
         (_document(samples=[["b0", 0, [["txt", 512, 3]], 7]]), "samples[0][3]"),
         (_document(samples=[["b0", 5, [["txt", 512, 3]]]]), "samples[0][1]"),
