@@ -422,40 +422,36 @@ def _read_then_header(stream: BinaryIO, size: int, archive: str, what: str) -> t
     return chunk[:size], chunk[size:]
 
 
-class _StreamSource:
-    """Tar bytes from a stream: a member costs one read (small ones, read with their padding and the
-    next header) or two (large ones, read straight into their own bytes), so an unbuffered file
-    needs no extra copy. Skipped data is seeked over when the stream allows, else read in chunks.
+def _skip(stream: BinaryIO, padded: int, archive: str, what: str) -> None:
+    """Step over `padded` bytes: one seek when the stream allows, else reads of at most `SKIP_READ_BYTES`."""
+    if stream.seekable():
+        stream.seek(padded, os.SEEK_CUR)
+        return
+    for skipped in range(0, padded, SKIP_READ_BYTES):
+        _read_exact(stream, min(SKIP_READ_BYTES, padded - skipped), archive, what)
 
-    A member kept in memory may declare at most `MAX_STREAMED_MEMBER_BYTES`: a read of the size a
-    header declares allocates that much up front, so a hostile server could otherwise ask for any
-    amount of memory with one header.
+
+def _member_data(stream: BinaryIO, size: int, padded: int, read_data: bool, archive: str, what: str
+                 ) -> tuple[bytes | None, bytes]:
+    """A member's data (None unless `read_data`) and the header block after its padding.
+
+    A member costs one read (small ones, read with their padding and the next header) or two
+    (large ones, read straight into their own bytes), so an unbuffered file needs no extra copy.
+    A kept member may declare at most `MAX_STREAMED_MEMBER_BYTES`: a read of the size a header
+    declares allocates that much up front, so a hostile server could otherwise ask for any amount
+    of memory with one header.
     """
-
-    def __init__(self, stream: BinaryIO, archive: str) -> None:
-        self.stream, self.archive = stream, archive
-
-    def first_header(self) -> bytes:
-        return _read_then_header(self.stream, 0, self.archive, "header")[1]
-
-    def take(self, size: int, padded: int, keep: bool, what: str) -> tuple[bytes | None, bytes]:
-        """A member's data (None unless `keep`) and the header block after its padding."""
-        stream, archive = self.stream, self.archive
-        if not keep:
-            if stream.seekable():
-                stream.seek(padded, os.SEEK_CUR)
-            else:
-                for skipped in range(0, padded, SKIP_READ_BYTES):
-                    _read_exact(stream, min(SKIP_READ_BYTES, padded - skipped), archive, what)
-            return None, self.first_header()
-        if size > MAX_STREAMED_MEMBER_BYTES:
-            raise DatasetAssetsError(f"{archive}: {what} declares {size} bytes, more than the "
-                                     f"{MAX_STREAMED_MEMBER_BYTES} a streamed member may hold")
-        if size < SMALL_MEMBER_BYTES:
-            chunk, block = _read_then_header(stream, padded, archive, what)
-            return chunk[:size], block
-        data = _read_exact(stream, size, archive, what)
-        return data, _read_then_header(stream, padded - size, archive, what)[1]
+    if not read_data:
+        _skip(stream, padded, archive, what)
+        return None, _read_then_header(stream, 0, archive, "header")[1]
+    if size > MAX_STREAMED_MEMBER_BYTES:
+        raise DatasetAssetsError(f"{archive}: {what} declares {size} bytes, more than the "
+                                 f"{MAX_STREAMED_MEMBER_BYTES} a streamed member may hold")
+    if size < SMALL_MEMBER_BYTES:
+        chunk, block = _read_then_header(stream, padded, archive, what)
+        return chunk[:size], block
+    data = _read_exact(stream, size, archive, what)
+    return data, _read_then_header(stream, padded - size, archive, what)[1]
 
 
 def _pax_fields(payload: bytes, archive: str) -> dict[str, str]:
@@ -539,20 +535,25 @@ def _parse_header(block: bytes, archive: str, offset: int) -> _Header:
     return _Header(name.decode("utf-8", "surrogateescape"), size, kind)
 
 
-def _members(source: _StreamSource, archive: str, read_data: bool) -> Iterator[TarMember]:
-    """Parse tar members from `source`, refusing unsafe ones; stops at the end-of-archive block."""
+def iter_tar_members(stream: BinaryIO, archive: str, read_data: bool = True) -> Iterator[TarMember]:
+    """Parse a tar stream member by member, refusing any member that is not a safe plain file.
+
+    Supports ustar, pax (`path`, `size`) and GNU long names; stops at the end-of-archive block.
+    With `read_data=False` member data is skipped (seeked over when the stream allows), so only
+    headers are read.
+    """
     offset = 0
     long_name: str | None = None
     pax: dict[str, str] = {}
-    block = source.first_header()
+    block = _read_then_header(stream, 0, archive, "header")[1]
     while block and block != _ZERO_BLOCK:
         header = _parse_header(block, archive, offset)
         offset += BLOCKSIZE
         padded = _padded(header.size)
         if header.kind in _EXTENDED_TYPES:
-            data, block = source.take(padded, padded, True, "extended header")
+            payload, block = _member_data(stream, padded, padded, True, archive, "extended header")
             offset += padded
-            pax, long_name = _extended(header, bytes(data or b"")[: header.size], archive, pax, long_name)
+            pax, long_name = _extended(header, (payload or b"")[: header.size], archive, pax, long_name)
             continue
         name, size = header.name, header.size
         if pax or long_name:
@@ -561,19 +562,10 @@ def _members(source: _StreamSource, archive: str, read_data: bool) -> Iterator[T
         if reason is not None:
             raise UnsafeArchiveError(archive, name, reason)
         padded = _padded(size)
-        data, block = source.take(size, padded, read_data, f"member {name!r}")
+        data, block = _member_data(stream, size, padded, read_data, archive, f"member {name!r}")
         yield TarMember(name, offset, size, data)
         offset += padded
         long_name, pax = None, {}
-
-
-def iter_tar_members(stream: BinaryIO, archive: str, read_data: bool = True) -> Iterator[TarMember]:
-    """Parse a tar stream member by member, refusing any member that is not a safe plain file.
-
-    Supports ustar, pax (`path`, `size`) and GNU long names. With `read_data=False` member data
-    is skipped (seeked over when the stream allows), so only headers are read.
-    """
-    return _members(_StreamSource(stream, archive), archive, read_data)
 
 
 def is_block(name: str) -> bool:
@@ -629,8 +621,8 @@ def _buffer_members(buffer: Buffer, archive: str, views: bool) -> Iterator[tuple
 
     The parse and refusals of `iter_tar_members`, in one loop over the buffer: member data is a
     slice of it, copied into its own `bytes` or, with `views`, a zero-copy `memoryview`. For small
-    members Python's cost per member is all the cost, and the stream parser's source object and
-    member tuples cost about 1.5x this loop (benchmarks/RESULTS.md "Shards").
+    members Python's cost per member is all the cost, and parsing through a per-member reader
+    object and member tuples cost about 1.5x this loop (benchmarks/RESULTS.md "Shards").
     """
     view = memoryview(buffer)
     end = len(view)
