@@ -106,13 +106,19 @@ CATALOG_CASES = len(CATALOG_TRUNCATIONS) + len(CATALOG_FIELDS) * len(ODD_VALUES)
     ODD_NAMES)
 
 
-def try_catalog(path: Path, data: bytes) -> Exception | None:
+def refusal(path: Path, data: bytes, load: Callable[[Path], object],
+            refused_as: type[Exception]) -> Exception | None:
+    """Write `data` to `path` and load it: the `refused_as` error `load` raised, or None if it loaded."""
     path.write_bytes(data)
     try:
-        load_catalog(path)
-    except CatalogError as error:
+        load(path)
+    except refused_as as error:
         return error
     return None
+
+
+def try_catalog(path: Path, data: bytes) -> Exception | None:
+    return refusal(path, data, load_catalog, CatalogError)
 
 
 def test_catalog_cut_at_every_byte_loads_or_fails_naming_file_and_position(tmp_path: Path) -> None:
@@ -167,12 +173,7 @@ def manifest_document(demo_server: DemoServer) -> dict[str, Any]:
 
 
 def try_manifest(path: Path, data: bytes) -> Exception | None:
-    path.write_bytes(data)
-    try:
-        load_manifest_file(path)
-    except ManifestError as error:
-        return error
-    return None
+    return refusal(path, data, load_manifest_file, ManifestError)
 
 
 MANIFEST_ODD_VALUE_FIELDS = 24  # fields of the manifest (from the top) each given every odd value
