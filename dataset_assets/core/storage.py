@@ -166,10 +166,10 @@ def locked(final: Path) -> Iterator[None]:
         release_lock(final, fd)
 
 
-def _hold(path: Path) -> int:
-    """Open `path` (a file or a folder) and hold an exclusive flock on it, which marks it as being
-    written: the kernel drops the lock when the holder exits, however it exits."""
-    fd = os.open(path, os.O_RDONLY)
+def _hold(path: Path, flags: int = os.O_RDONLY) -> int:
+    """Open `path` (a file or a folder) with `flags` and hold an exclusive flock on it, which marks it
+    as being written: the kernel drops the lock when the holder exits, however it exits."""
+    fd = os.open(path, flags, 0o666)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
 
@@ -223,8 +223,7 @@ def atomic_file(final: Path) -> Iterator[Path]:
     part = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.part")
     with locked(final):
         remove_abandoned_work(final)
-        os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        owner = _hold(part)
+        owner = _hold(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         yield part
         publish_file(part, final)
