@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import json
 import mmap
 import os
 import re
@@ -54,7 +55,9 @@ from dataset_assets.core.index import (
     slice_members,
     write_index,
 )
+from dataset_assets.core.redaction import get_logger
 
+logger = get_logger(__name__)
 Sample = Mapping[str, bytes]
 MemberData = bytes | memoryview
 Buffer = bytes | bytearray | memoryview | mmap.mmap
@@ -302,6 +305,43 @@ def _first_free_number(folder: Path, pattern: str, index: ShardIndex) -> int:
     return number
 
 
+APPEND_JOURNAL = ".append-journal.json"
+
+
+def _current_index(folder: Path) -> ShardIndex:
+    return read_index(folder) if (folder / INDEX_FILE).exists() else ShardIndex()
+
+
+def _recover_interrupted_append(folder: Path, index: ShardIndex) -> None:
+    """Undo what an append killed mid-way left in `folder`; call with the set's lock held.
+
+    Appends hold that lock from start to end, so a staging folder found under it is a dead
+    append's. A journal names the shards an append was renaming in: those the index does not
+    list never reached it (the append died before writing the index) and are removed, so they
+    neither stay as strays beside the set nor hold numbers a new shard would take.
+    """
+    for staging in folder.glob(".append-*.staging"):
+        logger.warning("%s: removing %s, left by an append that was interrupted", folder, staging.name)
+        shutil.rmtree(staging, ignore_errors=True)
+    journal = folder / APPEND_JOURNAL
+    if not journal.exists():
+        return
+    try:
+        names = json.loads(journal.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetAssetsError(f"{journal}: not valid JSON ({error})") from error
+    if not isinstance(names, list) or not all(isinstance(name, str) and _unsafe_reason(name, tarfile.REGTYPE) is None
+                                              for name in names):
+        raise DatasetAssetsError(f"{journal}: expected a list of relative shard names, got {names!r}")
+    indexed = {shard.name for shard in index.shards}
+    for name in names:
+        if name not in indexed and (folder / name).exists():
+            logger.warning("%s: removing %s, renamed in by an append that died before indexing it", folder, name)
+            (folder / name).unlink()
+    journal.unlink()
+    storage.fsync_path(folder)
+
+
 def append_shards(
     folder: Path,
     samples: Iterable[tuple[str, Sample]],
@@ -315,9 +355,12 @@ def append_shards(
     Existing shards are never opened for writing. New shards are built in a staging folder,
     renamed in, and only then is the extended index swapped in, so a reader of the index never
     sees a shard that is not complete. A key already in the index (or twice in `samples`) is refused.
+    The shards being renamed in are named in a journal first, so that the next append removes
+    them if this one is killed before its index is written (`_recover_interrupted_append`).
     """
     with _locked(folder):
-        existing = read_index(folder) if (folder / INDEX_FILE).exists() else ShardIndex()
+        existing = _current_index(folder)
+        _recover_interrupted_append(folder, existing)
         known = set(existing.keys())
         staging = folder / f".append-{uuid.uuid4().hex[:8]}.staging"
         try:
@@ -331,9 +374,16 @@ def append_shards(
             combined = existing.extend(writer.index)
             for shard in writer.shards:
                 storage.fsync_path(staging / shard.name)
-                (folder / shard.name).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staging / shard.name, folder / shard.name)
-            write_index(folder, combined)
+            storage.write_bytes_atomic(folder / APPEND_JOURNAL, json.dumps([s.name for s in writer.shards]).encode())
+            try:
+                for shard in writer.shards:
+                    (folder / shard.name).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(staging / shard.name, folder / shard.name)
+                write_index(folder, combined)
+            except BaseException:
+                _recover_interrupted_append(folder, _current_index(folder))
+                raise
+            (folder / APPEND_JOURNAL).unlink()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return combined

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Callable
@@ -15,6 +18,7 @@ import zstandard
 from dataset_assets.core.errors import DatasetAssetsError, UnsafeArchiveError
 from dataset_assets.core.index import INDEX_FILE, read_index, write_index
 from dataset_assets.core.shards import (
+    APPEND_JOURNAL,
     MAX_STREAMED_MEMBER_BYTES,
     SKIP_READ_BYTES,
     Compression,
@@ -388,6 +392,60 @@ def test_concurrent_appends_keep_every_sample(tmp_path: Path) -> None:
 
     index = read_index(tmp_path)
     assert sorted(index.keys()) == sorted(key for key, _ in SEQUENCE[:4] + [i for s in sequences for i in s])
+    assert verify_shard_set(tmp_path).problems == ()
+
+
+APPENDER = """
+import os, signal, sys, time
+from pathlib import Path
+from dataset_assets.core import shards
+folder, when = Path(sys.argv[1]), sys.argv[2]
+if when == "indexing":  # SIGKILL itself with its shards renamed in and its index not yet written
+    shards.write_index = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+def samples():
+    for frame in range(20):
+        yield f"seq_b_f{frame:04d}", {"bin": bytes([frame]) * 5000}
+    if when == "writing":  # SIGKILLed by the test while its shards are in the staging folder
+        print("ready", flush=True)
+        time.sleep(60)
+shards.append_shards(folder, samples(), max_samples=8)
+"""
+
+
+def _append_killed_while(when: str, folder: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", APPENDER, str(folder), when], stdout=subprocess.PIPE, text=True)
+    try:
+        if when == "writing":
+            assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    finally:
+        if when == "writing":
+            child.kill()
+        assert child.wait(timeout=60) == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("when", ["writing", "indexing"])
+def test_an_append_killed_mid_way_is_undone_by_the_next_append(tmp_path: Path, when: str) -> None:
+    write_set(tmp_path, SEQUENCE, max_samples=16)
+    index_bytes = (tmp_path / INDEX_FILE).read_bytes()
+
+    _append_killed_while(when, tmp_path)
+
+    left = sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".append"))
+    strays = sorted(path.name for path in tmp_path.glob("*.tar"))[3:]
+    if when == "writing":
+        assert len(left) == 1 and left[0].endswith(".staging") and strays == []
+    else:
+        assert len(left) == 2 and APPEND_JOURNAL in left and left[0].endswith(".staging")
+        assert strays == ["shards-0003.tar", "shards-0004.tar", "shards-0005.tar"]
+        assert len(verify_shard_set(tmp_path).problems) == 3
+    assert (tmp_path / INDEX_FILE).read_bytes() == index_bytes
+
+    added = samples_of("seq_b", 10)
+    index = append_shards(tmp_path, iter(added), max_samples=16)
+
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".append")] == []
+    assert [shard.name for shard in index.shards[3:]] == ["shards-0003.tar"]
+    assert read_all(tmp_path) == SEQUENCE + added
     assert verify_shard_set(tmp_path).problems == ()
 
 
