@@ -78,7 +78,6 @@ _EXTENDED_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME)
 # name, size, checksum, type flag and prefix of a ustar header (mode, ids, mtime, link name, magic,
 # version, owner names and device numbers are skipped: a safe plain file does not need them).
 _HEADER_FIELDS = struct.Struct("100s24x12s12x8sc188x155s")
-_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: fault the pages in with one call
 
 
 @dataclass(frozen=True)
@@ -737,18 +736,21 @@ def open_shard(path: Path) -> BinaryIO:
 
 
 def map_shard(path: Path) -> mmap.mmap | None:
-    """A read-only memory map of a local shard, populated up front; None for an empty file.
+    """A read-only memory map of a local shard; None for an empty file.
 
     Reading through a map costs no system call per member, and slicing it copies each member
-    once (or never, as a view). The map is unmapped when its last slice or view is freed. A
-    mapped file must not shrink while it is read (that raises SIGBUS): our writers only ever
-    replace shards by rename, which leaves the mapped file intact.
+    once (or never, as a view). Pages are mapped as they are touched, not up front: populating a
+    38 MB shard's map (and tearing it down) cost about as much as `cat` reading it, and bought
+    nothing when every byte is read, while a reader of views that touches some members only maps
+    those (benchmarks/RESULTS.md "Shards"). The map is unmapped when its last slice or view is
+    freed. A mapped file must not shrink while it is read (that raises SIGBUS): our writers only
+    ever replace shards by rename, which leaves the mapped file intact.
     """
     try:
         with open(path, "rb") as file:
             if os.fstat(file.fileno()).st_size == 0:
                 return None
-            return mmap.mmap(file.fileno(), 0, flags=mmap.MAP_SHARED | _MAP_POPULATE, prot=mmap.PROT_READ)
+            return mmap.mmap(file.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     except OSError as error:
         raise DatasetAssetsError(f"{path}: cannot open shard ({error.strerror})") from error
 
