@@ -1,0 +1,145 @@
+"""Where the time of one 1 GiB download goes: the engine as it is, the engine with its digests
+skipped, and curl, interleaved in each round, on the same loopback `sendfile` server as
+benchmarks/download.py.
+
+"Digests skipped" is a diagnostic, not a mode of the engine: for that run only, this process
+replaces `storage.StreamDigest` with a byte counter and accepts any digest, so what remains is
+receiving, writing, `.part` bookkeeping, fsync and rename. Per run: wall seconds, the client's CPU
+seconds, the server process's CPU seconds, and the CPU seconds both cores sat idle. Also printed:
+what sha1 + sha256 of 1 GiB cost in memory on this CPU.
+
+    .venv/bin/python benchmarks/download_cost.py [--runs 5]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from download import CONFIG, MIB, curl, digests, entries_for, fresh, generate
+
+from dataset_assets.core import storage, transfer
+from dataset_assets.core.manifest import ManifestEntry
+from dataset_assets.core.storage import FileDigest, LocalDestination
+from dataset_assets.core.transfer import TransferSettings, transfer_entries
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class _SizeOnly:
+    """Stands in for `storage.StreamDigest`: counts bytes, hashes nothing."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def update(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+
+    def result(self) -> FileDigest:
+        return FileDigest(self.size, "", "")
+
+
+@contextlib.contextmanager
+def digests_skipped() -> Iterator[None]:
+    stream_digest, matches = storage.StreamDigest, transfer.matches
+    storage.StreamDigest, transfer.matches = _SizeOnly, lambda *args: True  # type: ignore[assignment,misc]
+    try:
+        yield
+    finally:
+        storage.StreamDigest, transfer.matches = stream_digest, matches  # type: ignore[misc]
+
+
+def _process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _idle_cpu() -> float:
+    return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[4]) / TICKS
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def measured(run: Callable[[Path], float], out: Path, server: int) -> tuple[float, float, float, float]:
+    """(wall, client CPU, server CPU, idle CPU) seconds of one run into an emptied `out`."""
+    folder = fresh(out)
+    server_before, idle_before, started = _process_cpu(server), _idle_cpu(), time.perf_counter()
+    client = run(folder)
+    return (time.perf_counter() - started, client, _process_cpu(server) - server_before, _idle_cpu() - idle_before)
+
+
+def engine(entries: list[ManifestEntry], folder: Path) -> float:
+    before = _own_cpu()
+    report = transfer_entries(entries, {CONFIG: LocalDestination(folder)}, TransferSettings(workers=1))
+    assert report.ok, report.failures
+    return _own_cpu() - before
+
+
+def engine_without_digests(entries: list[ManifestEntry], folder: Path) -> float:
+    with digests_skipped():
+        return engine(entries, folder)
+
+
+def hashing_seconds() -> float:
+    """CPU seconds of sha1 + sha256 over 1 GiB held in memory (1 MiB updates), median of 3."""
+    data = os.urandom(MIB)
+    times = []
+    for _ in range(3):
+        sha1, sha256, before = hashlib.sha1(), hashlib.sha256(), time.process_time()
+        for _ in range(1024):
+            sha1.update(data)
+            sha256.update(data)
+        times.append(time.process_time() - before)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--work-dir", type=Path, default=Path("/dev/shm/dataset_assets_bench"))
+    args = parser.parse_args()
+    source, out, port_file = args.work_dir / "source", args.work_dir / "out", args.work_dir / "port"
+    files = generate(source)
+    known = digests(source, files)
+    port_file.unlink(missing_ok=True)
+    download = Path(__file__).with_name("download.py")
+    server = subprocess.Popen([sys.executable, str(download), "--serve", str(source), str(port_file)])
+    try:
+        while not port_file.exists() or not port_file.read_text():
+            time.sleep(0.05)
+        entries = entries_for(f"http://127.0.0.1:{port_file.read_text()}", source, files["one_large"], known)
+        runs: dict[str, Callable[[Path], float]] = {
+            "engine": lambda folder: engine(entries, folder),
+            "engine, digests skipped": lambda folder: engine_without_digests(entries, folder),
+            "curl": lambda folder: curl(entries, folder, 1, verify=False).cpu,
+        }
+        rounds = [{name: measured(run, out, server.pid) for name, run in runs.items()} for _ in range(args.runs)]
+    finally:
+        server.terminate()
+        server.wait()
+    load = " / ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"Command: .venv/bin/python benchmarks/download_cost.py --runs {args.runs} "
+          f"(medians of {args.runs} interleaved rounds; load average {load} at the end)\n")
+    print("| 1 GiB | wall s | vs curl | client CPU s | server CPU s | idle CPU s (2 cores) |")
+    print("|---|---|---|---|---|---|")
+    curl_wall = statistics.median(row["curl"][0] for row in rounds)
+    for name in runs:
+        wall, client, served, idle = (statistics.median(row[name][i] for row in rounds) for i in range(4))
+        print(f"| {name} | {wall:.2f} | {curl_wall / wall:.2f}x | {client:.2f} | {served:.2f} | {idle:.2f} |")
+    print(f"\nsha1 + sha256 of 1 GiB in memory: {hashing_seconds():.2f} CPU s")
+    shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
