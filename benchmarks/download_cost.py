@@ -24,12 +24,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from download import CONFIG, MIB, curl, digests, entries_for, fresh, generate
+from download import MIB, curl, digests, engine, entries_for, fresh, generate
 
 from dataset_assets.core import storage, transfer
 from dataset_assets.core.manifest import ManifestEntry
-from dataset_assets.core.storage import FileDigest, LocalDestination
-from dataset_assets.core.transfer import TransferSettings, transfer_entries
+from dataset_assets.core.storage import FileDigest
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -66,11 +65,6 @@ def _idle_cpu() -> float:
     return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[4]) / TICKS
 
 
-def _own_cpu() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
 def measured(run: Callable[[Path], float], out: Path, server: int) -> tuple[float, float, float, float]:
     """(wall, client CPU, server CPU, idle CPU) seconds of one run into an emptied `out`."""
     folder = fresh(out)
@@ -79,16 +73,9 @@ def measured(run: Callable[[Path], float], out: Path, server: int) -> tuple[floa
     return (time.perf_counter() - started, client, _process_cpu(server) - server_before, _idle_cpu() - idle_before)
 
 
-def engine(entries: list[ManifestEntry], folder: Path) -> float:
-    before = _own_cpu()
-    report = transfer_entries(entries, {CONFIG: LocalDestination(folder)}, TransferSettings(workers=1))
-    assert report.ok, report.failures
-    return _own_cpu() - before
-
-
 def engine_without_digests(entries: list[ManifestEntry], folder: Path) -> float:
     with digests_skipped():
-        return engine(entries, folder)
+        return engine(entries, folder, 1).cpu
 
 
 def hashing_seconds() -> float:
@@ -120,7 +107,7 @@ def main() -> None:
             time.sleep(0.05)
         entries = entries_for(f"http://127.0.0.1:{port_file.read_text()}", source, files["one_large"], known)
         runs: dict[str, Callable[[Path], float]] = {
-            "engine": lambda folder: engine(entries, folder),
+            "engine": lambda folder: engine(entries, folder, 1).cpu,
             "engine, digests skipped": lambda folder: engine_without_digests(entries, folder),
             "curl": lambda folder: curl(entries, folder, 1, verify=False).cpu,
         }

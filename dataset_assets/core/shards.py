@@ -714,7 +714,7 @@ def _buffer_members(buffer: Buffer, archive: str, views: bool) -> Iterator[tuple
         if reason is not None:
             raise UnsafeArchiveError(archive, name, reason)
         previous = name
-        position = data_start + size + (-size % BLOCKSIZE)
+        position = data_start + _padded(size)
         if position > end:
             raise _truncated(archive, f"member {name!r}: {end - data_start} of {position - data_start} bytes")
         data = view[data_start:data_start + size]
