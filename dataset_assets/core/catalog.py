@@ -18,6 +18,7 @@ import yaml
 
 from dataset_assets.core.errors import CatalogError, InvalidInputError
 from dataset_assets.core.handlers.registry import get_handler, handler_names
+from dataset_assets.core.paths import escape_reason
 from dataset_assets.core.preprocess import PreprocessConfig
 from dataset_assets.core.redaction import redact_url
 from dataset_assets.core.versioned import (
@@ -276,7 +277,7 @@ def _read_versions(reader: _Reader, value: Any, field_path: str) -> tuple[str, .
 def _read_component_path(reader: _Reader, value: Any, field_path: str) -> str:
     path = reader.string(value, field_path)
     rest = path.replace("{version}", "")
-    if "{version}" not in path or "{" in rest or "}" in rest or path.startswith("/") or ".." in path.split("/"):
+    if "{version}" not in path or "{" in rest or "}" in rest or escape_reason(path) is not None:
         raise reader.fail(field_path, path, "must be a relative path below base_url containing '{version}' "
                                             "(e.g. '{version}/assets.tar')")
     return path

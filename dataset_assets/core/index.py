@@ -24,10 +24,11 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from dataset_assets.core import storage
 from dataset_assets.core.errors import DatasetAssetsError, InvalidInputError
+from dataset_assets.core.paths import escape_reason
 
 INDEX_FILE = "_index.json"
 INDEX_FORMAT = "dataset_assets.shard_index"
@@ -183,8 +184,10 @@ def _shard(item: object, source: str, where: str) -> ShardInfo:
     if not isinstance(item, dict):
         raise ShardIndexError(source, where, item, "must be an object")
     name = item.get("name")
-    if not isinstance(name, str) or not name or PurePosixPath(name).is_absolute() or ".." in name.split("/"):
-        raise ShardIndexError(source, f"{where}.name", name, "must be a relative shard path inside the index folder")
+    reason = escape_reason(name) if isinstance(name, str) else "must be a string"
+    if reason is not None:
+        raise ShardIndexError(source, f"{where}.name", name,
+                              f"must be a relative shard path inside the index folder: {reason}")
     sha256 = item.get("sha256")
     if not isinstance(sha256, str) or SHA256_HEX.fullmatch(sha256) is None:
         raise ShardIndexError(source, f"{where}.sha256", sha256, "must be a 64-character hex digest")

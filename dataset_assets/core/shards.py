@@ -56,6 +56,7 @@ from dataset_assets.core.index import (
     slice_members,
     write_index,
 )
+from dataset_assets.core.paths import escape_reason
 from dataset_assets.core.redaction import get_logger
 
 logger = get_logger(__name__)
@@ -115,7 +116,7 @@ def _padded(size: int) -> int:
 
 def check_sample_key(key: str) -> None:
     """A sample key becomes a tar member prefix, so it must not contain dots or escape."""
-    if not key or "." in key or key.startswith("/") or "\\" in key or ".." in key.split("/"):
+    if "." in key or escape_reason(key) is not None:
         raise DatasetAssetsError(f"invalid sample key {key!r}: must be non-empty, relative, without dots")
     if key.rpartition("/")[2].startswith(BLOCK_PREFIX):
         raise DatasetAssetsError(f"invalid sample key {key!r}: the prefix {BLOCK_PREFIX!r} names compressed blocks")
@@ -333,8 +334,7 @@ def _recover_interrupted_append(folder: Path, index: ShardIndex) -> None:
         names = json.loads(journal.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DatasetAssetsError(f"{journal}: not valid JSON ({error})") from error
-    if not isinstance(names, list) or not all(isinstance(name, str) and _unsafe_reason(name, tarfile.REGTYPE) is None
-                                              for name in names):
+    if not isinstance(names, list) or not all(isinstance(name, str) and escape_reason(name) is None for name in names):
         raise DatasetAssetsError(f"{journal}: expected a list of relative shard names, got {names!r}")
     indexed = {shard.name for shard in index.shards}
     for name in names:
@@ -409,13 +409,7 @@ def _unsafe_reason(name: str, kind: bytes) -> str | None:
     if kind not in _FILE_TYPES or (kind == tarfile.AREGTYPE and name.endswith("/")):
         described = "directory" if kind == tarfile.AREGTYPE else _KINDS.get(kind, "device or special file")
         return f"{described} members are not allowed"
-    if not name:
-        return "empty names are not allowed"
-    if name.startswith(("/", "\\")) or name[1:2] == ":":
-        return "absolute paths are not allowed"
-    if ".." in name.replace("\\", "/").split("/"):
-        return "'..' would escape the archive folder"
-    return None
+    return escape_reason(name)
 
 
 def check_member(archive: str, member: tarfile.TarInfo) -> None:

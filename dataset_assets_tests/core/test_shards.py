@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -150,7 +151,7 @@ def test_corrupt_zstd_block_names_the_shard_and_block(tmp_path: Path) -> None:
 
 def test_sample_keys_that_would_escape_or_clash_are_refused(tmp_path: Path) -> None:
     with ShardWriter(tmp_path) as writer:
-        for key in ("", "a.b", "/abs", "../up", "x/../y", "zstd-block-000001"):
+        for key in ("", "a.b", "/abs", "../up", "x/../y", "C:drive", "\\\\host\\share", "zstd-block-000001"):
             with pytest.raises(DatasetAssetsError, match="invalid sample key"):
                 writer.write(key, {"txt": b"x"})
         with pytest.raises(DatasetAssetsError, match="invalid member extension"):
@@ -447,6 +448,21 @@ def test_an_append_killed_mid_way_is_undone_by_the_next_append(tmp_path: Path, w
     assert [shard.name for shard in index.shards[3:]] == ["shards-0003.tar"]
     assert read_all(tmp_path) == SEQUENCE + added
     assert verify_shard_set(tmp_path).problems == ()
+
+
+@pytest.mark.parametrize("name", ["../outside.tar", "C:outside.tar", "sub\\..\\..\\outside.tar"])
+def test_a_journal_naming_a_file_outside_the_set_is_refused_and_removes_nothing(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "set"
+    write_set(folder, SEQUENCE, max_samples=16)
+    outside = tmp_path / "outside.tar"
+    outside.write_bytes(b"not the set's")
+    (folder / APPEND_JOURNAL).write_text(json.dumps([name]))
+
+    with pytest.raises(DatasetAssetsError, match=rf"{APPEND_JOURNAL}: expected a list of relative shard names"):
+        append_shards(folder, iter(samples_of("seq_b", 2)))
+
+    assert outside.read_bytes() == b"not the set's"
+    assert read_all(folder) == SEQUENCE
 
 
 def test_shard_files_read_correctly_from_many_threads(tmp_path: Path) -> None:

@@ -17,13 +17,14 @@ import stat
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import TracebackType
 
 import numpy
 from PIL import Image
 
 from dataset_assets.core.handlers.base import ArtifactError, Record
+from dataset_assets.core.paths import escape_reason
 
 MAX_IMAGE_BYTES = 64 << 20
 MAX_DOCUMENT_BYTES = 1 << 30
@@ -37,11 +38,9 @@ _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplemente
 def check_zip_member(artifact: str, info: zipfile.ZipInfo) -> None:
     """Raise `ArtifactError` unless `info` is a plain (or directory) entry with a safe relative name."""
     name = info.filename
-    path = PurePosixPath(name)
-    if path.is_absolute() or "\\" in name or (len(name) > 1 and name[1] == ":"):
-        raise ArtifactError(artifact, name, "absolute paths are not allowed")
-    if ".." in path.parts:
-        raise ArtifactError(artifact, name, "'..' would escape the archive folder")
+    reason = escape_reason(name)
+    if reason is not None:
+        raise ArtifactError(artifact, name, reason)
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise ArtifactError(artifact, name, "symlink members are not allowed")

@@ -31,7 +31,7 @@ def zip_with(path: Path, name: str, data: bytes, mode: int = 0o100644, flags: in
 @pytest.mark.parametrize(
     ("name", "mode", "flags", "problem"),
     [
-        ("../escape.jpg", 0o100644, 0, "'..' would escape the archive folder"),
+        ("../escape.jpg", 0o100644, 0, "'..' would escape the folder"),
         ("/etc/passwd", 0o100644, 0, "absolute paths are not allowed"),
         ("C:/windows.jpg", 0o100644, 0, "absolute paths are not allowed"),
         ("images/link.jpg", 0o120777, 0, "symlink members are not allowed"),
