@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, DagsterInstance, instance_for_test
 from dagster._core.definitions.data_version import StaleStatus
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from dataset_assets.core.catalog import Catalog
@@ -75,3 +77,30 @@ def test_changed_config_changes_code_version_and_makes_only_its_shards_stale(
     stale = get_stale_status_resolver(instance, list(changed_defs.resolve_asset_graph().assets_defs))
     assert stale.get_status(small, "seq_000") == StaleStatus.STALE
     assert stale.get_status(png, "seq_000") == StaleStatus.FRESH
+
+
+def test_lineage_names_each_sequences_own_raw_version_after_one_run_downloads_a_range(
+    demo_catalog: Catalog, home: Path, instance: DagsterInstance, tmp_path: Path
+) -> None:
+    """Dagster stamps one data version on every partition of a range run (dagster-io/dagster#18649);
+    a shard set's lineage must still name the version of its own sequence's raw files."""
+    defs = make_defs(demo_catalog, home)
+    job = defs.resolve_implicit_global_asset_job_def()
+    job.execute_in_process(instance=instance, asset_selection=[MANIFEST])
+    job.execute_in_process(instance=instance, asset_selection=[RAW], tags={
+        ASSET_PARTITION_RANGE_START_TAG: "seq_000", ASSET_PARTITION_RANGE_END_TAG: "seq_001"})
+    shards = AssetKey([DEMO, "shards__cubercnn_small"])
+    for sequence in ("seq_000", "seq_001"):
+        job.execute_in_process(instance=instance, asset_selection=[shards], partition_key=sequence)
+    alone_home, alone_dagster = tmp_path / "alone", tmp_path / "alone_dagster"
+    alone_dagster.mkdir()
+    with instance_for_test(temp_dir=str(alone_dagster)) as alone:
+        materialize_dataset(make_defs(demo_catalog, alone_home), alone, DEMO, partitions=["seq_000", "seq_001"])
+
+    def lineage(root: Path, sequence: str) -> dict[str, object]:
+        path = root / DEMO / "shards" / "cubercnn_small" / sequence / "_lineage.json"
+        return json.loads(path.read_text())["source"]
+
+    ranged = [lineage(home, sequence)["raw_data_version"] for sequence in ("seq_000", "seq_001")]
+    alone_versions = [lineage(alone_home, sequence)["raw_data_version"] for sequence in ("seq_000", "seq_001")]
+    assert ranged == alone_versions and ranged[0] != ranged[1]

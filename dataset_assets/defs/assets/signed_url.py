@@ -19,7 +19,6 @@ from dagster import (
     MetadataValue,
     asset,
 )
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from dataset_assets.core.catalog import DatasetSpec
 from dataset_assets.core.manifest import UrlManifest
@@ -53,13 +52,22 @@ def _metadata(values: dict[str, object]) -> dict[str, object]:
     return converted
 
 
-def latest_data_version(context: AssetExecutionContext, key: AssetKey, partition: str) -> str | None:
-    """The data version of the newest materialization of one partition of `key`, if any."""
+FILES_VERSION = "files_version"
+
+
+def latest_files_version(context: AssetExecutionContext, key: AssetKey, partition: str) -> str | None:
+    """The version of one sequence's verified raw files, as its newest materialization recorded it.
+
+    Not Dagster's data version tag: a run over a range of partitions stamps one data version, that
+    of the whole range, on every partition it materializes (dagster-io/dagster#18649), while a shard
+    set's lineage must name the files of its own sequence.
+    """
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
     if not records or records[0].asset_materialization is None:
         return None
-    return records[0].asset_materialization.tags.get(DATA_VERSION_TAG)
+    version = records[0].asset_materialization.metadata.get(FILES_VERSION)
+    return None if version is None else str(version.value)
 
 
 def download_partition(context: AssetExecutionContext, manifest: UrlManifest, folders: dict[str, Path | Destination],
@@ -75,7 +83,8 @@ def download_partition(context: AssetExecutionContext, manifest: UrlManifest, fo
         report = download_sequence(manifest, folders, sequence, transfer.settings(), progress)
     except LinkExpired as error:
         raise Failure(str(error), metadata={"expired_files": list(error.files)}, allow_retries=False) from error
-    context.add_asset_metadata(_metadata(report.metadata()), partition_key=sequence)
+    context.add_asset_metadata(_metadata({**report.metadata(), FILES_VERSION: report.data_version}),
+                               partition_key=sequence)
     return report
 
 
@@ -130,7 +139,7 @@ def build_signed_url_assets(spec: DatasetSpec) -> list[AssetsDefinition]:
             result = preprocess_sequence(
                 manifest, config, sequence, home.raw_folder(dataset, config.source_config),
                 home.shard_set_folder(dataset, config.name) / sequence,
-                latest_data_version(context, raw_key, sequence),
+                latest_files_version(context, raw_key, sequence),
             )
             metadata = {**result.metadata(), "config": config.to_dict(), "folder": result.folder}
             return MaterializeResult(metadata=_metadata(metadata), data_version=DataVersion(result.data_version))
