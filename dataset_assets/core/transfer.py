@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import ssl
 import threading
 import time
@@ -217,11 +218,13 @@ def make_client(settings: TransferSettings = TransferSettings()) -> httpx.Client
 
 
 def _retry_after_seconds(response: httpx.Response) -> float | None:
+    """Retry-After as seconds (a number or an HTTP date); None when absent or not a finite time."""
     value = response.headers.get("Retry-After")
     if value is None:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     except ValueError:
         try:
             return max((parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds(), 0.0)

@@ -143,6 +143,18 @@ def test_500_burst_and_429_with_retry_after_are_retried(demo_server: DemoServer,
     assert report.results[0].status == "downloaded"
 
 
+def test_a_retry_after_that_is_not_a_number_of_seconds_falls_back_to_backoff(
+    demo_server: DemoServer, tmp_path: Path
+) -> None:
+    entry = first_entry(fetch_manifest(demo_server))
+    demo_server.faults.fail_with_status(503, times=1, retry_after=float("nan"), path_contains=url_path(entry))
+
+    report = download_entries([entry], folders(tmp_path), FAST)
+
+    assert [r.status for r in requests_for(demo_server, entry)] == [503, 200]
+    assert report.results[0].status == "downloaded"
+
+
 def test_retries_stop_after_max_attempts_with_an_error_naming_the_file(
     demo_server: DemoServer, tmp_path: Path
 ) -> None:
