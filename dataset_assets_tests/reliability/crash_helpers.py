@@ -227,6 +227,14 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def size_or_zero(path: Path) -> int:
+    """The size of a file that its writer may remove at any moment (0 once gone)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def slow_stage(stage: str, seconds: float) -> None:
     """Add `seconds` of delay inside one stage of this process, keeping the real code path.
 

@@ -27,7 +27,13 @@ from dataset_assets.core.tar_lists import split_overlap
 from dataset_assets.demo.server import DemoServer
 from dataset_assets_tests.defs import conftest as defs_conftest
 from dataset_assets_tests.defs.conftest import DEMO, make_defs
-from dataset_assets_tests.reliability.crash_helpers import OutputReader, RunProcess, dagster_env, sha256_of
+from dataset_assets_tests.reliability.crash_helpers import (
+    OutputReader,
+    RunProcess,
+    dagster_env,
+    sha256_of,
+    size_or_zero,
+)
 
 instance = defs_conftest.instance
 home = defs_conftest.home
@@ -76,8 +82,8 @@ def test_kill_9_mid_download_then_rematerialization_fetches_only_missing_bytes_a
 
     with OutputReader([raw]) as reader, run:
         run.go()
-        run.wait_for(lambda: set(fast) <= reader.paths() and all(
-            part.exists() and part.stat().st_size for part in parts), "published cubercnn shards and efm .part bytes")
+        run.wait_for(lambda: set(fast) <= reader.paths() and all(size_or_zero(part) > 0 for part in parts),
+                     "published cubercnn shards and efm .part bytes")
         assert run.kill() == -signal.SIGKILL
         held = {path: path.with_name(path.name + ".part").stat().st_size for path in slow}
         assert_killed_run_recorded_as_started(instance, known)
@@ -160,11 +166,13 @@ def test_kill_9_mid_split_write_leaves_whole_disjoint_split_yamls_and_rematerial
 
     with OutputReader([shard_set]) as reader, run:
         run.go()
-        run.wait_for(lambda: any(shard_set.glob(".local_validation_tars.yaml.*.part")),
+        # The part exists from when `atomic_file` creates it; its first half lands a moment later.
+        half_written = ".local_validation_tars.yaml.*.part"
+        run.wait_for(lambda: any(size_or_zero(part) > 0 for part in shard_set.glob(half_written)),
                      "local_validation_tars.yaml half-written in its .part")
         assert run.kill() == -signal.SIGKILL
         assert_killed_run_recorded_as_started(instance, known)
-        [half] = shard_set.glob(".local_validation_tars.yaml.*.part")
+        [half] = shard_set.glob(half_written)
         assert half.stat().st_size > 0
         assert split_overlap(shard_set / "local_train_tars.yaml", shard_set / "local_validation_tars.yaml") == []
 
