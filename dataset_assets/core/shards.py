@@ -505,17 +505,22 @@ def _member_data(stream: BinaryIO, size: int, padded: int, read_data: bool, arch
 
 
 def _pax_fields(payload: bytes, archive: str) -> dict[str, str]:
-    """Records `"<length> <keyword>=<value>\\n"` of a pax extended header."""
+    """Records `"<length> <keyword>=<value>\\n"` of a pax extended header.
+
+    `<length>` counts the whole record; a record whose length is not ASCII digits, does not reach
+    past its keyword, runs past the payload or does not end in a newline is refused.
+    """
     fields: dict[str, str] = {}
     position = 0
     while position < len(payload) and payload[position] != 0:
         space = payload.find(b" ", position)
-        length = int(payload[position:space]) if payload[position:space].isdigit() else 0
-        if length <= space - position:
+        digits = payload[position:space]
+        end = position + int(digits) if space > position and digits.isdigit() else -1
+        if end <= space + 1 or end > len(payload) or payload[end - 1] != 0x0A:
             raise DatasetAssetsError(f"{archive}: malformed pax header record at byte {position}")
-        keyword, _, value = payload[space + 1: position + length - 1].partition(b"=")
+        keyword, _, value = payload[space + 1:end - 1].partition(b"=")
         fields[keyword.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        position += length
+        position = end
     return fields
 
 

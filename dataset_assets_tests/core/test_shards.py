@@ -262,6 +262,25 @@ def test_a_pax_size_in_non_ascii_digits_is_refused(tmp_path: Path) -> None:
         read_all(tmp_path)
 
 
+@pytest.mark.timeout(20)  # each of these once looped forever
+@pytest.mark.parametrize("record", [b"xx comment=abc\n", b"15_comment=abc\n", b"99 comment=abc\n",
+                                    b"15 comment=abc\0", b"03 comment=abc\n"])
+def test_a_malformed_pax_record_is_refused_by_every_reader(tmp_path: Path, record: bytes) -> None:
+    member = _regular("seq_a_f0000.json", b"{}")
+    member.pax_headers = {"comment": "abc"}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(member, io.BytesIO(b"{}"))
+    assert buffer.getvalue().count(b"15 comment=abc\n") == 1
+    path = tmp_path / "shards-0000.tar"
+    path.write_bytes(buffer.getvalue().replace(b"15 comment=abc\n", record))
+
+    for read in (read_all, lambda folder: count_samples(path),
+                 lambda folder: list(iter_stream_samples(io.BytesIO(path.read_bytes()), str(path)))):
+        with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: malformed pax header record at byte 0"):
+            read(tmp_path)
+
+
 def test_truncated_tar_and_bad_header_checksum_name_the_file(tmp_path: Path) -> None:
     write_set(tmp_path, SEQUENCE[:3])
     shard = tmp_path / "shards-0000.tar"
