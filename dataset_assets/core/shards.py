@@ -634,10 +634,11 @@ def is_block(name: str) -> bool:
 
 def decompress_block(data: bytes, where: str) -> bytes:
     """Decompress one zstd block in memory, refusing frames without a size or larger than 1 GiB."""
-    size = zstandard.frame_content_size(data)
-    if size < 0 or size > MAX_BLOCK_BYTES:
-        raise DatasetAssetsError(f"{where}: zstd block declares content size {size}, outside 0..{MAX_BLOCK_BYTES}")
     try:
+        size = zstandard.frame_content_size(data)
+        if size < 0 or size > MAX_BLOCK_BYTES:
+            raise DatasetAssetsError(f"{where}: zstd block declares content size {size}, "
+                                     f"outside 0..{MAX_BLOCK_BYTES}")
         return zstandard.ZstdDecompressor().decompress(data)
     except zstandard.ZstdError as error:
         raise DatasetAssetsError(f"{where}: corrupt zstd block ({error})") from error

@@ -136,12 +136,13 @@ def test_zstd_blocks_round_trip_and_are_readable_with_zstd_and_tar(tmp_path: Pat
         members for _, members in SEQUENCE]
 
 
-def test_corrupt_zstd_block_names_the_shard_and_block(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["body", "frame header"])
+def test_corrupt_zstd_block_names_the_shard_and_block(tmp_path: Path, where: str) -> None:
     write_set(tmp_path, SEQUENCE[:6], compression=Compression(block_samples=6))
     shard = tmp_path / "shards-0000.tar"
     block = read_index(tmp_path).blocks[0]
     data = bytearray(shard.read_bytes())
-    data[block.offset + block.size // 2] ^= 0xFF
+    data[block.offset + (block.size // 2 if where == "body" else 0)] ^= 0xFF
     shard.write_bytes(bytes(data))
 
     with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar:zstd-block-000000\.tar\.zst: corrupt zstd block"):
