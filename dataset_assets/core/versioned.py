@@ -19,8 +19,10 @@ import gzip
 import hashlib
 import io
 import json
+import lzma
 import re
 import tarfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -331,13 +333,27 @@ def extract_tar_safely(tar_path: Path, dest: Path, max_bytes: int = DEFAULT_MAX_
     archive = str(tar_path)
     names: list[str] = []
     root: str | None = None
-    with atomic_folder(dest) as staging, tarfile.open(tar_path, mode="r:*") as tar:
-        for member in _checked_members(tar, archive, max_bytes, max_members):
-            if strip_root:
-                root, member = _below_root(archive, member, root)
-            tar.extract(member, staging, filter="data")
-            names.append(member.name)
+    try:
+        with atomic_folder(dest) as staging, tarfile.open(tar_path, mode="r:*") as tar:
+            for member in _checked_members(tar, archive, max_bytes, max_members):
+                if strip_root:
+                    root, member = _below_root(archive, member, root)
+                tar.extract(member, staging, filter="data")
+                names.append(member.name)
+            _check_end_of_archive(tar, archive)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as error:
+        raise DatasetAssetsError(f"{archive}: not a readable tar archive ({error})") from error
     return names
+
+
+def _check_end_of_archive(tar: tarfile.TarFile, archive: str) -> None:
+    """`tarfile` ends the member list quietly at a truncated or corrupt header past the first;
+    a whole archive has its end-of-archive block (512 zero bytes) where the list ends."""
+    assert tar.fileobj is not None
+    tar.fileobj.seek(tar.offset)
+    if tar.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
+        raise DatasetAssetsError(f"{archive}: not a readable tar archive (truncated or corrupt at byte "
+                                 f"{tar.offset}: no end-of-archive block after the last whole member)")
 
 
 def member_digests(manifest_path: Path) -> Mapping[str, str]:

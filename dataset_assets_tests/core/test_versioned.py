@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -160,6 +161,21 @@ def test_a_member_of_negative_size_is_rejected_before_it_can_offset_the_size_lim
     with pytest.raises(UnsafeArchiveError, match="negative size"):
         extract_tar_safely(archive, tmp_path / "out", max_bytes=500)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a tar"])
+def test_an_unreadable_tarball_is_named_and_leaves_the_old_folder(tmp_path: Path, damage: str) -> None:
+    root = make_assets(tmp_path)
+    packed = pack_assets(root / "assets", tmp_path / "assets.tar")
+    extract_tar_safely(packed.tar_path, tmp_path / "out")
+    before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    data = packed.tar_path.read_bytes()
+    packed.tar_path.write_bytes(data[:len(data) // 2 + 100] if damage == "truncated" else b"<html>503</html>" * 100)
+
+    with pytest.raises(DatasetAssetsError, match=rf"{re.escape(str(packed.tar_path))}: not a readable tar archive"):
+        extract_tar_safely(packed.tar_path, tmp_path / "out")
+
+    assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before
 
 
 def test_archive_over_size_limit_is_rejected(tmp_path: Path) -> None:
