@@ -62,7 +62,7 @@ class SafeZip:
         self.artifact = artifact
         try:
             self._zip = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as error:
+        except _READ_ERRORS as error:
             raise ArtifactError(artifact, None, f"{path.name} is not a readable zip archive "
                                                 f"(truncated or corrupt: {error})") from None
         self._members: dict[str, zipfile.ZipInfo] = {}

@@ -47,6 +47,18 @@ def test_unsafe_zip_members_are_refused_on_open(tmp_path: Path, name: str, mode:
     assert str(raised.value) == f"artifact 'archive', member '{name}': {problem}"
 
 
+def test_a_zip_that_zipfile_cannot_open_is_named_with_the_reason(tmp_path: Path) -> None:
+    path = zip_with(tmp_path / "a.zip", "images/a.jpg", b"target")
+    raw = bytearray(path.read_bytes())
+    central = raw.rfind(b"PK\x01\x02")
+    raw[central + 6] = 147  # "version needed to extract" 14.7: zipfile raises NotImplementedError
+    path.write_bytes(bytes(raw))
+
+    with pytest.raises(ArtifactError, match=r"artifact 'archive': a\.zip is not a readable zip archive "
+                                            r"\(truncated or corrupt: zip file version 14\.7\)"):
+        SafeZip(path, "archive")
+
+
 def test_a_zip_bomb_member_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
     path = zip_with(tmp_path / "bomb.zip", "images/zeros.jpg", bytes(8 << 20))
     with pytest.raises(ArtifactError, match=r"member 'images/zeros.jpg': expands \d+ to 8388608 bytes"):
