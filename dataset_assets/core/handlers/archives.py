@@ -32,7 +32,7 @@ MAX_RATIO = 200
 RATIO_FLOOR_BYTES = 1 << 20
 MAX_PIXELS = 64_000_000
 IMAGE_FORMATS = ("JPEG", "PNG", "PPM", "BMP", "GIF", "TIFF", "WEBP")
-_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError)
 
 
 def check_zip_member(artifact: str, info: zipfile.ZipInfo) -> None:

@@ -59,6 +59,19 @@ def test_a_zip_that_zipfile_cannot_open_is_named_with_the_reason(tmp_path: Path)
         SafeZip(path, "archive")
 
 
+def test_a_member_whose_local_header_name_is_not_utf8_is_named_with_the_reason(tmp_path: Path) -> None:
+    path = zip_with(tmp_path / "a.zip", "images/a.jpg", b"target")
+    raw = bytearray(path.read_bytes())
+    raw[7] |= 0x08  # local header flag 0x800: the name is UTF-8 ...
+    raw[30] = 0x8B  # ... which its first byte is not
+    path.write_bytes(bytes(raw))
+
+    with SafeZip(path, "archive") as archive, pytest.raises(
+            ArtifactError, match=r"member 'images/a\.jpg': cannot be read: the archive is truncated or corrupt "
+                                 r"\(UnicodeDecodeError"):
+        archive.read("images/a.jpg")
+
+
 def test_a_zip_bomb_member_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
     path = zip_with(tmp_path / "bomb.zip", "images/zeros.jpg", bytes(8 << 20))
     with pytest.raises(ArtifactError, match=r"member 'images/zeros.jpg': expands \d+ to 8388608 bytes"):
