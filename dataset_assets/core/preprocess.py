@@ -15,6 +15,7 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import math
 import platform
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -247,13 +248,27 @@ def _transform_image(key: str, extension: str, data: bytes, config: PreprocessCo
     return buffer.getvalue()
 
 
+def _npy_header(data: bytes) -> tuple[tuple[int, ...], numpy.dtype, int]:
+    """Shape, dtype and data offset of a `.npy` member, from its header alone."""
+    stream = io.BytesIO(data)
+    version = numpy.lib.format.read_magic(stream)
+    reader = numpy.lib.format.read_array_header_1_0 if version == (1, 0) else numpy.lib.format.read_array_header_2_0
+    shape, _, dtype = reader(stream)
+    return shape, dtype, stream.tell()
+
+
 def _cast_tensor(key: str, extension: str, data: bytes, dtype: str) -> bytes:
+    where = f"sample {key!r}: member {extension!r}"
     try:
+        shape, stored, offset = _npy_header(data)
+        # numpy allocates what the header declares before reading: check it against the bytes first.
+        declared = math.prod(shape) * stored.itemsize
+        if declared > len(data) - offset:
+            raise DatasetAssetsError(f"{where} declares shape {shape} of {stored}, {declared} bytes, "
+                                     f"but holds {len(data) - offset}")
         array = numpy.load(io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
-        raise DatasetAssetsError(
-            f"sample {key!r}: member {extension!r} is not a readable .npy array ({error})"
-        ) from error
+        raise DatasetAssetsError(f"{where} is not a readable .npy array ({error})") from error
     if not isinstance(array, numpy.ndarray):
         raise DatasetAssetsError(f"sample {key!r}: member {extension!r} holds an archive, not a single array")
     buffer = io.BytesIO()
@@ -286,10 +301,7 @@ def transform_sample(key: str, sample: Mapping[str, bytes], config: PreprocessCo
 
 
 def _describe_npy(data: bytes) -> str:
-    stream = io.BytesIO(data)
-    version = numpy.lib.format.read_magic(stream)
-    reader = numpy.lib.format.read_array_header_1_0 if version == (1, 0) else numpy.lib.format.read_array_header_2_0
-    shape, _, dtype = reader(stream)
+    shape, dtype, _ = _npy_header(data)
     return f"{dtype} {list(shape)}"
 
 

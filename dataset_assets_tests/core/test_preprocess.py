@@ -198,6 +198,16 @@ def test_pickled_npy_is_refused_not_loaded() -> None:
         transform_sample("seq_a_f0000", sample, config(tensor_dtype="float32"))
 
 
+def test_an_npy_declaring_more_elements_than_it_holds_is_refused_before_allocating() -> None:
+    buffer = io.BytesIO()
+    numpy.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+    sample = {**raw_sample("seq_a", 0), "npy": buffer.getvalue() + bytes(16)}
+
+    with pytest.raises(DatasetAssetsError, match=r"sample 'seq_a_f0000': member 'npy' declares shape "
+                                                 r"\(1000000000000,\) of float32, 4000000000000 bytes, but holds 16"):
+        transform_sample("seq_a_f0000", sample, config(tensor_dtype="float16"))
+
+
 def test_config_hash_ignores_name_and_changes_with_any_field() -> None:
     base = config()
     renamed = PreprocessConfig.from_mapping("renamed", {"source_config": "raw"}, CATALOG, FIELD)
