@@ -17,6 +17,7 @@ import io
 import json
 import math
 import platform
+import tokenize
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -249,11 +250,14 @@ def _transform_image(key: str, extension: str, data: bytes, config: PreprocessCo
 
 
 def _npy_header(data: bytes) -> tuple[tuple[int, ...], numpy.dtype, int]:
-    """Shape, dtype and data offset of a `.npy` member, from its header alone."""
+    """Shape, dtype and data offset of a `.npy` member, from its header alone; ValueError if malformed."""
     stream = io.BytesIO(data)
     version = numpy.lib.format.read_magic(stream)
     reader = numpy.lib.format.read_array_header_1_0 if version == (1, 0) else numpy.lib.format.read_array_header_2_0
-    shape, _, dtype = reader(stream)
+    try:
+        shape, _, dtype = reader(stream)
+    except (SyntaxError, tokenize.TokenError) as error:  # numpy runs old-style headers through the tokenizer
+        raise ValueError(f"malformed .npy header ({error})") from error
     return shape, dtype, stream.tell()
 
 

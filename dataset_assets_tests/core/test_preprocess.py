@@ -13,7 +13,7 @@ from PIL import Image
 
 from dataset_assets.core.errors import CatalogError, DatasetAssetsError
 from dataset_assets.core.index import read_index
-from dataset_assets.core.preprocess import PreprocessConfig, preprocess_shards, transform_sample
+from dataset_assets.core.preprocess import PreprocessConfig, describe_member, preprocess_shards, transform_sample
 from dataset_assets.core.shards import Compression, ShardWriter, iter_tar_samples
 from dataset_assets.core.storage import digest_file
 
@@ -206,6 +206,17 @@ def test_an_npy_declaring_more_elements_than_it_holds_is_refused_before_allocati
     with pytest.raises(DatasetAssetsError, match=r"sample 'seq_a_f0000': member 'npy' declares shape "
                                                  r"\(1000000000000,\) of float32, 4000000000000 bytes, but holds 16"):
         transform_sample("seq_a_f0000", sample, config(tensor_dtype="float16"))
+
+
+def test_an_npy_header_numpy_cannot_tokenize_is_refused_and_previewed_as_unreadable() -> None:
+    buffer = io.BytesIO()
+    numpy.save(buffer, numpy.zeros(4, numpy.float32))
+    data = buffer.getvalue().replace(b"}", b" ", 1)  # "{'descr': ...": the tokenizer meets EOF inside a bracket
+    sample = {**raw_sample("seq_a", 0), "npy": data}
+
+    with pytest.raises(DatasetAssetsError, match=r"sample 'seq_a_f0000': member 'npy' is not a readable \.npy array"):
+        transform_sample("seq_a_f0000", sample, config(tensor_dtype="float16"))
+    assert describe_member("npy", data) == f"{len(data)} bytes (unreadable)"
 
 
 def test_config_hash_ignores_name_and_changes_with_any_field() -> None:
