@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -280,6 +282,45 @@ def test_a_malformed_pax_record_is_refused_by_every_reader(tmp_path: Path, recor
                  lambda folder: list(iter_stream_samples(io.BytesIO(path.read_bytes()), str(path)))):
         with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: malformed pax header record at byte 0"):
             read(tmp_path)
+
+
+def _header_spans(data: bytes) -> list[int]:
+    """Offsets of every header and extended-header byte of a tar (what lies before each member's data)."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return [offset for member in tar for offset in range(member.offset, member.offset_data)]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("tar_format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_every_reader_answers_damaged_headers_with_a_named_error_or_the_samples(
+        tmp_path: Path, tar_format: int) -> None:
+    """Seeded mutations of header bytes (long names, pax records): each reader either reads the tar or
+    raises `DatasetAssetsError`; no other exception, no endless loop (the timeout fails the test)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as tar:
+        for number in range(3):
+            member = _regular(f"{'d' * 120}/seq_a_f{number:04d}.json" if number else f"seq_a_f{number:04d}.json",
+                              b"{}" * number * 100)
+            if tar_format == tarfile.PAX_FORMAT:
+                member.pax_headers = {"comment": f"frame {number}"}
+            tar.addfile(member, io.BytesIO(b"{}" * number * 100))
+    original = buffer.getvalue()
+    spans = _header_spans(original)
+    rng = random.Random(tar_format)
+    path = tmp_path / "shards-0000.tar"
+    readers: list[Callable[[bytes], object]] = [
+        lambda data: list(iter_tar_samples(path)),
+        lambda data: list(iter_tar_samples(path, views=True)),
+        lambda data: list(iter_stream_samples(io.BytesIO(data), str(path))),
+    ]
+    for _ in range(300):
+        damaged = bytearray(original)
+        for _ in range(rng.randint(1, 4)):
+            damaged[rng.choice(spans)] = rng.choice([rng.randrange(256), 0, 0x20, 0x0A, ord("0"), ord("=")])
+        path.write_bytes(bytes(damaged))
+        for read in readers:
+            with contextlib.suppress(DatasetAssetsError):
+                read(bytes(damaged))
 
 
 def test_truncated_tar_and_bad_header_checksum_name_the_file(tmp_path: Path) -> None:
