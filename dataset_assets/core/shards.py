@@ -13,14 +13,16 @@ plain tar (same member headers, ending in two zero blocks), compressed as a sing
 
 Reading refuses any member that is not a plain file with a relative, non-escaping name
 (symlinks, hard links, devices, `..`, absolute). Two loops share the header parse and the
-refusals: `iter_tar_members` over a stream (http, s3, a pipe), and `_buffer_members` over a tar
+refusals: `iter_tar_members` over a stream (http, s3, a pipe), and `_buffer_samples` over a tar
 in memory (a decompressed block) or a local shard mapped with `map_shard`, which can hand out
-members as zero-copy views.
+members as zero-copy views. `_buffer_samples` walks plain, intact members in compiled code
+(`_tarwalk.c`) and hands every other header to the same Python parser.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -43,6 +45,7 @@ from typing import BinaryIO, NamedTuple
 import zstandard
 
 from dataset_assets.core import storage
+from dataset_assets.core._tarwalk import SampleWalker
 from dataset_assets.core.errors import DatasetAssetsError, UnsafeArchiveError
 from dataset_assets.core.index import (
     INDEX_FILE,
@@ -63,6 +66,8 @@ logger = get_logger(__name__)
 Sample = Mapping[str, bytes]
 MemberData = bytes | memoryview
 Buffer = bytes | bytearray | memoryview | mmap.mmap
+# name, key, extension, data offset, size, next header's offset, is a zstd block (see `_member_at`)
+_SlowMember = tuple[str, str, str, int, int, int, bool]
 BLOCKSIZE = tarfile.BLOCKSIZE
 RECORDSIZE = tarfile.RECORDSIZE
 BLOCK_PREFIX = "zstd-block-"
@@ -644,22 +649,18 @@ def decompress_block(data: bytes, where: str) -> bytes:
         raise DatasetAssetsError(f"{where}: corrupt zstd block ({error})") from error
 
 
-def _samples(members: Iterable[tuple[str, MemberData]], archive: str, views: bool = False, in_block: bool = False
-             ) -> Iterator[tuple[str, dict[str, MemberData]]]:
-    """Group consecutive `(name, data)` members by key into samples; a zstd block yields the
-    samples inside it."""
+def _stream_samples(members: Iterable[tuple[str, bytes]], archive: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Group consecutive `(name, data)` members of a stream by key into samples, as `_tarwalk`
+    groups a buffer's; a zstd block yields the samples inside it."""
     key: str | None = None
-    sample: dict[str, MemberData] = {}
+    sample: dict[str, bytes] = {}
     for name, data in members:
         if BLOCK_PREFIX in name and is_block(name):
-            if in_block:
-                raise UnsafeArchiveError(archive, name, "nested zstd blocks are not allowed")
             if key is not None:
                 yield key, sample
             key, sample = None, {}
             where = f"{archive}:{name}"
-            inner = decompress_block(bytes(data), where)
-            yield from _samples(_buffer_members(inner, where, views), where, views, in_block=True)
+            yield from _buffer_samples(decompress_block(data, where), where, False, in_block=True)  # type: ignore[misc]
             continue
         member_key, extension = split_member_name(name)
         if member_key != key:
@@ -677,54 +678,71 @@ def _truncated(archive: str, what: str) -> DatasetAssetsError:
     return DatasetAssetsError(f"{archive}: truncated tar archive ({what})")
 
 
-def _buffer_members(buffer: Buffer, archive: str, views: bool) -> Iterator[tuple[str, MemberData]]:
-    """`(name, data)` of each member of a tar in memory or mapped, refusing unsafe members.
+def _member_at(view: memoryview, archive: str, position: int, previous: str | None) -> _SlowMember | None:
+    """The member whose first header is at `position` in a tar buffer, read by the Python parser.
 
-    The parse and refusals of `iter_tar_members`, in one loop over the buffer: member data is a
-    slice of it, copied into its own `bytes` or, with `views`, a zero-copy `memoryview`. For small
-    members Python's cost per member is all the cost, and parsing through a per-member reader
-    object and member tuples cost about 1.5x this loop (benchmarks/RESULTS.md "Shards").
+    Returns `(name, key, extension, data offset, size, next position, is_block)`, or None at the
+    end-of-archive block; refuses unsafe members and damaged or truncated headers. `previous` is
+    the last member's name, for errors. `_tarwalk.SampleWalker` calls it for every header its
+    compiled fast path does not take (extended headers, other types, damage, the end).
     """
-    view = memoryview(buffer)
     end = len(view)
-    position = 0
-    previous: str | None = None  # the last member's name, only for errors (formatting it per member costs)
     long_name: str | None = None
     pax: dict[str, str] = {}
-    while position < end:
+    while True:
         data_start = position + BLOCKSIZE
         if data_start > end:
             raise _truncated(archive, "header" if previous is None else f"header after member {previous!r}")
         block = bytes(view[position:data_start])
         if block == _ZERO_BLOCK:
-            return
+            return None
         header = _parse_header(block, archive, position)
         size = header.size
-        if header.kind in _EXTENDED_TYPES:
-            position = data_start + _padded(size)
-            if position > end:
-                raise _truncated(archive, f"extended header: {end - data_start} of {position - data_start} bytes")
-            pax, long_name = _extended(header, bytes(view[data_start:data_start + size]), archive, pax, long_name)
-            continue
-        name = header.name
-        if pax or long_name:
-            name, size = pax.get("path", long_name or name), _pax_size(pax, archive, header)
-            long_name, pax = None, {}
-        reason = _unsafe_reason(name, header.kind)
-        if reason is not None:
-            raise UnsafeArchiveError(archive, name, reason)
-        previous = name
         position = data_start + _padded(size)
+        if header.kind not in _EXTENDED_TYPES:
+            break
         if position > end:
-            raise _truncated(archive, f"member {name!r}: {end - data_start} of {position - data_start} bytes")
-        data = view[data_start:data_start + size]
-        yield name, (data if views else bytes(data))
+            raise _truncated(archive, f"extended header: {end - data_start} of {position - data_start} bytes")
+        pax, long_name = _extended(header, bytes(view[data_start:data_start + size]), archive, pax, long_name)
+    name = header.name
+    if pax or long_name:
+        name, size = pax.get("path", long_name or name), _pax_size(pax, archive, header)
+        position = data_start + _padded(size)
+    reason = _unsafe_reason(name, header.kind)
+    if reason is not None:
+        raise UnsafeArchiveError(archive, name, reason)
+    if position > end:
+        raise _truncated(archive, f"member {name!r}: {end - data_start} of {position - data_start} bytes")
+    key, extension = split_member_name(name)
+    return name, key, extension, data_start, size, position, BLOCK_PREFIX in name and is_block(name)
+
+
+def _buffer_samples(buffer: Buffer, archive: str, views: bool, in_block: bool = False
+                    ) -> Iterator[tuple[str, dict[str, MemberData]]]:
+    """`(key, {extension: data})` of each sample of a tar in memory or mapped, refusing unsafe members.
+
+    Member data is a slice of the buffer, copied into its own `bytes` or, with `views`, a zero-copy
+    `memoryview`. The header walk and grouping run in compiled code (`_tarwalk`), which hands any
+    header but a plain, intact, safely named ustar file to `_member_at`: for small members
+    Python's cost per member was nearly all the cost (benchmarks/RESULTS.md "Shards").
+    """
+    view = memoryview(buffer)
+    slow = functools.partial(_member_at, view, archive)
+    for key, sample in SampleWalker(view, archive, views, slow, DatasetAssetsError):
+        if key is not None:
+            yield key, sample
+            continue
+        name, data = sample  # a zstd block
+        if in_block:
+            raise UnsafeArchiveError(archive, name, "nested zstd blocks are not allowed")
+        where = f"{archive}:{name}"
+        yield from _buffer_samples(decompress_block(bytes(data), where), where, views, in_block=True)
 
 
 def iter_stream_samples(stream: BinaryIO, archive: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield `(key, {extension: bytes})` per sample of a shard stream, expanding zstd blocks."""
     members = ((member.name, member.data or b"") for member in iter_tar_members(stream, archive))
-    return _samples(members, archive)  # type: ignore[return-value]
+    return _stream_samples(members, archive)  # type: ignore[arg-type]
 
 
 def open_shard(path: Path) -> BinaryIO:
@@ -763,7 +781,7 @@ def iter_tar_samples(path: Path, views: bool = False) -> Iterator[tuple[str, dic
     """
     mapping = map_shard(path)
     if mapping is not None:
-        yield from _samples(_buffer_members(mapping, str(path), views), str(path), views)
+        yield from _buffer_samples(mapping, str(path), views)
 
 
 def count_samples(path: Path) -> int:

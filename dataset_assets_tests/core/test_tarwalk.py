@@ -1,0 +1,146 @@
+"""The compiled walk of local shards (`core/_tarwalk.c`) against the pure-Python stream reader."""
+from __future__ import annotations
+
+import functools
+import io
+import random
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from dataset_assets.core import shards
+from dataset_assets.core._tarwalk import SampleWalker
+from dataset_assets.core.errors import DatasetAssetsError
+from dataset_assets.core.shards import Compression, iter_stream_samples, iter_tar_samples
+from dataset_assets_tests.core.test_shards import SEQUENCE, write_set
+
+Outcome = tuple[str, object]
+
+
+def _counting_walk(data: bytes) -> tuple[list[tuple[object, object]], list[int]]:
+    """The samples the compiled walker yields over `data`, and the positions it asked Python to parse."""
+    view = memoryview(data)
+    asked: list[int] = []
+
+    def slow(position: int, previous: str | None) -> object:
+        asked.append(position)
+        return shards._member_at(view, "shard.tar", position, previous)
+
+    walked = list(SampleWalker(view, "shard.tar", False, slow, DatasetAssetsError))
+    return walked, asked
+
+
+@pytest.mark.parametrize("compression", [None, Compression(block_samples=4)], ids=["plain", "zstd"])
+def test_shards_we_write_are_walked_in_compiled_code_up_to_the_end_block(
+        tmp_path: Path, compression: Compression | None) -> None:
+    write_set(tmp_path, SEQUENCE, compression=compression)
+    data = next(tmp_path.glob("*.tar")).read_bytes()
+
+    walked, asked = _counting_walk(data)
+
+    assert len(asked) == 1  # the end-of-archive block, and nothing before it
+    assert data[asked[0]:asked[0] + tarfile.BLOCKSIZE] == b"\0" * tarfile.BLOCKSIZE
+    if compression is None:
+        assert walked == SEQUENCE[:len(walked)] and len(walked) == len(SEQUENCE)
+    else:
+        assert all(key is None for key, _ in walked)  # one block item per 4 samples, expanded by the caller
+        assert len(walked) == len(SEQUENCE) // 4
+
+
+def _read(path: Path, data: bytes) -> dict[str, Outcome]:
+    """What each reader makes of `data`: its samples as bytes, or the type and text of its error."""
+    path.write_bytes(data)
+    readers = {
+        "mapped bytes": lambda: iter_tar_samples(path),
+        "mapped views": lambda: iter_tar_samples(path, views=True),
+        "stream": lambda: iter_stream_samples(io.BytesIO(data), str(path)),
+    }
+    outcomes: dict[str, Outcome] = {}
+    for name, read in readers.items():
+        try:
+            outcomes[name] = ("samples", [(key, {ext: bytes(value) for ext, value in sample.items()})
+                                          for key, sample in read()])
+        except DatasetAssetsError as error:
+            outcomes[name] = (type(error).__name__, _comparable(str(error)))
+    return outcomes
+
+
+def _comparable(message: str) -> str:
+    """An error message without what only one kind of reader can say of a member past the end: the
+    stream reader does not know how many bytes are left, and refuses a member over 1 GiB up front,
+    which in these small tars is past the end."""
+    if "truncated tar archive" in message:
+        return message.partition(" (")[0]
+    if "a streamed member may hold" in message:
+        return f"{message.partition(': ')[0]}: truncated tar archive"
+    return message
+
+
+def _with_checksum(block: bytearray) -> bytearray:
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return block
+
+
+NAMES = ["seq_a_f0000.jpg", "seq_a_f0000.json", "seq_a_f0001.jpg", "a/b.c.d", "ü.txt", "with space.jpg",
+         "x\\y.jpg", "\\abs.jpg", "a\\..\\b.jpg", "../up.jpg", "/abs.jpg", "C:drive.jpg", "a..b.jpg", "noext", "dir/",
+         "zstd-block-000001.tar.zst", "d/zstd-block-12345.tar.zst", "zstd-block-00000a.tar.zst", "n" * 100]
+SIZE, CHECKSUM_END_AND_TYPE, PREFIX_START = range(124, 136), range(154, 157), range(345, 350)
+# byte values a mutation writes: around every test the fast path makes on a name, type, size or prefix
+VALUES = [0, 0x20, 0x21, ord("."), ord("/"), ord("\\"), ord(":"), ord("0"), ord("7"), ord("8"), ord("x"), 0x7E,
+          0x7F, 0x80, 0xFF]
+
+
+@pytest.mark.timeout(120)
+def test_compiled_walk_and_stream_reader_agree_on_headers_with_valid_checksums(tmp_path: Path) -> None:
+    """Seeded mutations of name, type, size, checksum-field and prefix bytes, the checksum then made
+    valid again so that the compiled fast path, not only the Python parser, decides: every reader
+    returns the same samples, or the same error."""
+    rng = random.Random(20261206)
+    disagreements = []
+    for case in range(1000):
+        names = rng.sample(NAMES, 3)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT if case % 2 else tarfile.GNU_FORMAT
+                          ) as tar:
+            for name in names:
+                data = rng.randbytes(rng.choice([0, 1, 511, 512, 700]))
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        damaged = bytearray(buffer.getvalue())
+        offsets = [member.offset for member in tarfile.open(fileobj=io.BytesIO(bytes(damaged)))]
+        header = rng.choice(offsets)
+        block = damaged[header:header + tarfile.BLOCKSIZE]
+        name = range(0, min(block.find(b"\0") + 1, 100))  # past the name's NUL a change is mostly invisible
+        for _ in range(rng.randint(1, 3)):
+            field = rng.choice([name, name, name, SIZE, CHECKSUM_END_AND_TYPE, PREFIX_START])
+            block[rng.choice(field)] = rng.choice(VALUES)
+        damaged[header:header + tarfile.BLOCKSIZE] = _with_checksum(block) if rng.random() < 0.8 else block
+        outcomes = _read(tmp_path / "case.tar", bytes(damaged))
+        if len({repr(outcome) for outcome in outcomes.values()}) != 1:
+            disagreements.append((case, outcomes))
+    assert disagreements == []
+
+
+def test_a_parser_result_outside_the_buffer_is_refused_before_any_byte_is_read() -> None:
+    """The compiled walker copies bytes at the offsets the Python parser returns; an impossible
+    result (a bug) must raise, never read past the buffer."""
+    view = memoryview(b"\1" * 1024)
+    impossible = [("k.bin", "k", "bin", 512, 4096, 4608, False), ("k.bin", "k", "bin", 512, 10, 0, False)]
+    for member in impossible:
+        with pytest.raises(SystemError, match="impossible member"):
+            list(SampleWalker(view, "x.tar", False, functools.partial(lambda m, *_: m, member),
+                              DatasetAssetsError))
+
+
+def test_a_member_twice_in_one_sample_is_refused_by_the_compiled_walk(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in ["k.jpg", "k.json", "k.jpg"]:
+            tar.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
+    outcomes = _read(tmp_path / "twice.tar", buffer.getvalue())
+
+    assert set(map(repr, outcomes.values())) == {repr(("DatasetAssetsError",
+                                                       f"{tmp_path / 'twice.tar'}: sample 'k' has member 'jpg' twice"))}
