@@ -146,7 +146,7 @@ static int fast_member(Walker *self, Py_ssize_t position, Member *member)
     /* Headers lie a member apart, too far for the hardware prefetcher: without this, loading each
      * header from memory was most of the time per member for 4 KiB members. */
     if (end - member->next >= BLOCK)
-        for (int line = 0; line < BLOCK && line < end - member->next; line += 64)
+        for (int line = 0; line < BLOCK; line += 64)
             __builtin_prefetch(data + member->next + line);
     return 1;
 }
