@@ -262,6 +262,10 @@ class _S3Sink:
         self._part: _PartBuffer | None = None
         self._upload: _MultipartUpload | None = None
 
+    def published(self, size: int | None, sha1: str | None) -> FileDigest | None:
+        """None: an S3 sink takes no lock, so it never waited for another run's upload."""
+        return None
+
     def restart(self, validator: str | None, total: int | None) -> None:
         self._discard()
         self.validator, self.total = validator, total

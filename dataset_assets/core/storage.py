@@ -280,6 +280,8 @@ class FileSink(Protocol):
     `held` bytes (the resume offset) were fetched under `validator` (the server's ETag) when the
     server announced `total` bytes; `restart` drops them. `commit` publishes what was written,
     atomically; `close` releases the sink, keeping held bytes for a later run where it can.
+    `published` is the final file, verified, if another run published it while `open` waited
+    for the file (a check before `open` may have come just before that run's rename).
     """
 
     held: int
@@ -295,6 +297,8 @@ class FileSink(Protocol):
     def commit(self) -> None: ...
 
     def close(self) -> None: ...
+
+    def published(self, size: int | None, sha1: str | None) -> FileDigest | None: ...
 
 
 class Destination(Protocol):
@@ -374,6 +378,9 @@ class _LocalSink:
         self._sidecar.unlink(missing_ok=True)
         publish_file(self._part, self._final)
 
+    def published(self, size: int | None, sha1: str | None) -> FileDigest | None:
+        return _verified_file(self._final, size, sha1)
+
     def close(self) -> None:
         self._close_handle()
         if self._lock is not None:
@@ -384,6 +391,14 @@ class _LocalSink:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+def _verified_file(final: Path, size: int | None, sha1: str | None) -> FileDigest | None:
+    """The digest of `final` if it exists and matches `size` and `sha1`; the caller holds its lock."""
+    if not final.is_file() or (size is not None and final.stat().st_size != size):
+        return None
+    digest = digest_file(final)
+    return digest if matches(digest, size, sha1) else None
 
 
 class LocalDestination:
@@ -404,10 +419,7 @@ class LocalDestination:
         if not final.parent.is_dir():
             return None
         with locked(final):
-            if not final.is_file() or (size is not None and final.stat().st_size != size):
-                return None
-            digest = digest_file(final)
-        return digest if matches(digest, size, sha1) else None
+            return _verified_file(final, size, sha1)
 
     def open(self, relative_path: str, sha1: str | None) -> FileSink:
         return _LocalSink(self.root / relative_path)

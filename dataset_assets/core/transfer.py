@@ -350,6 +350,10 @@ class _Job:
         return f"{self.entry.config}/{self.entry.relative_path}"
 
 
+def _skipped(entry: ManifestEntry, existing: FileDigest) -> FileResult:
+    return FileResult(entry.config, entry.relative_path, "skipped", existing.size, existing.sha1, existing.sha256, 0)
+
+
 class _Engine:
     """Transfers single files; `run` records each outcome so every file is attempted."""
 
@@ -391,10 +395,12 @@ class _Engine:
         destination = self._destinations[entry.config]
         existing = destination.verified(entry.relative_path, entry.size, entry.sha1)
         if existing is not None:
-            return FileResult(entry.config, entry.relative_path, "skipped", existing.size, existing.sha1,
-                              existing.sha256, 0)
+            return _skipped(entry, existing)
         job = _Job(entry, destination.open(entry.relative_path, entry.sha1))
         try:
+            existing = job.sink.published(entry.size, entry.sha1)
+            if existing is not None:  # another run published it between the check above and `open`
+                return _skipped(entry, existing)
             digest = self._with_fresh_links(job, destination)
         finally:
             job.sink.close()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from dataset_assets.core.manifest import ManifestEntry, UrlManifest, parse_manifest
+from dataset_assets.core.storage import FileDigest, LocalDestination
 from dataset_assets.core.transfer import (
     LinkExpired,
     TransferError,
@@ -232,6 +233,39 @@ def test_complete_verified_file_is_never_fetched_again(demo_server: DemoServer, 
     assert report.count("skipped") == len(manifest.all_entries()) - 1
     assert [r.path for r in file_requests(demo_server)] == [url_path(entry)]
     assert final.read_bytes() == source_bytes(demo_source, entry)
+
+
+class PublishedInTheGap(LocalDestination):
+    """A real folder destination where another run publishes each file just after this run's check
+    for it and before this run opens it: the window in which two runs once both downloaded a file."""
+
+    def __init__(self, root: Path, source: Path) -> None:
+        super().__init__(root)
+        self.source = source
+
+    def verified(self, relative_path: str, size: int | None, sha1: str | None) -> FileDigest | None:
+        result = super().verified(relative_path, size, sha1)
+        other_run = super().open(relative_path, sha1)
+        try:
+            other_run.write((self.source / relative_path).read_bytes())
+            other_run.commit()
+        finally:
+            other_run.close()
+        return result
+
+
+def test_a_file_another_run_publishes_while_this_run_waits_to_open_it_is_not_fetched(
+    demo_server: DemoServer, demo_source: Path, tmp_path: Path
+) -> None:
+    entries = fetch_manifest(demo_server).entries("cubercnn", "seq_000")
+    destination = PublishedInTheGap(tmp_path / "cubercnn", demo_source / "cubercnn")
+
+    report = transfer_entries(entries, {"cubercnn": destination}, FAST)
+
+    assert file_requests(demo_server) == []
+    assert [result.status for result in report.results] == ["skipped"] * len(entries)
+    for entry in entries:
+        assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == source_bytes(demo_source, entry)
 
 
 def test_held_bytes_covering_the_whole_file_are_verified_and_published_without_a_request(
