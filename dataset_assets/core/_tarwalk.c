@@ -62,6 +62,9 @@ static void clear_member(Member *member)
     Py_CLEAR(member->extension);
 }
 
+/* 11 octal digits (sizes up to 8 GiB) and offsets past them must fit. */
+_Static_assert(sizeof(Py_ssize_t) >= 8, "the tar walk needs 64-bit sizes");
+
 static int octal_field(const unsigned char *field, Py_ssize_t digits, Py_ssize_t *value)
 {
     Py_ssize_t result = 0;
