@@ -7,8 +7,8 @@ SCALE_STAMP := $(VENV)/.installed-scale
 
 .PHONY: install demo ui test lint clean-demo scale-demo test-scale reliability
 
-# setup.py builds the C walk of local shards (dataset_assets/core/_tarwalk.c): a change to it reinstalls.
-$(STAMP): pyproject.toml setup.py dataset_assets/core/_tarwalk.c
+# setup.py builds the C parts (dataset_assets/core/_tarwalk.c, _digests.c): a change to them reinstalls.
+$(STAMP): pyproject.toml setup.py dataset_assets/core/_tarwalk.c dataset_assets/core/_digests.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
