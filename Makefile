@@ -46,8 +46,8 @@ test-scale: $(SCALE_STAMP)
 	DATASET_ASSETS_SCALE_TESTS=1 $(BIN)/python -m pytest -m scale dataset_assets_tests/scale
 
 lint: install
-	$(BIN)/flake8 dataset_assets dataset_assets_tests benchmarks
-	$(BIN)/isort --check-only --diff dataset_assets dataset_assets_tests benchmarks
+	$(BIN)/flake8 dataset_assets dataset_assets_tests benchmarks setup.py
+	$(BIN)/isort --check-only --diff dataset_assets dataset_assets_tests benchmarks setup.py
 
 clean-demo:
 	rm -rf .dataset_assets_home
