@@ -49,6 +49,9 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
 )
 DEFAULT_MAX_EXTRACT_BYTES = 64 << 30
 DEFAULT_MAX_EXTRACT_MEMBERS = 5_000_000
+# Parsed JSON takes several times its text in memory: past this, an annotations file is refused
+# before it is parsed, so a small gzip that expands without end cannot exhaust memory.
+DEFAULT_MAX_ANNOTATION_BYTES = 2 << 30
 
 
 class AnnotationError(InvalidInputError):
@@ -200,11 +203,22 @@ def prepare_annotations(save_dir: Path) -> Path:
     return target
 
 
-def load_annotations(path: Path) -> dict[str, dict[str, Any]]:
+def _gunzip(path: Path, max_bytes: int) -> bytearray:
+    """The decompressed bytes of `path`, refused as soon as they pass `max_bytes`."""
+    text = bytearray()
+    with gzip.open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            text += chunk
+            if len(text) > max_bytes:
+                raise AnnotationError(str(path), "<root>", path.name,
+                                      f"decompresses past the {max_bytes}-byte limit for annotations")
+    return text
+
+
+def load_annotations(path: Path, max_bytes: int = DEFAULT_MAX_ANNOTATION_BYTES) -> dict[str, dict[str, Any]]:
     """The merged `{uid: annotation}` of an `annotations.json.gz`; anything else fails naming the file."""
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = json.loads(_gunzip(path, max_bytes).decode("utf-8"))
     except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise AnnotationError(str(path), "<root>", path.name, f"is not gzip-compressed JSON ({error})") from error
     if not isinstance(data, dict):

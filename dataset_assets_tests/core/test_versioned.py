@@ -316,6 +316,16 @@ def test_malformed_merged_annotations_name_file_and_field(tmp_path: Path, data: 
         load_annotations(path)
 
 
+def test_annotations_expanding_past_the_limit_are_refused_before_they_are_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "annotations.json.gz"
+    path.write_bytes(gzip.compress(b'{"obj000": {"pad": "' + b" " * (8 << 20) + b'"}}'))  # 8 MiB from 8 KiB
+    assert path.stat().st_size < 64 << 10
+
+    with pytest.raises(AnnotationError, match=rf"{path}: field '<root>'.*past the {4 << 20}-byte limit"):
+        load_annotations(path, max_bytes=4 << 20)
+    assert list(load_annotations(path, max_bytes=16 << 20)) == ["obj000"]
+
+
 def test_strip_root_makes_the_single_top_folder_the_destination(tmp_path: Path) -> None:
     root = make_assets(tmp_path / "producer")
     packed = pack_assets(root / "assets", tmp_path / "assets.tar")
