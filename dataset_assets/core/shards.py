@@ -634,7 +634,8 @@ def iter_tar_members(stream: BinaryIO, archive: str, read_data: bool = True) -> 
 
 
 def is_block(name: str) -> bool:
-    return BLOCK_NAME.fullmatch(name.rpartition("/")[2]) is not None
+    """Whether `name` is a zstd block member; the substring test first, as almost no name is one."""
+    return BLOCK_PREFIX in name and BLOCK_NAME.fullmatch(name.rpartition("/")[2]) is not None
 
 
 def decompress_block(data: bytes, where: str) -> bytes:
@@ -655,7 +656,7 @@ def _stream_samples(members: Iterable[tuple[str, bytes]], archive: str) -> Itera
     key: str | None = None
     sample: dict[str, bytes] = {}
     for name, data in members:
-        if BLOCK_PREFIX in name and is_block(name):
+        if is_block(name):
             if key is not None:
                 yield key, sample
             key, sample = None, {}
@@ -714,7 +715,7 @@ def _member_at(view: memoryview, archive: str, position: int, previous: str | No
     if position > end:
         raise _truncated(archive, f"member {name!r}: {end - data_start} of {position - data_start} bytes")
     key, extension = split_member_name(name)
-    return name, key, extension, data_start, size, position, BLOCK_PREFIX in name and is_block(name)
+    return name, key, extension, data_start, size, position, is_block(name)
 
 
 def _buffer_samples(buffer: Buffer, archive: str, views: bool, in_block: bool = False
