@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -284,6 +283,38 @@ def test_a_malformed_pax_record_is_refused_by_every_reader(tmp_path: Path, recor
             read(tmp_path)
 
 
+Outcome = tuple[str, object]
+
+
+def reader_outcomes(path: Path, data: bytes) -> dict[str, Outcome]:
+    """What each reader makes of `data`: its samples as bytes, or the type and text of its error."""
+    path.write_bytes(data)
+    readers = {
+        "mapped bytes": lambda: iter_tar_samples(path),
+        "mapped views": lambda: iter_tar_samples(path, views=True),
+        "stream": lambda: iter_stream_samples(io.BytesIO(data), str(path)),
+    }
+    outcomes: dict[str, Outcome] = {}
+    for name, read in readers.items():
+        try:
+            outcomes[name] = ("samples", [(key, {ext: bytes(value) for ext, value in sample.items()})
+                                          for key, sample in read()])
+        except DatasetAssetsError as error:
+            outcomes[name] = (type(error).__name__, _comparable(str(error)))
+    return outcomes
+
+
+def _comparable(message: str) -> str:
+    """An error message without what only one kind of reader can say of a member past the end: the
+    stream reader does not know how many bytes are left, and refuses a member over 1 GiB up front,
+    which in these small tars is past the end."""
+    if "truncated tar archive" in message:
+        return message.partition(" (")[0]
+    if "a streamed member may hold" in message:
+        return f"{message.partition(': ')[0]}: truncated tar archive"
+    return message
+
+
 def _header_spans(data: bytes) -> list[int]:
     """Offsets of every header and extended-header byte of a tar (what lies before each member's data)."""
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -307,20 +338,11 @@ def test_every_reader_answers_damaged_headers_with_a_named_error_or_the_samples(
     original = buffer.getvalue()
     spans = _header_spans(original)
     rng = random.Random(tar_format)
-    path = tmp_path / "shards-0000.tar"
-    readers: list[Callable[[bytes], object]] = [
-        lambda data: list(iter_tar_samples(path)),
-        lambda data: list(iter_tar_samples(path, views=True)),
-        lambda data: list(iter_stream_samples(io.BytesIO(data), str(path))),
-    ]
     for _ in range(300):
         damaged = bytearray(original)
         for _ in range(rng.randint(1, 4)):
             damaged[rng.choice(spans)] = rng.choice([rng.randrange(256), 0, 0x20, 0x0A, ord("0"), ord("=")])
-        path.write_bytes(bytes(damaged))
-        for read in readers:
-            with contextlib.suppress(DatasetAssetsError):
-                read(bytes(damaged))
+        reader_outcomes(tmp_path / "shards-0000.tar", bytes(damaged))  # any other exception fails the test
 
 
 def test_truncated_tar_and_bad_header_checksum_name_the_file(tmp_path: Path) -> None:

@@ -12,10 +12,8 @@ import pytest
 from dataset_assets.core import shards
 from dataset_assets.core._tarwalk import SampleWalker
 from dataset_assets.core.errors import DatasetAssetsError
-from dataset_assets.core.shards import Compression, iter_stream_samples, iter_tar_samples
-from dataset_assets_tests.core.test_shards import SEQUENCE, write_set
-
-Outcome = tuple[str, object]
+from dataset_assets.core.shards import Compression
+from dataset_assets_tests.core.test_shards import SEQUENCE, reader_outcomes, write_set
 
 
 def _counting_walk(data: bytes) -> tuple[list[tuple[object, object]], list[int]]:
@@ -46,35 +44,6 @@ def test_shards_we_write_are_walked_in_compiled_code_up_to_the_end_block(
     else:
         assert all(key is None for key, _ in walked)  # one block item per 4 samples, expanded by the caller
         assert len(walked) == len(SEQUENCE) // 4
-
-
-def _read(path: Path, data: bytes) -> dict[str, Outcome]:
-    """What each reader makes of `data`: its samples as bytes, or the type and text of its error."""
-    path.write_bytes(data)
-    readers = {
-        "mapped bytes": lambda: iter_tar_samples(path),
-        "mapped views": lambda: iter_tar_samples(path, views=True),
-        "stream": lambda: iter_stream_samples(io.BytesIO(data), str(path)),
-    }
-    outcomes: dict[str, Outcome] = {}
-    for name, read in readers.items():
-        try:
-            outcomes[name] = ("samples", [(key, {ext: bytes(value) for ext, value in sample.items()})
-                                          for key, sample in read()])
-        except DatasetAssetsError as error:
-            outcomes[name] = (type(error).__name__, _comparable(str(error)))
-    return outcomes
-
-
-def _comparable(message: str) -> str:
-    """An error message without what only one kind of reader can say of a member past the end: the
-    stream reader does not know how many bytes are left, and refuses a member over 1 GiB up front,
-    which in these small tars is past the end."""
-    if "truncated tar archive" in message:
-        return message.partition(" (")[0]
-    if "a streamed member may hold" in message:
-        return f"{message.partition(': ')[0]}: truncated tar archive"
-    return message
 
 
 def _with_checksum(block: bytearray) -> bytearray:
@@ -118,7 +87,7 @@ def test_compiled_walk_and_stream_reader_agree_on_headers_with_valid_checksums(t
             field = rng.choice([name, name, name, SIZE, CHECKSUM_END_AND_TYPE, PREFIX_START])
             block[rng.choice(field)] = rng.choice(VALUES)
         damaged[header:header + tarfile.BLOCKSIZE] = _with_checksum(block) if rng.random() < 0.8 else block
-        outcomes = _read(tmp_path / "case.tar", bytes(damaged))
+        outcomes = reader_outcomes(tmp_path / "case.tar", bytes(damaged))
         if len({repr(outcome) for outcome in outcomes.values()}) != 1:
             disagreements.append((case, outcomes))
     assert disagreements == []
@@ -140,7 +109,7 @@ def test_a_member_twice_in_one_sample_is_refused_by_the_compiled_walk(tmp_path: 
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name in ["k.jpg", "k.json", "k.jpg"]:
             tar.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
-    outcomes = _read(tmp_path / "twice.tar", buffer.getvalue())
+    outcomes = reader_outcomes(tmp_path / "twice.tar", buffer.getvalue())
 
     assert set(map(repr, outcomes.values())) == {repr(("DatasetAssetsError",
                                                        f"{tmp_path / 'twice.tar'}: sample 'k' has member 'jpg' twice"))}
