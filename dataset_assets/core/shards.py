@@ -478,9 +478,16 @@ def _read_then_header(stream: BinaryIO, size: int, archive: str, what: str) -> t
 
 
 def _skip(stream: BinaryIO, padded: int, archive: str, what: str) -> None:
-    """Step over `padded` bytes: one seek when the stream allows, else reads of at most `SKIP_READ_BYTES`."""
+    """Step over `padded` bytes: a seek when the stream allows, else reads of at most `SKIP_READ_BYTES`.
+
+    A seek past the end succeeds silently, so the bytes left are checked first, as a read would.
+    """
     if stream.seekable():
-        stream.seek(padded, os.SEEK_CUR)
+        position = stream.tell()
+        available = stream.seek(0, os.SEEK_END) - position
+        if available < padded:
+            raise DatasetAssetsError(f"{archive}: truncated tar archive ({what}: {available} of {padded} bytes)")
+        stream.seek(position + padded)
         return
     for skipped in range(0, padded, SKIP_READ_BYTES):
         _read_exact(stream, min(SKIP_READ_BYTES, padded - skipped), archive, what)

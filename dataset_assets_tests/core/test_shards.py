@@ -362,6 +362,20 @@ def test_truncated_tar_and_bad_header_checksum_name_the_file(tmp_path: Path) -> 
         read_all(tmp_path)
 
 
+def test_counting_a_shard_cut_inside_a_member_fails_like_reading_it(tmp_path: Path) -> None:
+    """Counting seeks over member data; a seek past the end of the file must not pass for a whole member."""
+    write_set(tmp_path, [BIG])
+    shard = tmp_path / "shards-0000.tar"
+    shard.write_bytes(shard.read_bytes()[:100_000])  # inside the 200 kB member
+
+    with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: truncated tar archive \(member 'seq_a_big\.bin'"):
+        count_samples(shard)
+    with open(shard, "rb") as stream, pytest.raises(DatasetAssetsError, match="truncated tar archive"):
+        list(iter_tar_members(stream, str(shard), read_data=False))
+    with pytest.raises(DatasetAssetsError, match="truncated tar archive"):
+        read_all(tmp_path)
+
+
 def test_a_full_disk_while_writing_names_the_shard(tmp_path: Path) -> None:
     """/dev/full answers every write with ENOSPC: a real full device, reached through a symlink."""
     (tmp_path / "shards-0000.tar").symlink_to("/dev/full")
