@@ -194,6 +194,7 @@ class ShardWriter:
         self._blocks: list[Block] = []
         self._pending: list[tuple[str, Sample]] = []
         self._pending_bytes = 0
+        self._keys: set[str] = set()
         self._file: BinaryIO | None = None
         self._tar: _TarBuilder | None = None
         self._samples_in_shard = 0
@@ -248,6 +249,8 @@ class ShardWriter:
 
     def write(self, key: str, sample: Sample) -> None:
         check_sample_key(key)
+        if key in self._keys:  # readers would merge it into (or yield it beside) the first: one key, one row
+            raise DatasetAssetsError(f"{self.folder}: sample key {key!r} was already written")
         if not sample:
             raise DatasetAssetsError(f"sample {key!r} has no members")
         for extension in sample:
@@ -265,6 +268,7 @@ class ShardWriter:
                 self._pending_bytes += sum(len(data) + 2 * BLOCKSIZE for data in sample.values())
                 if len(self._pending) >= self.compression.block_samples:
                     self._flush_block()
+        self._keys.add(key)
         self._samples_in_shard += 1
 
     def close(self) -> list[ShardInfo]:

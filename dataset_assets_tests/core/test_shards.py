@@ -160,6 +160,22 @@ def test_sample_keys_that_would_escape_or_clash_are_refused(tmp_path: Path) -> N
             writer.write("ok", {"a/b": b"x"})
 
 
+def test_a_key_written_twice_is_refused_so_every_index_row_is_a_sample_webdataset_reads(tmp_path: Path) -> None:
+    """webdataset (and our readers) merge consecutive members of one key into one sample: a second
+    `write` of a key would leave two index rows for what readers see as one sample."""
+    with ShardWriter(tmp_path) as writer:
+        writer.write("seq_a_f0000", {"jpg": b"first"})
+        with pytest.raises(DatasetAssetsError, match=r"sample key 'seq_a_f0000' was already written"):
+            writer.write("seq_a_f0000", {"json": b"{}"})
+        writer.write("seq_a_f0001", {"json": b"{}"})
+    write_index(tmp_path, writer.index)
+
+    shard = str(tmp_path / "shards-0000.tar")
+    read = [s["__key__"] for s in webdataset.WebDataset(shard, shardshuffle=False, empty_check=False)]
+    assert read == read_index(tmp_path).keys() == ["seq_a_f0000", "seq_a_f0001"]
+    assert verify_shard_set(tmp_path).problems == ()
+
+
 def crafted_tar(path: Path, member: tarfile.TarInfo, tar_format: int = tarfile.PAX_FORMAT) -> Path:
     with tarfile.open(path, "w", format=tar_format) as tar:
         tar.addfile(_regular("seq_a_f0000.json", b"{}"), io.BytesIO(b"{}"))
