@@ -650,13 +650,17 @@ def is_block(name: str) -> bool:
 
 
 def decompress_block(data: bytes, where: str) -> bytes:
-    """Decompress one zstd block in memory, refusing frames without a size or larger than 1 GiB."""
+    """Decompress one zstd block in memory, refusing frames without a size or larger than 1 GiB.
+
+    A block is exactly one frame: bytes after it (another frame, damage) are refused, where zstd's
+    default would decompress the first frame and drop them, and with them any samples they hold.
+    """
     try:
         size = zstandard.frame_content_size(data)
         if size < 0 or size > MAX_BLOCK_BYTES:
             raise DatasetAssetsError(f"{where}: zstd block declares content size {size}, "
                                      f"outside 0..{MAX_BLOCK_BYTES}")
-        return zstandard.ZstdDecompressor().decompress(data)
+        return zstandard.ZstdDecompressor().decompress(data, allow_extra_data=False)
     except zstandard.ZstdError as error:
         raise DatasetAssetsError(f"{where}: corrupt zstd block ({error})") from error
 

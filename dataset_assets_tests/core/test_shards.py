@@ -248,6 +248,23 @@ def test_a_zstd_block_inside_a_block_is_refused_by_the_local_and_the_stream_read
         assert caught.value.member == "zstd-block-000001.tar.zst"
 
 
+@pytest.mark.parametrize("extra", ["second frame", "garbage"])
+def test_a_zstd_block_with_bytes_after_its_frame_is_refused_not_cut_short(tmp_path: Path, extra: str) -> None:
+    """A block is one frame: what follows it (a second frame of samples, damage) must not be dropped silently."""
+    compress = zstandard.ZstdCompressor(write_checksum=True).compress
+    frame = compress(_tar_bytes([("seq_a_f0000.json", b"{}")]))
+    tail = compress(_tar_bytes([("seq_a_f0001.json", b"{}")])) if extra == "second frame" else b"garbage"
+    shard = tmp_path / "shards-0000.tar"
+
+    outcomes = reader_outcomes(shard, _tar_bytes([("zstd-block-000000.tar.zst", frame + tail)]))
+
+    assert set(map(repr, outcomes.values())) == {repr((
+        "DatasetAssetsError", f"{shard}:zstd-block-000000.tar.zst: corrupt zstd block "
+                              f"(compressed input contains {len(tail)} bytes of unused data, which is disallowed)"))}
+    with pytest.raises(DatasetAssetsError, match="corrupt zstd block"):
+        count_samples(shard)
+
+
 @pytest.mark.parametrize("size_field", [b"-0000001000\0", b"+0000000010\0", b"1_000\0\0\0\0\0\0\0",
                                         b"0000000001x\0", b"\xff" + b"\xff" * 10 + b"\xfe"])
 def test_a_size_field_that_is_not_plain_octal_is_refused_by_every_reader(tmp_path: Path, size_field: bytes) -> None:
