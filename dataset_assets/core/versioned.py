@@ -161,6 +161,8 @@ def _validated_annotation(path: Path, uid: str) -> dict[str, Any]:
     source = str(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise AnnotationError(source, "<root>", f"byte {error.start}", f"is not UTF-8 text ({error.reason})") from error
     except json.JSONDecodeError as error:
         raise AnnotationError(source, "<root>", f"line {error.lineno} column {error.colno}",
                               f"is not valid JSON: {error.msg}") from error

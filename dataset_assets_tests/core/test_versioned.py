@@ -91,6 +91,16 @@ def test_malformed_object_annotation_names_file_and_field(tmp_path: Path, conten
     assert not (root / "annotations.json.gz").exists()
 
 
+def test_an_object_annotation_that_is_not_utf8_names_file_and_byte(tmp_path: Path) -> None:
+    root = make_assets(tmp_path)
+    bad = root / "assets" / "obj001" / "annotations.json"
+    bad.write_bytes(b'{"uid": "obj001", "category": "chair \xe9"}')  # Latin-1, as an old tool might write it
+
+    with pytest.raises(AnnotationError, match=rf"{bad}: field '<root>' is not UTF-8 text .*\(got 'byte 37'\)"):
+        prepare_annotations(root)
+    assert not (root / "annotations.json.gz").exists()
+
+
 def test_pack_is_reproducible_and_excludes_junk(tmp_path: Path) -> None:
     root = make_assets(tmp_path)
     first = pack_assets(root / "assets", tmp_path / "a" / "assets.tar")
