@@ -33,6 +33,7 @@ import httpx
 
 from dataset_assets.core.errors import DatasetAssetsError, InvalidInputError, UnsafeArchiveError
 from dataset_assets.core.manifest import ManifestEntry
+from dataset_assets.core.paths import escape_reason
 from dataset_assets.core.shards import check_member
 from dataset_assets.core.storage import atomic_file, atomic_folder, digest_file, write_bytes_atomic
 from dataset_assets.core.transfer import ChecksumMismatch, FileResult, TransferSettings, download_entries
@@ -335,6 +336,9 @@ def _below_root(archive: str, member: tarfile.TarInfo, root: str | None) -> tupl
     if root is not None and top != root:
         raise UnsafeArchiveError(archive, member.name, f"lies outside the top-level folder {root!r} "
                                                        "(a component tarball holds exactly one folder)")
+    reason = escape_reason(rest)  # the whole name passed, but `a/C:x` or `a//x` leave `C:x` or `/x`
+    if reason is not None:
+        raise UnsafeArchiveError(archive, member.name, f"below its top-level folder: {reason}")
     return top, member.replace(name=rest, deep=False)
 
 

@@ -352,6 +352,16 @@ def test_strip_root_rejects_a_second_top_folder_or_a_top_level_file(tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name", ["assets/C:evil.txt", "assets//evil.txt", "assets/\\evil.txt"])
+def test_strip_root_checks_the_name_left_below_the_top_folder(tmp_path: Path, name: str) -> None:
+    """`assets/C:evil.txt` is a safe name, but stripped of `assets/` it is drive-relative: `dest` joined
+    with it leaves `dest` on Windows; `assets//x` and `assets/\\x` become absolute names."""
+    archive = crafted_tar(tmp_path / "stripped.tar", _member(name), b"x")
+    with pytest.raises(UnsafeArchiveError, match="absolute paths are not allowed"):
+        extract_tar_safely(archive, tmp_path / "out", strip_root=True)
+    assert not (tmp_path / "out").exists()
+
+
 def test_versions_download_into_their_own_folders_laid_out_like_the_seed(
         static_server: StaticServer, tmp_path: Path) -> None:
     produced = {version: serve_version(static_server.folder, tmp_path / "producer", version) for version in (V1, V2)}
