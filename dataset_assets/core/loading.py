@@ -197,6 +197,8 @@ def _check_tar_list(tar_list: Sequence[str | Path]) -> list[str]:
 
 
 def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if (rank is None) != (world_size is None):
+        raise ValueError(f"rank and world_size must be given together, got rank={rank}, world_size={world_size}")
     if rank is None or world_size is None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return torch.distributed.get_rank(), torch.distributed.get_world_size()

@@ -318,6 +318,15 @@ def test_stream_split_over_two_ranks_and_two_workers_yields_every_sample_once(tm
     assert len(keys) == len(set(keys))
 
 
+@pytest.mark.parametrize("given", [{"rank": 1}, {"world_size": 2}])
+def test_a_rank_without_a_world_size_or_the_reverse_is_refused(tmp_path: Path, given: dict[str, int]) -> None:
+    """Half a distributed setting used to be dropped: every such rank read every shard."""
+    tars = write_sequence(tmp_path, "seq_a", 4, 1)
+
+    with pytest.raises(ValueError, match="rank and world_size must be given together"):
+        ShardStream(tars, **given)
+
+
 def test_shuffle_is_seeded_and_changes_with_the_epoch(tmp_path: Path) -> None:
     tars = write_sequence(tmp_path, "seq_a", 20, 4)
 
