@@ -155,17 +155,20 @@ def _open_http(url: str) -> Iterator[io.BufferedReader]:
 
 @contextlib.contextmanager
 def _open_s3(url: str) -> Iterator[io.BufferedReader]:
-    """An s3 object via the project's S3 client: AWS env/config credentials, `AWS_ENDPOINT_URL` for MinIO/R2."""
+    """An s3 object via the project's S3 client: AWS env/config credentials, `AWS_ENDPOINT_URL` for MinIO/R2.
+
+    S3 errors (refused, connection or credential problems, also mid-body) name the redacted URL.
+    """
     parts = urlsplit(url)
     try:
         body = make_s3_client().get_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"))["Body"]
-    except botocore.exceptions.ClientError as error:
+        chunks = iter(lambda: body.read(HTTP_CHUNK_BYTES), b"")
+        try:
+            yield io.BufferedReader(_ChunkStream(chunks), HTTP_CHUNK_BYTES)
+        finally:
+            body.close()
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
         raise DatasetAssetsError(f"{redact_url(url)}: cannot read s3 object ({error})") from error
-    chunks = iter(lambda: body.read(HTTP_CHUNK_BYTES), b"")
-    try:
-        yield io.BufferedReader(_ChunkStream(chunks), HTTP_CHUNK_BYTES)
-    finally:
-        body.close()
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import re
+import socket
 import subprocess
 import sys
 import tarfile
@@ -376,6 +377,18 @@ def test_stream_reads_s3_urls(tmp_path: Path, s3_bucket: S3Bucket, monkeypatch: 
     remote = list(ShardStream([f"s3://{s3_bucket.name}/seq_a/{tar.name}" for tar in tars], decoder=add_frame_index))
 
     assert [sample["frame"] for sample in remote] == [0, 1, 2, 3, 4]
+
+
+def test_an_unreachable_s3_endpoint_is_an_error_naming_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as closed:  # a port nothing listens on once this socket is closed
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    for name, value in s3_fixtures.DUMMY_AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+
+    with pytest.raises(DatasetAssetsError, match=r"s3://bucket/seq_a/shards-0000\.tar: cannot read s3 object"):
+        list(ShardStream(["s3://bucket/seq_a/shards-0000.tar"]))
 
 
 def test_stream_rejects_a_crafted_tar(tmp_path: Path) -> None:
