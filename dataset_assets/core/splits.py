@@ -140,7 +140,7 @@ def write_split_yamls(
         if published is None:
             continue
         kept = [sequence for sequence in parts[part] if sequence in published]
-        if len(kept) < len(published) and kept != list(parts[part]):
+        if len(kept) < len(published):
             storage.write_bytes_atomic(written[part], _tars_yaml(kept, tars_by_sequence))
     for part, data in contents.items():
         storage.write_bytes_atomic(written[part], data)

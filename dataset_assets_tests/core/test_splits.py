@@ -223,3 +223,27 @@ def test_train_and_validation_on_disk_never_overlap_while_a_split_is_replaced(
     assert [train & validation for train, validation in states] == [set()] * len(states)
     assert states[-1] == ({"a", "d", "f"}, {"b", "e"})
     assert len(states) == 5  # train shrunk to {a}, validation shrunk to {e}, then train, validation, all
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ((("a",), ("b", "c")), (("a", "c"), ("b",))),  # validation shrinks to exactly its new list: c moves to train
+    ((("a", "b"), ("c",)), (("a",), ("b", "c"))),
+    ((("a", "b"), ("c", "d")), (("c", "d"), ("a", "b"))),
+])
+def test_no_split_change_lets_train_and_validation_on_disk_share_a_sequence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old: tuple[tuple[str, ...], ...], new: tuple[tuple[str, ...], ...]
+) -> None:
+    tars = {name: [f"{name}/shards-0000.tar"] for name in "abcd"}
+    write_split_yamls(tmp_path, Split(*old), tars, "local")
+    states: list[tuple[set[str], set[str]]] = []
+    real_write = storage.write_bytes_atomic
+
+    def write_and_record(final: Path, data: bytes) -> None:
+        real_write(final, data)
+        states.append((_listed(tmp_path / "local_train_tars.yaml"), _listed(tmp_path / "local_validation_tars.yaml")))
+
+    monkeypatch.setattr(storage, "write_bytes_atomic", write_and_record)
+    write_split_yamls(tmp_path, Split(*new), tars, "local")
+
+    assert [train & validation for train, validation in states] == [set()] * len(states)
+    assert states[-1] == (set(new[0]), set(new[1]))
