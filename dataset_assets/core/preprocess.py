@@ -82,7 +82,14 @@ class PreprocessConfig:
         if "source_config" not in mapping:
             raise CatalogError(source, f"{field}.source_config", None, "is required")
         checked = {key: _VALIDATORS[key](value, source, f"{field}.{key}") for key, value in mapping.items()}
-        return cls(name=name, **checked)
+        config = cls(name=name, **checked)
+        written = IMAGE_FORMATS[config.image_format]
+        for extension in config.keep or ():
+            suffix = _split_suffix(extension)[1]
+            if suffix.lower() in IMAGE_SUFFIXES and suffix != written:
+                raise CatalogError(source, f"{field}.keep", extension, f"would drop every image: with image_format "
+                                   f"{config.image_format!r} images are written as {written!r}")
+        return config
 
     def to_dict(self) -> dict[str, object]:
         """Every field but `name` (and unset later options), as plain JSON values."""

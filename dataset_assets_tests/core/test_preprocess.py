@@ -13,7 +13,13 @@ from PIL import Image
 
 from dataset_assets.core.errors import CatalogError, DatasetAssetsError
 from dataset_assets.core.index import read_index
-from dataset_assets.core.preprocess import PreprocessConfig, describe_member, preprocess_shards, transform_sample
+from dataset_assets.core.preprocess import (
+    IMAGE_FORMATS,
+    PreprocessConfig,
+    describe_member,
+    preprocess_shards,
+    transform_sample,
+)
 from dataset_assets.core.shards import Compression, ShardWriter, iter_tar_samples
 from dataset_assets.core.storage import digest_file
 
@@ -175,6 +181,17 @@ def test_keep_names_output_extensions() -> None:
     kept = transform_sample("seq_a_f0000", raw_sample("seq_a", 0), config(image_format="png", keep=["png"]))
 
     assert sorted(kept) == ["png"]
+
+
+@pytest.mark.parametrize(("image_format", "kept"),
+                         [("jpeg", "png"), ("jpeg", "jpeg"), ("png", "jpg"), ("jpeg", "JPG"), ("jpeg", "seg.png")])
+def test_keep_naming_an_image_extension_the_format_never_writes_is_refused(image_format: str, kept: str) -> None:
+    """Every image member is written with the format's extension: keeping another one would silently drop them all."""
+    with pytest.raises(CatalogError) as caught:
+        config(image_format=image_format, keep=[kept, "json"])
+
+    assert caught.value.field == f"{FIELD}.keep" and caught.value.value == kept
+    assert f"images are written as '{IMAGE_FORMATS[image_format]}'" in str(caught.value)
 
 
 def test_keep_dropping_every_member_names_the_sample() -> None:
