@@ -59,6 +59,8 @@ def decode_image(data: bytes) -> torch.Tensor:
 def decode_npy(data: bytes) -> torch.Tensor | numpy.ndarray:
     """A `.npy` array as a tensor (numpy array if torch has no such dtype); pickled arrays are refused."""
     array = numpy.load(io.BytesIO(data), allow_pickle=False)
+    if not array.dtype.isnative:  # a big-endian file, say: torch.from_numpy takes native byte order only
+        array = array.astype(array.dtype.newbyteorder("="))
     try:
         return torch.from_numpy(array)
     except TypeError:

@@ -154,6 +154,24 @@ def test_dataset_decodes_images_json_and_npy(tmp_path: Path) -> None:
     assert torch.equal(samples[2]["npy"], torch.full((2, 3), 2.0))
 
 
+def test_npy_members_in_either_byte_order_decode_to_the_same_tensor(tmp_path: Path) -> None:
+    """`.npy` records its byte order; torch.from_numpy refuses a non-native one, so the decoder converts."""
+    values = numpy.arange(6, dtype=numpy.float32).reshape(2, 3)
+    members = {}
+    for order in "<>":
+        buffer = io.BytesIO()
+        numpy.save(buffer, values.astype(f"{order}f4"), allow_pickle=False)
+        members[f"{'little' if order == '<' else 'big'}.npy"] = buffer.getvalue()
+    with ShardWriter(tmp_path) as writer:
+        writer.write("seq_a_f0000", members)
+    write_index(tmp_path, writer.index)
+    tars = [tmp_path / "shards-0000.tar"]
+
+    for sample in (next(iter(ShardStream(tars))), IndexedShardDataset(tars)[0]):
+        assert torch.equal(sample["little.npy"], torch.from_numpy(values))
+        assert torch.equal(sample["big.npy"], torch.from_numpy(values))
+
+
 class _Boom:
     def __reduce__(self) -> tuple[object, tuple[str]]:
         return (print, ("unpickled!",))
