@@ -338,7 +338,7 @@ def describe_member(extension: str, data: bytes) -> str:
     describe = _DESCRIBERS.get(_split_suffix(extension)[1].lower())
     try:
         return describe(data) if describe is not None else f"{len(data)} bytes"
-    except (OSError, ValueError, SyntaxError):
+    except (OSError, ValueError, SyntaxError, RecursionError):  # deeply nested JSON is valid, yet json refuses it
         return f"{len(data)} bytes (unreadable)"
 
 

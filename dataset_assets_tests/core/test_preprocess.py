@@ -446,3 +446,15 @@ def test_preview_lists_member_shapes_of_the_first_samples(raw_shards: list[Path]
         "|---|---|---|---|",
         *[f"| seq_a_f{frame:04d} | JPEG 48x36 RGB | object, 3 keys | float16 [3, 4] |" for frame in range(5)],
     ]
+
+
+def test_a_json_member_nested_too_deep_to_describe_is_previewed_not_fatal(tmp_path: Path) -> None:
+    """JSON passes through preprocessing untouched; only the preview parses it, and must not fail the run."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with ShardWriter(tmp_path / "raw") as writer:
+        writer.write("seq_a_f0000", {**raw_sample("seq_a", 0), "json": deep})
+
+    result = preprocess_shards([tmp_path / "raw" / "shards-0000.tar"], config(), tmp_path / "out")
+
+    assert f"| {len(deep)} bytes (unreadable) |" in result.preview.splitlines()[2]
+    assert dict(iter_tar_samples(tmp_path / "out" / "shards-0000.tar"))["seq_a_f0000"]["json"] == deep
