@@ -222,7 +222,7 @@ def load_annotations(path: Path, max_bytes: int = DEFAULT_MAX_ANNOTATION_BYTES) 
     """The merged `{uid: annotation}` of an `annotations.json.gz`; anything else fails naming the file."""
     try:
         data = json.loads(_gunzip(path, max_bytes).decode("utf-8"))
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise AnnotationError(str(path), "<root>", path.name, f"is not gzip-compressed JSON ({error})") from error
     if not isinstance(data, dict):
         raise AnnotationError(str(path), "<root>", type(data).__name__, "must map object uids to annotations")

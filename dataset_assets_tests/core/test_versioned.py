@@ -326,6 +326,17 @@ def test_malformed_merged_annotations_name_file_and_field(tmp_path: Path, data: 
         load_annotations(path)
 
 
+def test_merged_annotations_with_a_corrupt_deflate_stream_name_the_file(tmp_path: Path) -> None:
+    """A gzip header followed by damaged compressed data: zlib, not gzip, raises, and must be named too."""
+    damaged = bytearray(gzip.compress(b'{"obj000": {"category": "chair"}}' * 100, mtime=0))
+    damaged[10] ^= 0xFF  # the first byte of the deflate stream: an invalid block type
+    path = tmp_path / "annotations.json.gz"
+    path.write_bytes(bytes(damaged))
+
+    with pytest.raises(AnnotationError, match=rf"{path}: field '<root>' is not gzip-compressed JSON"):
+        load_annotations(path)
+
+
 def test_annotations_expanding_past_the_limit_are_refused_before_they_are_parsed(tmp_path: Path) -> None:
     path = tmp_path / "annotations.json.gz"
     path.write_bytes(gzip.compress(b'{"obj000": {"pad": "' + b" " * (8 << 20) + b'"}}'))  # 8 MiB from 8 KiB
