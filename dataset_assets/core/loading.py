@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import multiprocessing
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -265,10 +266,27 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.views = views
         _distributed(rank, world_size)
-        self.epoch = 0
+        self._epoch = multiprocessing.RawValue("q", 0)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Shared memory carries `epoch` to DataLoader workers, also persistent ones, which keep
+        the copy of this dataset they were started with across epochs."""
+        self._epoch.value = epoch
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        if multiprocessing.context.get_spawning_popen() is None:  # a copy, not a worker: the epoch by value
+            state["_epoch"] = self.epoch
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        if isinstance(state["_epoch"], int):
+            state["_epoch"] = multiprocessing.RawValue("q", state["_epoch"])
+        self.__dict__.update(state)
 
     def _slot(self) -> tuple[int, int]:
         rank, world_size = _distributed(self.rank, self.world_size)

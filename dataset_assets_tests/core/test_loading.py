@@ -358,6 +358,28 @@ def test_shuffle_is_seeded_and_changes_with_the_epoch(tmp_path: Path) -> None:
     assert sorted(keys(1)) == sorted(keys(0, seed=8)) == [f"seq_a_f{frame:04d}" for frame in range(20)]
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_set_epoch_reaches_persistent_dataloader_workers(tmp_path: Path, context: str) -> None:
+    """Persistent workers keep their copy of the dataset across epochs: the epoch set in the main
+    process must still decide their shuffle, as it does for workers started afresh each epoch."""
+    tars = write_sequence(tmp_path, "seq_a", 12, 2)
+
+    def orders(persistent: bool) -> list[list[str]]:
+        dataset = ShardStream(tars, decoder=add_frame_index, shuffle_buffer=3, seed=5)
+        loader = DataLoader(dataset, batch_size=None, num_workers=2, persistent_workers=persistent,
+                            multiprocessing_context=context)
+        epochs = []
+        for epoch in range(3):
+            dataset.set_epoch(epoch)
+            epochs.append([sample["key"] for sample in loader])
+        return epochs
+
+    persistent = orders(persistent=True)
+    assert persistent == orders(persistent=False)
+    assert persistent[0] != persistent[1] != persistent[2]
+
+
 def test_member_decoders_add_override_or_keep_raw_bytes(tmp_path: Path) -> None:
     tars = write_sequence(tmp_path, "seq_a", 1, 1)
     decoders = {"png": None, "json": lambda data: json.loads(data)["frame"]}
