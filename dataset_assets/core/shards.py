@@ -120,15 +120,18 @@ def _padded(size: int) -> int:
 
 
 def check_sample_key(key: str) -> None:
-    """A sample key becomes a tar member prefix, so it must not contain dots or escape."""
-    if "." in key or escape_reason(key) is not None:
-        raise DatasetAssetsError(f"invalid sample key {key!r}: must be non-empty, relative, without dots")
+    """A sample key becomes a tar member prefix, so it must not contain dots or escape (or NUL, where
+    a tar name ends)."""
+    if "." in key or "\0" in key or escape_reason(key) is not None:
+        raise DatasetAssetsError(f"invalid sample key {key!r}: must be non-empty, relative, without dots or NUL")
     if key.rpartition("/")[2].startswith(BLOCK_PREFIX):
         raise DatasetAssetsError(f"invalid sample key {key!r}: the prefix {BLOCK_PREFIX!r} names compressed blocks")
 
 
 def _check_extension(key: str, extension: str) -> None:
-    if not extension or "/" in extension or extension.startswith("."):
+    """The member name must read back as written: readers refuse `a\\..` (a backslash separates)."""
+    if not extension or "/" in extension or "\0" in extension or extension.startswith(".") \
+            or escape_reason(f"{key}.{extension}") is not None:
         raise DatasetAssetsError(f"sample {key!r}: invalid member extension {extension!r}")
 
 

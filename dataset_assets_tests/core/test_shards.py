@@ -160,6 +160,20 @@ def test_sample_keys_that_would_escape_or_clash_are_refused(tmp_path: Path) -> N
             writer.write("ok", {"a/b": b"x"})
 
 
+@pytest.mark.parametrize(("key", "extension"), [
+    ("seq_a_f0000", "a\\..\\..\\evil"), ("seq_a_f0000", "a\\.."), ("seq_a_f0000", "a\0b"), ("seq_a\0f0000", "json")])
+def test_a_member_name_the_readers_would_refuse_or_cut_short_is_refused_when_written(
+        tmp_path: Path, key: str, extension: str) -> None:
+    """A backslash is a separator to the readers (`..` behind it escapes), and a tar name ends at its
+    first NUL: such a sample would be unreadable, or read back under another key or extension."""
+    with ShardWriter(tmp_path) as writer:
+        with pytest.raises(DatasetAssetsError, match="invalid (sample key|member extension)"):
+            writer.write(key, {extension: b"x"})
+        writer.write("seq_a_f0001", {"json": b"{}"})
+
+    assert read_all(tmp_path) == [("seq_a_f0001", {"json": b"{}"})]
+
+
 def test_a_key_written_twice_is_refused_so_every_index_row_is_a_sample_webdataset_reads(tmp_path: Path) -> None:
     """webdataset (and our readers) merge consecutive members of one key into one sample: a second
     `write` of a key would leave two index rows for what readers see as one sample."""
