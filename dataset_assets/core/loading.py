@@ -281,6 +281,8 @@ class ShardStream(IterableDataset):
         state = self.__dict__.copy()
         if multiprocessing.context.get_spawning_popen() is None:  # a copy, not a worker: the epoch by value
             state["_epoch"] = self.epoch
+        else:  # a spawned worker starts without this process's torch.distributed group: send its rank along
+            state["rank"], state["world_size"] = _distributed(self.rank, self.world_size)
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:

@@ -346,6 +346,37 @@ def test_a_rank_without_a_world_size_or_the_reverse_is_refused(tmp_path: Path, g
         ShardStream(tars, **given)
 
 
+DISTRIBUTED_RANK = """
+import json, sys
+import torch.distributed
+from torch.utils.data import DataLoader
+from dataset_assets.core.loading import ShardStream
+store, rank, tars, context = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+loader = DataLoader(ShardStream(tars), batch_size=None, num_workers=2, multiprocessing_context=context)
+print(json.dumps([sample["__key__"] for sample in loader]))
+torch.distributed.destroy_process_group()
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_ranks_of_a_torch_distributed_group_split_the_shards_in_any_worker_start_method(
+        tmp_path: Path, context: str) -> None:
+    """Two real gloo ranks, each with two DataLoader workers: a spawned worker starts without the
+    parent's process group, yet must read as the rank of the process that started it."""
+    tars = [str(tar) for name in ("seq_a", "seq_b") for tar in write_sequence(tmp_path, name, 4, 1)]
+    ranks = [subprocess.Popen([sys.executable, "-c", DISTRIBUTED_RANK, str(tmp_path / "store"), str(rank),
+                               json.dumps(tars), context], stdout=subprocess.PIPE, text=True) for rank in range(2)]
+    keys = []
+    for process in ranks:
+        output, _ = process.communicate(timeout=240)
+        assert process.returncode == 0
+        keys += json.loads(output.splitlines()[-1])
+
+    assert sorted(keys) == sorted(f"seq_{s}_f{frame:04d}" for s in "ab" for frame in range(4))
+
+
 def test_shuffle_is_seeded_and_changes_with_the_epoch(tmp_path: Path) -> None:
     tars = write_sequence(tmp_path, "seq_a", 20, 4)
 
