@@ -885,9 +885,13 @@ class ShardFiles:
         Past `SPAN_READ_BYTES` each member is read on its own instead: a read per member costs less
         than copying large members a second time out of a shared buffer.
         """
-        if block is not None:
-            return slice_members(self.read_block(shard, block.offset, block.size), 0, members)
         start, end = member_span(members)
+        if block is not None:
+            data = self.read_block(shard, block.offset, block.size)
+            if end > len(data):  # slicing would silently return fewer bytes
+                raise DatasetAssetsError(f"{self.paths[shard]}@{block.offset}: bytes {start}..{end} are past the end "
+                                         f"of the {len(data)}-byte block")
+            return slice_members(data, 0, members)
         if end - start > SPAN_READ_BYTES:
             return {extension: self.read(shard, offset, size) for extension, offset, size in members}
         return slice_members(self.read(shard, start, end - start), start, members)

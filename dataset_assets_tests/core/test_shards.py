@@ -620,6 +620,21 @@ def test_shard_files_read_correctly_from_many_threads(tmp_path: Path) -> None:
     assert results == [members for _, members in [*SEQUENCE, BIG]] * 5
 
 
+def test_an_index_entry_past_the_end_of_its_zstd_block_is_an_error_not_short_bytes(tmp_path: Path) -> None:
+    """Plain reads refuse a range past the end of the shard; a range past the end of a block must fail alike."""
+    writer = write_set(tmp_path, SEQUENCE[:4], compression=Compression(block_samples=2))
+    files = ShardFiles([str(tmp_path / shard.name) for shard in writer.shards])
+    entry = writer.index.entries[1]
+    block = writer.index.blocks[entry.block]  # type: ignore[index]
+    size = len(zstandard.ZstdDecompressor().decompress(
+        (tmp_path / "shards-0000.tar").read_bytes()[block.offset:block.offset + block.size]))
+    stale = tuple((extension, offset + size, length) for extension, offset, length in entry.members)
+
+    with pytest.raises(DatasetAssetsError, match=rf"shards-0000\.tar@{block.offset}: bytes \d+\.\.\d+ are past "
+                                                 rf"the end of the {size}-byte block"):
+        files.read_members(0, stale, block)
+
+
 def test_verify_shard_set_reports_an_index_entry_past_the_end(tmp_path: Path) -> None:
     write_set(tmp_path, SEQUENCE[:3])
     shard = tmp_path / "shards-0000.tar"
