@@ -813,8 +813,10 @@ def count_samples(path: Path) -> int:
                 continue
             data = os.pread(stream.fileno(), member.size, member.offset)
             where = f"{path}:{member.name}"
-            inner = iter_tar_members(io.BytesIO(decompress_block(data, where)), where, read_data=False)
-            keys.update(split_member_name(item.name)[0] for item in inner)
+            for item in iter_tar_members(io.BytesIO(decompress_block(data, where)), where, read_data=False):
+                if is_block(item.name):  # as the readers do: they would refuse the shard
+                    raise UnsafeArchiveError(where, item.name, "nested zstd blocks are not allowed")
+                keys.add(split_member_name(item.name)[0])
     return len(keys)
 
 

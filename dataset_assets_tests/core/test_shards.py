@@ -257,7 +257,9 @@ def test_a_zstd_block_inside_a_block_is_refused_by_the_local_and_the_stream_read
         list(iter_tar_samples(path))
     with open(path, "rb") as stream, pytest.raises(UnsafeArchiveError, match="nested zstd blocks") as streamed:
         list(iter_stream_samples(stream, str(path)))
-    for caught in (mapped, streamed):
+    with pytest.raises(UnsafeArchiveError, match="nested zstd blocks are not allowed") as counted:
+        count_samples(path)
+    for caught in (mapped, streamed, counted):
         assert caught.value.archive == f"{path}:zstd-block-000000.tar.zst"
         assert caught.value.member == "zstd-block-000001.tar.zst"
 
