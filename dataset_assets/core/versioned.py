@@ -184,12 +184,16 @@ def _validated_annotation(path: Path, uid: str) -> dict[str, Any]:
 
 
 def prepare_annotations(save_dir: Path) -> Path:
-    """Merge `assets/<uid>/annotations.json` into `save_dir/annotations.json.gz` (sorted, gzip mtime 0)."""
+    """Merge `assets/<uid>/annotations.json` into `save_dir/annotations.json.gz` (sorted, gzip mtime 0).
+
+    Folders `pack_assets` leaves out by default (OS junk such as `.Trashes`) are not objects.
+    """
     assets = save_dir / "assets"
     if not assets.is_dir():
         raise DatasetAssetsError(f"{assets}: assets folder does not exist")
     merged: dict[str, dict[str, Any]] = {}
-    for folder in sorted(path for path in assets.iterdir() if path.is_dir()):
+    objects = (path for path in assets.iterdir() if path.is_dir() and not is_excluded(path.name, DEFAULT_EXCLUDES))
+    for folder in sorted(objects):
         annotation = folder / OBJECT_ANNOTATION
         if not annotation.is_file():
             raise AnnotationError(str(folder), OBJECT_ANNOTATION, None, "is missing for this object")

@@ -77,6 +77,21 @@ def test_prepare_annotations_merges_sorted_with_zero_mtime(tmp_path: Path) -> No
     assert prepare_annotations(root).read_bytes() == raw
 
 
+def test_os_junk_folders_pack_leaves_out_are_not_taken_for_objects_to_annotate(tmp_path: Path) -> None:
+    """A tree copied from macOS carries `.Trashes` and `.fseventsd` folders; pack excludes them, and so
+    must the merge of per-object annotations, or such a tree cannot be prepared at all."""
+    root = make_assets(tmp_path)
+    for junk in (".Trashes", ".fseventsd"):
+        (root / "assets" / junk).mkdir()
+        (root / "assets" / junk / "fseventsd-uuid").write_bytes(b"junk")
+
+    merged = load_annotations(prepare_annotations(root))
+    packed = pack_assets(root / "assets", tmp_path / "assets.tar")
+
+    assert list(merged) == ["obj000", "obj001", "obj002"]
+    assert not any("/." in member.name for member in packed.members)
+
+
 @pytest.mark.parametrize(
     ("content", "field"),
     [({"uid": "obj001", "category": ""}, "category"), ({"uid": "other", "category": "x"}, "uid"),
