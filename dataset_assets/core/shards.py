@@ -387,6 +387,10 @@ def append_shards(
                     known.add(key)
                     writer.write(key, sample)
             combined = existing.extend(writer.index)
+            present = [shard.name for shard in writer.shards if (folder / shard.name).exists()]
+            if present:  # _first_free_number skips files for the first new shard only
+                raise DatasetAssetsError(f"{folder}: new shards would overwrite {', '.join(present)}, "
+                                         f"which exist but are not in the index; move them away first")
             for shard in writer.shards:
                 storage.fsync_path(staging / shard.name)
             storage.write_bytes_atomic(folder / APPEND_JOURNAL, json.dumps([s.name for s in writer.shards]).encode())

@@ -528,6 +528,23 @@ def test_append_refuses_keys_already_indexed_and_publishes_nothing(tmp_path: Pat
     assert sorted(path.name for path in tmp_path.glob("*.tar")) == ["shards-0000.tar"]
 
 
+def test_append_never_overwrites_a_file_that_is_not_in_the_index(tmp_path: Path) -> None:
+    """The first new shard number skips existing files; the ones after it must not clobber a stray either."""
+    write_set(tmp_path, SEQUENCE[:8], max_samples=4)
+    index_bytes = (tmp_path / INDEX_FILE).read_bytes()
+    stray = tmp_path / "shards-0003.tar"
+    stray.write_bytes(b"a file the set does not list")
+
+    with pytest.raises(DatasetAssetsError, match=r"shards-0003\.tar.* not in the index"):
+        append_shards(tmp_path, iter(samples_of("seq_b", 8)), max_samples=4)
+
+    assert stray.read_bytes() == b"a file the set does not list"
+    assert (tmp_path / INDEX_FILE).read_bytes() == index_bytes
+    assert sorted(path.name for path in tmp_path.glob("*.tar")) == ["shards-0000.tar", "shards-0001.tar",
+                                                                    "shards-0003.tar"]
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".append")] == []
+
+
 def test_concurrent_appends_keep_every_sample(tmp_path: Path) -> None:
     write_set(tmp_path, SEQUENCE[:4])
     sequences = [samples_of(f"seq_{name}", 6) for name in "bcd"]
