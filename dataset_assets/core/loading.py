@@ -38,6 +38,9 @@ from dataset_assets.core.transfer import make_client
 
 HTTP_CHUNK_BYTES = 1 << 20
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff"})
+# The Pillow formats of those extensions: Pillow sniffs the format from the bytes, and some of its
+# other plugins are no place for untrusted input (EPS runs Ghostscript).
+IMAGE_FORMATS = ("JPEG", "PNG", "PPM", "BMP", "WEBP", "TIFF")
 
 __all__ = ["IndexedShardDataset", "SampleDecoding", "ShardStream", "load_yaml_and_extract_tar_list",
            "make_shard_dataset"]
@@ -52,7 +55,7 @@ RawSample = dict[str, bytes | memoryview]
 
 def decode_image(data: bytes) -> torch.Tensor:
     """An RGB image as a float32 (3, H, W) tensor in [0, 1], like webdataset's "torchrgb"."""
-    with Image.open(io.BytesIO(data)) as image:
+    with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
         pixels = numpy.array(image.convert("RGB"))
     return torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
 

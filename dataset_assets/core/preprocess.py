@@ -34,6 +34,7 @@ from dataset_assets.core.shards import Compression, Sample, ShardInfo, ShardWrit
 LINEAGE_FILE = "_lineage.json"
 IMAGE_FORMATS = {"jpeg": "jpg", "png": "png"}
 IMAGE_SUFFIXES = frozenset({"jpg", "jpeg", "png"})
+IMAGE_OPEN_FORMATS = ("JPEG", "PNG")
 TENSOR_DTYPES = ("float16", "float32", "float64", "int32", "int64", "uint8")
 MAX_IMAGE_SIDE = 65535
 LINEAGE_PACKAGES = ("dataset_assets", "pillow", "numpy", "webdataset", "zstandard")
@@ -224,7 +225,8 @@ def output_extension(extension: str, config: PreprocessConfig) -> str:
 
 def _decode_image(key: str, extension: str, data: bytes) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data))
+        # Pillow would otherwise pick any of its plugins by sniffing: EPS, for one, runs Ghostscript.
+        image = Image.open(io.BytesIO(data), formats=IMAGE_OPEN_FORMATS)
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DatasetAssetsError(f"sample {key!r}: member {extension!r} is not a decodable image ({error})") from error

@@ -187,6 +187,17 @@ def test_dataset_never_unpickles_members(tmp_path: Path) -> None:
     assert (sample["pyd"], sample["pth"]) == (payload, payload)
 
 
+def test_image_members_are_never_handed_to_ghostscript(tmp_path: Path) -> None:
+    """A `.png` member holding PostScript: Pillow would run Ghostscript (where installed) to render it."""
+    postscript = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\n"
+    with ShardWriter(tmp_path) as writer:
+        writer.write("seq_a_f0000", {"png": postscript})
+
+    with pytest.raises(DatasetAssetsError, match=r"sample 'seq_a_f0000': member 'png' could not be decoded") as caught:
+        list(make_shard_dataset([str(tmp_path / "shards-0000.tar")]))
+    assert "Ghostscript" not in str(caught.value)
+
+
 def test_pickled_npy_member_is_refused(tmp_path: Path) -> None:
     buffer = io.BytesIO()
     numpy.save(buffer, numpy.array([_Boom()], dtype=object), allow_pickle=True)

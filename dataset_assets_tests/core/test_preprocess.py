@@ -458,3 +458,17 @@ def test_a_json_member_nested_too_deep_to_describe_is_previewed_not_fatal(tmp_pa
 
     assert f"| {len(deep)} bytes (unreadable) |" in result.preview.splitlines()[2]
     assert dict(iter_tar_samples(tmp_path / "out" / "shards-0000.tar"))["seq_a_f0000"]["json"] == deep
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\nshowpage\n"
+
+
+def test_an_image_member_is_decoded_as_jpeg_or_png_only_never_handed_to_ghostscript() -> None:
+    """Pillow sniffs the format from the bytes: a `.jpg` holding PostScript would be rendered by running
+    Ghostscript (where installed) on untrusted input. Only the formats we read are tried."""
+    with pytest.raises(DatasetAssetsError, match=r"member 'jpg' is not a decodable image") as caught:
+        transform_sample("seq_a_f0000", {"jpg": EPS}, config())
+    assert "Ghostscript" not in str(caught.value)
+    png = io.BytesIO()
+    Image.new("RGB", (8, 6)).save(png, format="PNG")
+    assert decoded_image(transform_sample("seq_a_f0000", {"jpg": png.getvalue()}, config())["jpg"]).format == "JPEG"
