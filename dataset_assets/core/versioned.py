@@ -360,9 +360,14 @@ def extract_tar_safely(tar_path: Path, dest: Path, max_bytes: int = DEFAULT_MAX_
     try:
         with atomic_folder(dest) as staging, tarfile.open(tar_path, mode="r:*") as tar:
             for member in _checked_members(tar, archive, max_bytes, max_members):
+                name = member.name
                 if strip_root:
                     root, member = _below_root(archive, member, root)
-                tar.extract(member, staging, filter="data")
+                try:
+                    tar.extract(member, staging, filter="data")
+                except OSError as error:  # a file where a folder must go, a full disk: name the member
+                    raise DatasetAssetsError(f"{archive}: cannot extract member {name!r} "
+                                             f"({error.strerror or error})") from error
                 names.append(member.name)
             _check_end_of_archive(tar, archive)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as error:

@@ -176,6 +176,17 @@ def test_crafted_tar_is_rejected_and_nothing_extracted(
     assert not (tmp_path / "x").exists()
 
 
+def test_a_member_that_cannot_be_written_names_the_archive_and_member_and_leaves_nothing(tmp_path: Path) -> None:
+    """`assets/ok.txt` is a file, so `assets/ok.txt/inner` cannot be created below it."""
+    archive = crafted_tar(tmp_path / "clash.tar", _member("assets/ok.txt/inner"), b"x")
+
+    for strip_root in (False, True):
+        with pytest.raises(DatasetAssetsError,
+                           match=rf"{archive}: cannot extract member 'assets/ok\.txt/inner' \(Not a directory\)"):
+            extract_tar_safely(archive, tmp_path / "out", strip_root=strip_root)
+        assert not (tmp_path / "out").exists()
+
+
 def test_a_member_of_negative_size_is_rejected_before_it_can_offset_the_size_limit(tmp_path: Path) -> None:
     archive = tmp_path / "negative.tar"
     big = tarfile.TarInfo("assets/big.bin")
