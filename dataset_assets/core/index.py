@@ -150,6 +150,10 @@ def parse_index(document: object, source: str) -> ShardIndex:
         found = (document.get("format"), document.get("version"))
         raise ShardIndexError(source, "format", found, f"must be {INDEX_FORMAT!r} version {INDEX_VERSION}")
     shards = tuple(_shard(item, source, f"shards[{i}]") for i, item in enumerate(_list(document, "shards", source)))
+    first: dict[str, int] = {}
+    for number, shard in enumerate(shards):  # readers find a shard by its name
+        if first.setdefault(shard.name, number) != number:
+            raise ShardIndexError(source, f"shards[{number}].name", shard.name, f"is also shards[{first[shard.name]}]")
     blocks = tuple(
         _block(item, len(shards), source, f"blocks[{i}]") for i, item in enumerate(_list(document, "blocks", source))
     )

@@ -90,6 +90,19 @@ def test_malformed_index_names_file_field_and_value(document: object, field: str
     assert str(caught.value).startswith(f"set/_index.json: field '{field}'")
 
 
+def test_a_shard_listed_twice_is_refused() -> None:
+    """Readers find a shard by name: with two rows of one name, the rows of one of them could not be reached
+    (the map-style dataset read one shard's samples at the other's offsets, or dropped them)."""
+    shard = {"name": "shards-0000.tar", "samples": 1, "bytes": 10240, "sha256": SHA, "compression": None}
+    document = _document(shards=[shard, shard], blocks=[], samples=[["k0", 0, [["txt", 512, 3]]],
+                                                                    ["k1", 1, [["txt", 512, 3]]]])
+
+    with pytest.raises(ShardIndexError) as caught:
+        parse_index(document, "set/_index.json")
+
+    assert caught.value.field == "shards[1].name" and "is also shards[0]" in str(caught.value)
+
+
 def test_unreadable_index_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ShardIndexError, match=r"_index\.json: field '\(file\)'"):
         read_index(tmp_path)
