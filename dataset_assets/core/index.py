@@ -158,10 +158,27 @@ def parse_index(document: object, source: str) -> ShardIndex:
         _block(item, len(shards), source, f"blocks[{i}]") for i, item in enumerate(_list(document, "blocks", source))
     )
     entries = tuple(
-        _entry(row, len(shards), len(blocks), source, f"samples[{i}]")
+        _in_its_block(_entry(row, len(shards), len(blocks), source, f"samples[{i}]"), shards, blocks, source, i)
         for i, row in enumerate(_list(document, "samples", source))
     )
     return ShardIndex(shards, entries, blocks)
+
+
+def _in_its_block(entry: IndexEntry, shards: Sequence[ShardInfo], blocks: Sequence[Block], source: str,
+                  number: int) -> IndexEntry:
+    """A row of a zstd shard names one of that shard's blocks, a row of a plain shard none: readers trust it."""
+    compressed = shards[entry.shard].compression is not None
+    if entry.block is None:
+        if not compressed:
+            return entry
+        problem = f"lies in zstd shard {entry.shard} but names no block"
+    elif not compressed:
+        problem = f"names block {entry.block}, but shard {entry.shard} is not compressed"
+    elif blocks[entry.block].shard != entry.shard:
+        problem = f"names block {entry.block} of shard {blocks[entry.block].shard}, not of its shard {entry.shard}"
+    else:
+        return entry
+    raise ShardIndexError(source, f"samples[{number}]", entry.to_row(), problem)
 
 
 def _list(document: dict, key: str, source: str) -> list:

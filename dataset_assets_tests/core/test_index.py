@@ -103,6 +103,23 @@ def test_a_shard_listed_twice_is_refused() -> None:
     assert caught.value.field == "shards[1].name" and "is also shards[0]" in str(caught.value)
 
 
+@pytest.mark.parametrize(("row", "problem"), [
+    (["b0", 1, [["txt", 512, 3]]], "lies in zstd shard 1 but names no block"),
+    (["k0", 0, [["txt", 512, 3]], 0], "names block 0, but shard 0 is not compressed"),
+    (["b0", 2, [["txt", 512, 3]], 0], "names block 0 of shard 1, not of its shard 2"),
+])
+def test_a_sample_row_whose_block_does_not_fit_its_shard_is_refused(row: list[object], problem: str) -> None:
+    """A reader of a row trusts its block: without the right one it returns compressed bytes, or bytes
+    of another shard, as the sample's members."""
+    shards = [{"name": f"shards-000{n}.tar", "samples": 1, "bytes": 10240, "sha256": SHA, "compression": codec}
+              for n, codec in enumerate([None, "zstd", "zstd"])]
+
+    with pytest.raises(ShardIndexError) as caught:
+        parse_index(_document(shards=shards, blocks=[[1, 512, 90], [2, 512, 90]], samples=[row]), "set/_index.json")
+
+    assert caught.value.field == "samples[0]" and problem in str(caught.value)
+
+
 def test_unreadable_index_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ShardIndexError, match=r"_index\.json: field '\(file\)'"):
         read_index(tmp_path)
