@@ -357,16 +357,16 @@ class IndexedShardDataset(Dataset):
         paths: list[str] = []
         self.keys: list[str] = []
         self._rows: list[tuple[int, tuple[Member, ...], Block | None]] = []
-        for folder, shard_names in _resolve_sources(_check_tar_list(sources)):
+        for folder, shards in _resolve_sources(_check_tar_list(sources)):
             index = read_index(folder)
             entries: dict[int, list[IndexEntry]] = {number: [] for number in range(len(index.shards))}
             for entry in index.entries:
                 entries[entry.shard].append(entry)
             by_name = {shard.name: number for number, shard in enumerate(index.shards)}
-            for name in shard_names or list(by_name):
+            for name, source in shards or [(name, str(folder / name)) for name in by_name]:
                 if name not in by_name:
                     raise DatasetAssetsError(f"{folder / name}: not listed in {folder / INDEX_FILE}")
-                paths.append(str(folder / name))
+                paths.append(source)
                 for entry in entries[by_name[name]]:
                     self.keys.append(entry.key)
                     block = None if entry.block is None else index.blocks[entry.block]
@@ -390,9 +390,12 @@ class IndexedShardDataset(Dataset):
         return self.decoding(*self.read(index))
 
 
-def _resolve_sources(sources: Sequence[str]) -> list[tuple[Path, list[str]]]:
-    """Group sources into (index folder, shard names); an empty name list means the whole folder."""
-    resolved: list[tuple[Path, list[str]]] = []
+def _resolve_sources(sources: Sequence[str]) -> list[tuple[Path, list[tuple[str, str]]]]:
+    """Group sources into (index folder, [(shard name, source)]); an empty list means the whole folder.
+
+    A shard keeps its source as spelled, which `ShardStream` reports as `__url__` too.
+    """
+    resolved: list[tuple[Path, list[tuple[str, str]]]] = []
     for source in sources:
         if is_url(source):
             raise DatasetAssetsError(f"{redact_url(source)}: the map-style dataset reads local shards only")
@@ -400,7 +403,7 @@ def _resolve_sources(sources: Sequence[str]) -> list[tuple[Path, list[str]]]:
         if path.is_dir():
             resolved.append((path, []))
         elif resolved and resolved[-1][0] == path.parent and resolved[-1][1]:
-            resolved[-1][1].append(path.name)
+            resolved[-1][1].append((path.name, source))
         else:
-            resolved.append((path.parent, [path.name]))
+            resolved.append((path.parent, [(path.name, source)]))
     return resolved

@@ -299,6 +299,19 @@ def test_map_style_dataset_returns_the_same_samples_as_the_stream(
     assert_same_samples([mapped[-1]], streamed[-1:])
 
 
+def test_map_style_dataset_names_each_shard_as_the_tar_list_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`__url__` is the tar-list entry, spelled as given, in both datasets."""
+    write_sequence(tmp_path, "seq_a", 4, 2)
+    monkeypatch.chdir(tmp_path)
+    tars = ["./seq_a/shards-0000.tar", "seq_a//shards-0001.tar"]
+
+    streamed = [sample["__url__"] for sample in ShardStream(tars)]
+    mapped = IndexedShardDataset(tars)
+
+    assert [mapped[i]["__url__"] for i in range(len(mapped))] == streamed == [tars[0]] * 2 + [tars[1]] * 2
+
+
 def test_map_style_dataset_over_a_folder_and_out_of_range_index(tmp_path: Path) -> None:
     write_sequence(tmp_path, "seq_a", 5, 2)
     dataset = IndexedShardDataset([tmp_path / "seq_a"], decoder=add_frame_index)
