@@ -833,6 +833,8 @@ class ShardFiles:
     """
 
     def __init__(self, paths: Sequence[str], max_open: int = 64, cached_blocks: int = 4) -> None:
+        if max_open < 1:  # the handle just opened would be closed before it is read
+            raise ValueError(f"max_open must be >= 1, got {max_open}")
         self.paths = list(paths)
         self.max_open = max_open
         self.cached_blocks = cached_blocks

@@ -654,6 +654,17 @@ def test_an_index_entry_past_the_end_of_its_zstd_block_is_an_error_not_short_byt
         files.read_members(0, stale, block)
 
 
+def test_shard_files_refuse_to_keep_no_handle_open(tmp_path: Path) -> None:
+    """With max_open=0 every handle was closed as soon as it was opened, and each read failed later
+    with 'I/O operation on closed file'."""
+    writer = write_set(tmp_path, SEQUENCE[:2])
+    paths = [str(tmp_path / shard.name) for shard in writer.shards]
+
+    with pytest.raises(ValueError, match="max_open must be >= 1, got 0"):
+        ShardFiles(paths, max_open=0)
+    assert ShardFiles(paths, max_open=1).read_members(0, writer.index.entries[1].members) == SEQUENCE[1][1]
+
+
 def test_verify_shard_set_reports_an_index_entry_past_the_end(tmp_path: Path) -> None:
     write_set(tmp_path, SEQUENCE[:3])
     shard = tmp_path / "shards-0000.tar"
