@@ -25,6 +25,7 @@ import fcntl
 import functools
 import hashlib
 import io
+import itertools
 import json
 import mmap
 import os
@@ -808,20 +809,26 @@ def iter_tar_samples(path: Path, views: bool = False) -> Iterator[tuple[str, dic
 
 
 def count_samples(path: Path) -> int:
-    """Number of samples in a shard; plain members are counted from headers only (data is seeked over)."""
-    keys: set[str] = set()
+    """Number of samples in a shard, grouped as the readers group them: a run of members of one key, a
+    zstd block's samples apart from the members around it. Plain members are counted from headers only."""
     with open_shard(path) as stream:
-        for member in iter_tar_members(stream, str(path), read_data=False):
-            if not is_block(member.name):
-                keys.add(split_member_name(member.name)[0])
-                continue
-            data = os.pread(stream.fileno(), member.size, member.offset)
-            where = f"{path}:{member.name}"
-            for item in iter_tar_members(io.BytesIO(decompress_block(data, where)), where, read_data=False):
-                if is_block(item.name):  # as the readers do: they would refuse the shard
-                    raise UnsafeArchiveError(where, item.name, "nested zstd blocks are not allowed")
-                keys.add(split_member_name(item.name)[0])
-    return len(keys)
+        return sum(1 for key, _ in itertools.groupby(_sample_keys(stream, path)) if key is not None)
+
+
+def _sample_keys(stream: BinaryIO, path: Path) -> Iterator[str | None]:
+    """The key of each member of a shard, None before and after each zstd block's (a block ends a sample)."""
+    for member in iter_tar_members(stream, str(path), read_data=False):
+        if not is_block(member.name):
+            yield split_member_name(member.name)[0]
+            continue
+        data = os.pread(stream.fileno(), member.size, member.offset)
+        where = f"{path}:{member.name}"
+        yield None
+        for item in iter_tar_members(io.BytesIO(decompress_block(data, where)), where, read_data=False):
+            if is_block(item.name):  # as the readers do: they would refuse the shard
+                raise UnsafeArchiveError(where, item.name, "nested zstd blocks are not allowed")
+            yield split_member_name(item.name)[0]
+        yield None
 
 
 class ShardFiles:

@@ -425,6 +425,19 @@ def test_counting_a_shard_cut_inside_a_member_fails_like_reading_it(tmp_path: Pa
         read_all(tmp_path)
 
 
+def test_count_samples_groups_members_as_the_readers_do(tmp_path: Path) -> None:
+    """A key whose members are not adjacent is two samples to every reader (and to webdataset)."""
+    block = zstandard.ZstdCompressor(write_checksum=True).compress(_tar_bytes([("b.json", b"{}"), ("c.json", b"{}")]))
+    path = tmp_path / "third_party.tar"
+    path.write_bytes(_tar_bytes([("a.txt", b"1"), ("b.txt", b"2"), ("a.json", b"{}"),
+                                 ("zstd-block-000000.tar.zst", block), ("c.txt", b"3")]))
+
+    read = [key for key, _ in iter_tar_samples(path)]
+
+    assert read == ["a", "b", "a", "b", "c", "c"]
+    assert count_samples(path) == len(read)
+
+
 def test_a_full_disk_while_writing_names_the_shard(tmp_path: Path) -> None:
     """/dev/full answers every write with ENOSPC: a real full device, reached through a symlink."""
     (tmp_path / "shards-0000.tar").symlink_to("/dev/full")
