@@ -259,6 +259,8 @@ class ShardWriter:
             raise DatasetAssetsError(f"sample {key!r} has no members")
         for extension in sample:
             _check_extension(key, extension)
+        if len({extension.lower() for extension in sample}) < len(sample):  # webdataset lowercases them
+            raise DatasetAssetsError(f"sample {key!r}: member extensions {sorted(sample)} differ only in case")
         with self._naming_write_errors():
             if self._full():
                 self._close_current()

@@ -174,6 +174,18 @@ def test_a_member_name_the_readers_would_refuse_or_cut_short_is_refused_when_wri
     assert read_all(tmp_path) == [("seq_a_f0001", {"json": b"{}"})]
 
 
+def test_extensions_equal_but_for_case_are_refused_as_webdataset_cannot_read_them(tmp_path: Path) -> None:
+    """webdataset lowercases extensions: `k.jpg` and `k.JPG` are one member twice to it, and it fails the shard."""
+    with ShardWriter(tmp_path) as writer:
+        with pytest.raises(DatasetAssetsError, match=r"sample 'seq_a_f0000': member extensions \['JPG', 'jpg'\] "
+                                                     r"differ only in case"):
+            writer.write("seq_a_f0000", {"jpg": b"1", "JPG": b"2"})
+        writer.write("seq_a_f0001", {"JPG": b"3", "json": b"{}"})
+
+    read = list(webdataset.WebDataset(str(tmp_path / "shards-0000.tar"), shardshuffle=False, empty_check=False))
+    assert [(sample["__key__"], sample["jpg"]) for sample in read] == [("seq_a_f0001", b"3")]
+
+
 def test_a_key_written_twice_is_refused_so_every_index_row_is_a_sample_webdataset_reads(tmp_path: Path) -> None:
     """webdataset (and our readers) merge consecutive members of one key into one sample: a second
     `write` of a key would leave two index rows for what readers see as one sample."""
