@@ -105,14 +105,23 @@ def _check_name(source: str, field: str, name: str) -> None:
         )
 
 
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a malformed IPv6 host, or a port that is no number in 0-65535
+        return False
+
+
 def _parse_entry(source: str, field: str, config: str, sequence: str, key: str, raw: Any) -> ManifestEntry:
     _expect(source, field, raw, dict, "an object")
     url = raw.get("download_url")
     if url is None:
         raise ManifestError(source, f"{field}.download_url", None, "is required")
     _expect(source, f"{field}.download_url", url, str, "a string")
-    if urlsplit(url).scheme not in ("http", "https"):
-        raise ManifestError(source, f"{field}.download_url", redact_url(url), "must be an http(s) URL")
+    if not _is_http_url(url):
+        raise ManifestError(source, f"{field}.download_url", redact_url(url),
+                            "must be an http(s) URL with a host and a valid port")
     filename = raw.get("filename", key[: -len("_tar")] + ".tar" if key.endswith("_tar") else key)
     _expect(source, f"{field}.filename", filename, str, "a string")
     _check_name(source, f"{field}.filename", filename)

@@ -61,6 +61,14 @@ def test_malformed_manifest_error_names_source_field_and_value(data: dict, field
     assert f"(got {value})" in message
 
 
+@pytest.mark.parametrize("url", ["https://[::1/x", "http://h:abc/x", "http://h:99999/x", "https:///x"])
+def test_download_url_that_cannot_be_requested_is_refused_naming_the_field(url: str) -> None:
+    data = atek({"s": {"k": {"download_url": url}}})
+    with pytest.raises(ManifestError, match=r"^m\.json: field 'atek_data_for_all_configs\.cubercnn\.wds_file_urls"
+                                            r"\.s\.k\.download_url' must be an http\(s\) URL"):
+        parse_manifest(data, "m.json")
+
+
 def test_unknown_config_is_named_with_available_ones() -> None:
     manifest = parse_manifest(atek({}), "m.json")
     with pytest.raises(ManifestError, match=r"field 'atek_data_for_all_configs.efm'.*available: cubercnn.*got 'efm'"):
