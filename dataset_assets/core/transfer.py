@@ -377,7 +377,7 @@ class _Engine:
             result = self.transfer(entry)
         except LinkExpired as error:
             self._fail(key, str(error), error.files)
-        except (DatasetAssetsError, httpx.HTTPError, OSError) as error:
+        except (DatasetAssetsError, httpx.HTTPError, httpx.InvalidURL, OSError) as error:
             self._fail(key, redact_text(f"{type(error).__name__}: {error}"))
         else:
             with self.lock:

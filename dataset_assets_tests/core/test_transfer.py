@@ -169,6 +169,21 @@ def test_retries_stop_after_max_attempts_with_an_error_naming_the_file(
     assert len(requests_for(demo_server, entry)) == 3
 
 
+def test_an_entry_whose_url_cannot_be_requested_fails_alone_naming_the_file(
+    demo_server: DemoServer, demo_source: Path, tmp_path: Path
+) -> None:
+    good = first_entry(fetch_manifest(demo_server))
+    # Entries built from a catalog (raw artifacts, versioned datasets) skip the manifest's URL checks.
+    bad = ManifestEntry("cubercnn", "seq_009", "shards-0000.tar", "http://127.0.0.1:port/x?Signature=s3cr3tvalue")
+
+    report = transfer_entries([bad, good], folders(tmp_path), FAST)
+
+    assert list(report.failures) == ["cubercnn/seq_009/shards-0000.tar"]
+    assert "InvalidURL" in report.failures["cubercnn/seq_009/shards-0000.tar"]
+    assert "s3cr3tvalue" not in json.dumps(report.metadata())
+    assert (tmp_path / "cubercnn" / good.relative_path).read_bytes() == source_bytes(demo_source, good)
+
+
 def test_server_ignoring_range_restarts_cleanly_from_byte_zero(
     demo_server: DemoServer, demo_source: Path, tmp_path: Path
 ) -> None:
