@@ -299,8 +299,8 @@ def _check_expiry(entry: ManifestEntry) -> None:
 
 
 def _announced_total(response: httpx.Response) -> int | None:
-    """The full size the server announces: Content-Range's `/total` for 206, Content-Length for 200."""
-    if response.status_code == 206:
+    """The full size the server announces: Content-Range's `/total` for 206 and 416, Content-Length for 200."""
+    if response.status_code in (206, 416):
         total = response.headers.get("Content-Range", "").rpartition("/")[2]
     else:
         total = response.headers.get("Content-Length", "")
@@ -445,6 +445,8 @@ class _Engine:
             if sink.validator and not sink.validator.startswith("W/"):
                 headers["If-Range"] = sink.validator
         with self._client.stream("GET", entry.url, headers=headers) as response:
+            if response.status_code == 416 and offset and _announced_total(response) == offset:
+                return  # the held bytes already are the whole file (a manifest without its size): verify them
             self._check_status(entry, response, offset, sink)
             etag, total = response.headers.get("ETag"), _announced_total(response)
             if entry.size is not None and total is not None and total != entry.size:

@@ -1,6 +1,7 @@
 """The transfer engine against the fault-injecting demo server on 127.0.0.1, into local folders."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -294,6 +295,21 @@ def test_held_bytes_covering_the_whole_file_are_verified_and_published_without_a
     report = download_entries([entry], folders(tmp_path), FAST)
 
     assert file_requests(demo_server) == []
+    assert report.results[0].status == "resumed"
+    assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == source_bytes(demo_source, entry)
+
+
+def test_held_bytes_covering_a_file_the_manifest_gives_no_size_for_are_verified_not_fetched_again(
+    demo_server: DemoServer, demo_source: Path, tmp_path: Path
+) -> None:
+    entry = dataclasses.replace(first_entry(fetch_manifest(demo_server)), size=None)
+    part = tmp_path / "cubercnn" / f"{entry.relative_path}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(source_bytes(demo_source, entry))
+
+    report = download_entries([entry], folders(tmp_path), FAST)
+
+    assert demo_server.stats.body_bytes_sent() == 0
     assert report.results[0].status == "resumed"
     assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == source_bytes(demo_source, entry)
 
