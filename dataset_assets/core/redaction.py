@@ -15,9 +15,10 @@ REDACTED = "<redacted>"
 _URL_IN_TEXT = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<rest>[^\s'\"<>()\[\]{}]+)")
 # A request target without scheme and host, as HTTP libraries log it: `"GET /p?Expires=1&Signature=abc HTTP/1.1"`.
 _TARGET_QUERY = re.compile(r"(?<![\w.~-])(?P<path>/[^\s?'\"<>]*)\?[^\s'\"<>]+")
+# Names count after any non-alphanumeric (so `access_token`, `client_secret`), and may be quoted (dict reprs, JSON).
 _SECRET_ASSIGNMENT = re.compile(
-    r"(?i)\b(aws_secret_access_key|aws_session_token|secret|token|password|signature|sig)"
-    r"(\s*[=:]\s*)['\"]?[A-Za-z0-9/+=%._-]{6,}"
+    r"(?i)(?<![a-z0-9])(aws_secret_access_key|aws_session_token|secret|token|password|signature|sig)"
+    r"(['\"]?\s*[=:]\s*['\"]?)[A-Za-z0-9/+=%._-]{6,}"
 )
 
 

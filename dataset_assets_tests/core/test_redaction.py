@@ -1,6 +1,7 @@
 """Secrets are redacted from URLs, free text and log records."""
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -20,6 +21,15 @@ def test_redact_text_rewrites_every_url_and_token_assignment() -> None:
     for secret in ("AAAA1111", "BBBB2222", "CCCC3333", "EEEE4444"):
         assert secret not in redacted
     assert "https://a/x?<redacted>" in redacted
+
+
+def test_secret_assignments_in_dict_reprs_json_and_prefixed_names_are_redacted() -> None:
+    texts = [repr({"aws_secret_access_key": "CCCC3333DDDD"}), json.dumps({"token": "EEEE4444FFFF"}),
+             "access_token=GGGG5555HHHH client_secret: IIII6666JJJJ"]
+    redacted = [redact_text(text) for text in texts]
+    for secret in ("CCCC3333", "EEEE4444", "GGGG5555", "IIII6666"):
+        assert not any(secret in text for text in redacted)
+    assert redacted[0] == "{'aws_secret_access_key': '<redacted>'}"
 
 
 def test_logger_from_get_logger_redacts_records(caplog: pytest.LogCaptureFixture) -> None:
