@@ -28,12 +28,13 @@ READ_BYTES = 1 << 20
 def _as_httpx_error(error: urllib3.exceptions.HTTPError, request: httpx.Request) -> httpx.TransportError:
     """The httpx exception a urllib3 failure corresponds to (connect, timeout, or broken connection)."""
     message = str(error)
+    # Before ConnectTimeoutError: urllib3 derives NewConnectionError (refused, unresolvable) from it.
+    if isinstance(error, (NewConnectionError, SSLError)):
+        return httpx.ConnectError(message, request=request)
     if isinstance(error, ConnectTimeoutError):
         return httpx.ConnectTimeout(message, request=request)
     if isinstance(error, ReadTimeoutError):
         return httpx.ReadTimeout(message, request=request)
-    if isinstance(error, (NewConnectionError, SSLError)):
-        return httpx.ConnectError(message, request=request)
     if isinstance(error, ProxyError):
         return httpx.ProxyError(message, request=request)
     if isinstance(error, ProtocolError):

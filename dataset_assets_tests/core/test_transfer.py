@@ -185,6 +185,17 @@ def test_an_entry_whose_url_cannot_be_requested_fails_alone_naming_the_file(
     assert (tmp_path / "cubercnn" / good.relative_path).read_bytes() == source_bytes(demo_source, good)
 
 
+def test_a_refused_connection_is_reported_as_a_connect_error_not_a_timeout(
+    demo_server: DemoServer, tmp_path: Path
+) -> None:
+    entry = first_entry(fetch_manifest(demo_server))
+    demo_server.stop()
+
+    report = transfer_entries([entry], folders(tmp_path), ONE_ATTEMPT)
+
+    assert report.failures[f"cubercnn/{entry.relative_path}"].startswith("ConnectError: ")
+
+
 def test_server_ignoring_range_restarts_cleanly_from_byte_zero(
     demo_server: DemoServer, demo_source: Path, tmp_path: Path
 ) -> None:
