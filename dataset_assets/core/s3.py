@@ -142,7 +142,12 @@ class S3Destination:
         self.call("put_object", relative_path, Body=data, Metadata=_metadata(digest.result()))
 
     def abort_stale_uploads(self, relative_path: str) -> None:
-        """Abort multipart uploads of this key left by an interrupted run (their hash state is gone)."""
+        """Abort the other multipart uploads of this key, once this run published it.
+
+        They were left by an interrupted run (their hash state is gone) or belong to a concurrent run
+        of the same partition, which then finds the object published and verified. Aborting them
+        any earlier would fail that concurrent run.
+        """
         key = self.url.key(relative_path)
         try:
             listed = self.client.list_multipart_uploads(Bucket=self.url.bucket, Prefix=key)
@@ -164,7 +169,6 @@ class _MultipartUpload:
     def __init__(self, destination: S3Destination, relative_path: str, metadata: dict[str, str]) -> None:
         self._destination = destination
         self._path = relative_path
-        destination.abort_stale_uploads(relative_path)
         created = destination.call("create_multipart_upload", relative_path, Metadata=metadata)
         self.upload_id: str = created["UploadId"]
         self._pool = ThreadPoolExecutor(max_workers=destination.settings.concurrency, thread_name_prefix="s3-part")
@@ -304,6 +308,7 @@ class _S3Sink:
         digest = self._digest.result()
         last = self._part.take() if self._part is not None else bytearray()
         self._part = None
+        multipart = self._upload is not None
         if self._upload is None:
             self._destination.call("put_object", self._path, Body=last, Metadata=_metadata(digest))
         else:
@@ -312,6 +317,11 @@ class _S3Sink:
             self._upload.complete()
             self._upload = None
         self._check_published(digest)
+        if multipart:
+            try:
+                self._destination.abort_stale_uploads(self._path)
+            except StorageError as error:  # the object is published and verified; leftovers only cost storage
+                logger.warning("%s", error)
 
     def _check_published(self, digest: FileDigest) -> None:
         head = self._destination.head(self._path) or {}

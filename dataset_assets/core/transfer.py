@@ -40,7 +40,14 @@ from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.http_transport import Urllib3Transport
 from dataset_assets.core.manifest import ManifestEntry, UrlManifest, load_manifest_file, parse_manifest
 from dataset_assets.core.redaction import get_logger, redact_text
-from dataset_assets.core.storage import Destination, FileDigest, FileSink, LocalDestination, matches
+from dataset_assets.core.storage import (
+    Destination,
+    FileDigest,
+    FileSink,
+    LocalDestination,
+    StorageError,
+    matches,
+)
 
 logger = get_logger(__name__)
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -354,6 +361,15 @@ def _skipped(entry: ManifestEntry, existing: FileDigest) -> FileResult:
     return FileResult(entry.config, entry.relative_path, "skipped", existing.size, existing.sha1, existing.sha256, 0)
 
 
+def _verified_or_none(destination: Destination, entry: ManifestEntry) -> FileDigest | None:
+    """The verified copy at the destination; None also if the destination cannot answer (the error
+    that made the caller ask is the one to report)."""
+    try:
+        return destination.verified(entry.relative_path, entry.size, entry.sha1)
+    except StorageError:
+        return None
+
+
 class _Engine:
     """Transfers single files; `run` records each outcome so every file is attempted."""
 
@@ -402,6 +418,14 @@ class _Engine:
             if existing is not None:  # another run published it between the check above and `open`
                 return _skipped(entry, existing)
             digest = self._with_fresh_links(job, destination)
+        except StorageError:
+            # A destination without locks (S3) lets a concurrent run of the same partition publish the file
+            # meanwhile, aborting this run's upload: its verified copy is as good as ours.
+            job.sink.close()
+            existing = _verified_or_none(destination, job.entry)
+            if existing is None:
+                raise
+            return _skipped(job.entry, existing)
         finally:
             job.sink.close()
         status = "resumed" if job.appended else "downloaded"

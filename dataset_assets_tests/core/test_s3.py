@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,13 @@ from botocore.exceptions import EndpointConnectionError
 from dataset_assets.core.errors import InvalidInputError
 from dataset_assets.core.manifest import ManifestEntry, parse_manifest
 from dataset_assets.core.s3 import MIB, MIN_PART_SIZE, MultipartSettings, S3Destination, S3Url
-from dataset_assets.core.transfer import TransferError, TransferSettings, download_entries
+from dataset_assets.core.transfer import (
+    DownloadReport,
+    TransferError,
+    TransferSettings,
+    download_entries,
+    transfer_entries,
+)
 from dataset_assets.demo.server import DemoServer
 from dataset_assets_tests import s3_fixtures
 from dataset_assets_tests.s3_fixtures import S3Bucket
@@ -152,6 +159,30 @@ def test_dropped_connection_continues_the_same_multipart_upload(
     assert source_server.stats.body_bytes_sent() == BIG_SIZE
     assert report.results[0].status == "resumed"
     assert s3_bucket.read("mirror/raw/seq_000/shards-0000.tar") == (big_source / BIG).read_bytes()
+
+
+def test_two_runs_of_the_same_partition_at_once_both_succeed_leaving_one_object_and_no_upload(
+    source_server: DemoServer, big_source: Path, s3_bucket: S3Bucket
+) -> None:
+    [entry] = entries_of(source_server)
+    source_server.faults.trickle(BIG_SIZE)  # about a second per run, so the two uploads overlap
+    reports: dict[str, DownloadReport] = {}
+
+    def run(name: str) -> None:
+        reports[name] = transfer_entries([entry], {"big": destination(s3_bucket)}, FAST)
+
+    first = threading.Thread(target=run, args=("first",))
+    first.start()
+    while not s3_bucket.multipart_uploads():
+        time.sleep(0.01)
+    second = threading.Thread(target=run, args=("second",))
+    second.start()
+    first.join()
+    second.join()
+
+    assert reports["first"].failures == {} and reports["second"].failures == {}
+    assert s3_bucket.read("mirror/raw/seq_000/shards-0000.tar") == (big_source / BIG).read_bytes()
+    assert s3_bucket.multipart_uploads() == []
 
 
 def test_small_files_are_single_puts_carrying_sha1_and_sha256(source_server: DemoServer, big_source: Path,
