@@ -12,9 +12,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "<redacted>"
 
-_URL_IN_TEXT = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<rest>[^\s'\"<>()\[\]{}]+)")
+# Both patterns try each run of the characters they scan once, not once per position in it: errors redact
+# whatever a user file holds, and retrying a scan at every position is quadratic in a long token or path.
+# A URL's scheme begins at the first letter of its run (`prefix` keeps what precedes it).
+_URL_IN_TEXT = re.compile(
+    r"(?<![a-zA-Z0-9+.-])(?P<prefix>[0-9+.-]*)(?P<url>[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()\[\]{}]+)")
 # A request target without scheme and host, as HTTP libraries log it: `"GET /p?Expires=1&Signature=abc HTTP/1.1"`.
-_TARGET_QUERY = re.compile(r"(?<![\w.~-])(?P<path>/[^\s?'\"<>]*)\?[^\s'\"<>]+")
+# A path without a query matches too (and is kept as it is), so the scan resumes after it.
+_TARGET_QUERY = re.compile(r"(?<![\w.~-])(?P<path>/[^\s?'\"<>]*)(?P<query>\?[^\s'\"<>]+)?")
 # Names count after any non-alphanumeric (so `access_token`, `client_secret`), and may be quoted (dict reprs, JSON).
 _SECRET_ASSIGNMENT = re.compile(
     r"(?i)(?<![a-z0-9])(aws_secret_access_key|aws_session_token|secret|token|password|signature|sig)"
@@ -37,8 +42,9 @@ def redact_url(url: str) -> str:
 
 def redact_text(text: str) -> str:
     """Redact every URL, every request target's query and every `token=...`-like assignment in free text."""
-    redacted = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
-    redacted = _TARGET_QUERY.sub(lambda m: f"{m.group('path')}?{REDACTED}", redacted)
+    redacted = _URL_IN_TEXT.sub(lambda m: m.group("prefix") + redact_url(m.group("url")), text)
+    redacted = _TARGET_QUERY.sub(lambda m: f"{m.group('path')}?{REDACTED}" if m.group("query") else m.group(0),
+                                 redacted)
     return _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", redacted)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 
@@ -53,3 +54,13 @@ def test_urllib3_request_lines_are_redacted(caplog: pytest.LogCaptureFixture) ->
         logger.debug('%s://%s:%s "%s %s %s" %s %s', "http", "h", 80, "GET", "/f.tar?Key-Pair-Id=KP4ABC", "HTTP/1.1",
                      200, 3)
     assert "KP4ABC" not in caplog.text and "/f.tar?<redacted>" in caplog.text
+
+
+@pytest.mark.parametrize("run", ["x", "/", "a1"])
+def test_redacting_text_with_long_runs_of_url_characters_takes_linear_time(run: str) -> None:
+    """Errors show redact_text(repr(value)) of whatever a user file holds, say a 100 kB token in a manifest."""
+    text = f"{run * 50_000} then 1https://user:pw@h/p?sig=abcdef and GET /q?Signature=abcdef"
+    started = time.monotonic()
+    redacted = redact_text(text)
+    assert time.monotonic() - started < 1.0
+    assert redacted.endswith(" then 1https://h/p?<redacted> and GET /q?<redacted>")
