@@ -20,10 +20,11 @@ _URL_IN_TEXT = re.compile(
 # A request target without scheme and host, as HTTP libraries log it: `"GET /p?Expires=1&Signature=abc HTTP/1.1"`.
 # A path without a query matches too (and is kept as it is), so the scan resumes after it.
 _TARGET_QUERY = re.compile(r"(?<![\w.~-])(?P<path>/[^\s?'\"<>]*)(?P<query>\?[^\s'\"<>]+)?")
-# Names count after any non-alphanumeric (so `access_token`, `client_secret`), and may be quoted (dict reprs, JSON).
+# Names count after any non-alphanumeric (so `access_token`, `client_secret`), and may be quoted (dict reprs, JSON);
+# values may be bytes reprs, as in botocore's logged headers (`'X-Amz-Security-Token': b'...'`).
 _SECRET_ASSIGNMENT = re.compile(
     r"(?i)(?<![a-z0-9])(aws_secret_access_key|aws_session_token|secret|token|password|signature|sig)"
-    r"(['\"]?\s*[=:]\s*['\"]?)[A-Za-z0-9/+=%._-]{6,}"
+    r"(['\"]?\s*[=:]\s*b?['\"]?)[A-Za-z0-9/+=%._-]{6,}"
 )
 
 
@@ -62,7 +63,8 @@ def get_logger(name: str) -> logging.Logger:
     """Return the named logger with a `RedactingFilter` attached (idempotent).
 
     Logger filters only see records logged on that very logger, so each module asks for its own
-    redacting logger; the HTTP libraries' loggers that log request URLs are covered on import.
+    redacting logger; the HTTP and S3 libraries' loggers that log request URLs or signed headers are covered on
+    import.
     """
     logger = logging.getLogger(name)
     if not any(isinstance(f, RedactingFilter) for f in logger.filters):
@@ -70,5 +72,6 @@ def get_logger(name: str) -> logging.Logger:
     return logger
 
 
-for _third_party in ("httpx", "httpcore", "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry"):
+for _third_party in ("httpx", "httpcore", "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry",
+                     "botocore.endpoint", "botocore.auth"):
     get_logger(_third_party)

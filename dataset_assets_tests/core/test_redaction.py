@@ -5,9 +5,16 @@ import json
 import logging
 import time
 
+import boto3
 import pytest
 
 from dataset_assets.core.redaction import get_logger, redact_text, redact_url
+from dataset_assets_tests import s3_fixtures
+from dataset_assets_tests.s3_fixtures import S3Bucket
+
+moto_endpoint = s3_fixtures.moto_endpoint
+moto_client = s3_fixtures.moto_client
+s3_bucket = s3_fixtures.s3_bucket
 
 
 def test_redact_url_drops_query_and_credentials() -> None:
@@ -64,3 +71,18 @@ def test_redacting_text_with_long_runs_of_url_characters_takes_linear_time(run: 
     redacted = redact_text(text)
     assert time.monotonic() - started < 1.0
     assert redacted.endswith(" then 1https://h/p?<redacted> and GET /q?<redacted>")
+
+
+def test_s3_client_debug_logs_keep_credentials_and_signatures_out(
+    s3_bucket: S3Bucket, caplog: pytest.LogCaptureFixture
+) -> None:
+    """botocore logs each signed request (headers, canonical request, signature) at DEBUG."""
+    session = boto3.session.Session(aws_access_key_id="AKIAEXAMPLE", aws_secret_access_key="SECRETKEY1234567",
+                                    aws_session_token="SESSIONTOKEN1234567")
+    client = session.client("s3", endpoint_url=s3_bucket.endpoint_url, region_name="us-east-1")
+    with caplog.at_level(logging.DEBUG):
+        client.put_object(Bucket=s3_bucket.name, Key="k", Body=b"data")
+
+    assert "x-amz-security-token" in caplog.text.lower()
+    assert "SESSIONTOKEN1234567" not in caplog.text and "SECRETKEY1234567" not in caplog.text
+    assert "Signature=<redacted>" in caplog.text
