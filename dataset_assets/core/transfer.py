@@ -456,10 +456,14 @@ class _Engine:
         job.appended = sink.held > 0
         # Everything already held (a run stopped between the last byte and the rename): only verify.
         if sink.held == 0 or sink.held != entry.size:
-            self._fetch(job)
+            while self._fetch(job):
+                logger.info("%s: the server's range answer ended at byte %d; asking for the rest",
+                            entry.relative_path, sink.held)
         return self._verify_and_commit(job)
 
-    def _fetch(self, job: _Job) -> None:
+    def _fetch(self, job: _Job) -> bool:
+        """One request for the bytes not held; True if its 206 ended before the file did (servers may cap a
+        range's size), so the rest is still to be asked for."""
         entry, sink = job.entry, job.sink
         offset = sink.held
         # Identity encoding: byte offsets in Range and in the held bytes must mean bytes of the file itself.
@@ -470,7 +474,7 @@ class _Engine:
                 headers["If-Range"] = sink.validator
         with self._client.stream("GET", entry.url, headers=headers) as response:
             if response.status_code == 416 and offset and _announced_total(response) == offset:
-                return  # the held bytes already are the whole file (a manifest without its size): verify them
+                return False  # the held bytes already are the whole file (a manifest without its size): verify them
             self._check_status(entry, response, offset, sink)
             etag, total = response.headers.get("ETag"), _announced_total(response)
             if entry.size is not None and total is not None and total != entry.size:
@@ -493,6 +497,7 @@ class _Engine:
                 sink.write(chunk)
                 job.fetched += len(chunk)
                 self._progress.advance(job.key, len(chunk))
+            return response.status_code == 206 and total is not None and offset < sink.held < total
 
     @staticmethod
     def _check_status(entry: ManifestEntry, response: httpx.Response, offset: int, sink: FileSink) -> None:

@@ -138,6 +138,7 @@ class FaultInjector:
         self._drops: list[_Fault] = []
         self._trickles: list[_Fault] = []
         self._replacements: list[_Fault] = []
+        self._range_caps: list[_Fault] = []
         self._ignore_range = False
 
     def drop_after_bytes(self, n: int, times: int = 1, path_contains: str | None = None) -> None:
@@ -172,6 +173,14 @@ class FaultInjector:
         with self._lock:
             self._ignore_range = enabled
 
+    def cap_ranges(self, max_bytes: int, path_contains: str | None = None) -> None:
+        """Answer ranges with at most `max_bytes` from their start from now on: a 206 whose Content-Range
+        ends before the range asked for, as servers that limit range sizes send."""
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+        with self._lock:
+            self._range_caps.append(_Fault(path_contains, None, max_bytes))
+
     def replace_content(self, path_contains: str, data: bytes) -> None:
         """Serve `data` for matching files from now on, as if the file changed upstream."""
         with self._lock:
@@ -179,7 +188,7 @@ class FaultInjector:
 
     def clear(self) -> None:
         with self._lock:
-            for faults in (self._statuses, self._drops, self._trickles, self._replacements):
+            for faults in (self._statuses, self._drops, self._trickles, self._replacements, self._range_caps):
                 faults.clear()
             self._ignore_range = False
 
@@ -196,6 +205,9 @@ class FaultInjector:
 
     def replacement(self, path: str) -> bytes | None:
         return self._latest(self._replacements, path)
+
+    def range_cap(self, path: str) -> int | None:
+        return self._latest(self._range_caps, path)
 
     def ranges_ignored(self) -> bool:
         with self._lock:
@@ -378,7 +390,11 @@ class _Handler(BaseHTTPRequestHandler):
         if_range = self.headers.get("If-Range")
         if if_range is not None and if_range.strip() != body.etag:
             return None
-        return parse_range(self.headers.get("Range"), body.size)
+        span = parse_range(self.headers.get("Range"), body.size)
+        cap = self.demo.faults.range_cap(self.url_path)
+        if span is None or cap is None:
+            return span
+        return span[0], min(span[1], span[0] + cap - 1)
 
     def _send_body(self, body: _Body, send_body: bool) -> None:
         content_type = mimetypes.guess_type(self.url_path)[0] or "application/octet-stream"

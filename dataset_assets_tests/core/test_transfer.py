@@ -212,6 +212,26 @@ def test_server_ignoring_range_restarts_cleanly_from_byte_zero(
     assert report.results[0].status == "downloaded"
 
 
+def test_a_range_answer_ending_before_the_file_does_is_continued_not_published_short(
+    demo_server: DemoServer, demo_source: Path, tmp_path: Path
+) -> None:
+    # Without size and sha1 in the manifest, nothing but the server's Content-Range tells the file is incomplete.
+    entry = dataclasses.replace(first_entry(fetch_manifest(demo_server)), size=None, sha1=None)
+    size = len(source_bytes(demo_source, entry))
+    cut = size // 3
+    leave_partial(demo_server, entry, tmp_path, cut)
+    cap = cut // 2
+    demo_server.faults.cap_ranges(cap)
+
+    report = download_entries([entry], folders(tmp_path), FAST)
+
+    assert [r.range_header for r in requests_for(demo_server, entry)] == [
+        f"bytes={start}-" for start in range(cut, size, cap)]
+    assert demo_server.stats.body_bytes_sent() == size - cut
+    assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == source_bytes(demo_source, entry)
+    assert report.results[0].status == "resumed"
+
+
 def test_content_changed_between_runs_restarts_from_byte_zero(demo_server: DemoServer, tmp_path: Path) -> None:
     entry = first_entry(fetch_manifest(demo_server))
     leave_partial(demo_server, entry, tmp_path, entry.size // 2)

@@ -307,6 +307,18 @@ def test_ignore_range_answers_the_whole_body(demo_server: DemoServer, demo_files
     assert len(response.content) == demo_files[0].size
 
 
+def test_capped_ranges_answer_at_most_the_cap_from_the_range_start(
+    demo_server: DemoServer, demo_files: list[DemoFile]
+) -> None:
+    demo_server.faults.cap_ranges(100)
+
+    response = httpx.get(_first_url(demo_server), headers={"Range": "bytes=1000-"})
+
+    assert response.status_code == 206
+    assert response.headers["Content-Range"] == f"bytes 1000-1099/{demo_files[0].size}"
+    assert response.content == demo_files[0].path.read_bytes()[1000:1100]
+
+
 def test_replaced_content_changes_bytes_etag_and_manifest(demo_server: DemoServer) -> None:
     old_url = _first_url(demo_server)
     new_data = b"changed upstream"
@@ -330,6 +342,7 @@ def test_clear_disarms_every_fault(demo_server: DemoServer, demo_files: list[Dem
     faults.drop_after_bytes(1, times=5)
     faults.trickle(1)
     faults.ignore_range()
+    faults.cap_ranges(1)
     faults.replace_content("seq_000", b"x")
 
     faults.clear()
