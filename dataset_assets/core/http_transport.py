@@ -3,13 +3,16 @@
 Bodies are read with one `read1` per chunk from http.client's C-buffered socket reader: on loopback
 this spends about a third of the CPU per byte that h11's pure-Python parser does (0.3 vs 0.9 CPU
 seconds per GiB, benchmarks/RESULTS.md "Downloads"). Everything above the wire stays httpx: the
-client API, redirects, content decoding, env proxies (httpx mounts its own transports for those).
-urllib3's errors become the matching `httpx.TransportError`s, so retry policies keep working.
+client API, redirects, content decoding. httpx ignores the environment's proxies for a client given
+a transport, so this transport honours them itself. urllib3's errors become the matching
+`httpx.TransportError`s, so retry policies keep working.
 """
 from __future__ import annotations
 
 import ssl
+import urllib.request
 from collections.abc import Iterator
+from urllib.parse import unquote
 
 import httpx
 import urllib3
@@ -64,11 +67,32 @@ class _BodyStream(httpx.SyncByteStream):
             self._response.close()
 
 
+def _proxy_manager(proxy_url: str, connections: int, ssl_context: ssl.SSLContext) -> urllib3.ProxyManager:
+    """A pool manager sending requests through `proxy_url`, authenticating with the URL's user info if any."""
+    auth = urllib3.util.parse_url(proxy_url).auth
+    proxy_headers = urllib3.util.make_headers(proxy_basic_auth=unquote(auth)) if auth else None
+    return urllib3.ProxyManager(proxy_url, proxy_headers=proxy_headers, maxsize=connections, ssl_context=ssl_context,
+                                retries=False)
+
+
 class Urllib3Transport(httpx.BaseTransport):
-    """One urllib3 pool manager: keep-alive pools of `connections` per host, no retries of its own."""
+    """One urllib3 pool manager: keep-alive pools of `connections` per host, no retries of its own.
+
+    As httpx would, requests go through the proxy the environment names for their scheme
+    (HTTP_PROXY, HTTPS_PROXY, else ALL_PROXY), unless NO_PROXY lists their host.
+    """
 
     def __init__(self, connections: int, ssl_context: ssl.SSLContext) -> None:
         self._pools = urllib3.PoolManager(maxsize=connections, ssl_context=ssl_context, retries=False)
+        proxies = urllib.request.getproxies_environment()
+        self._proxied = {scheme: _proxy_manager(proxies.get(scheme) or proxies["all"], connections, ssl_context)
+                         for scheme in ("http", "https") if proxies.get(scheme) or proxies.get("all")}
+
+    def _manager(self, url: httpx.URL) -> urllib3.PoolManager:
+        proxied = self._proxied.get(url.scheme)
+        if proxied is None or urllib.request.proxy_bypass_environment(url.host):
+            return self._pools
+        return proxied
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
@@ -77,7 +101,7 @@ class Urllib3Transport(httpx.BaseTransport):
         for name, value in request.headers.multi_items():
             headers.add(name, value)
         try:
-            response = self._pools.urlopen(
+            response = self._manager(request.url).urlopen(
                 request.method, str(request.url), body=request.read() or None,
                 headers=headers, redirect=False, retries=False,
                 preload_content=False, decode_content=False, timeout=timeout)
@@ -88,3 +112,5 @@ class Urllib3Transport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._pools.clear()
+        for proxied in self._proxied.values():
+            proxied.clear()

@@ -7,7 +7,10 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -194,6 +197,67 @@ def test_a_refused_connection_is_reported_as_a_connect_error_not_a_timeout(
     report = transfer_entries([entry], folders(tmp_path), ONE_ATTEMPT)
 
     assert report.failures[f"cubercnn/{entry.relative_path}"].startswith("ConnectError: ")
+
+
+class _ForwardProxyHandler(BaseHTTPRequestHandler):
+    """A plain-HTTP forward proxy: records each absolute-form target, fetches it, relays the answer."""
+
+    server: _ForwardProxy
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.server.targets.append(self.path)
+        headers = {name: value for name, value in self.headers.items()
+                   if name.lower() not in ("host", "connection", "proxy-connection")}
+        with httpx.Client(trust_env=False) as client:
+            upstream = client.get(self.path, headers=headers)
+        self.send_response(upstream.status_code)
+        for name, value in upstream.headers.items():
+            if name.lower() not in ("connection", "content-length", "transfer-encoding"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(upstream.content)))
+        self.end_headers()
+        self.wfile.write(upstream.content)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Targets are recorded instead."""
+
+
+class _ForwardProxy(ThreadingHTTPServer):
+    daemon_threads = True
+    targets: list[str]
+
+
+@pytest.fixture
+def forward_proxy() -> Iterator[_ForwardProxy]:
+    proxy = _ForwardProxy(("127.0.0.1", 0), _ForwardProxyHandler)
+    proxy.targets = []
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    yield proxy
+    proxy.shutdown()
+    proxy.server_close()
+    thread.join()
+
+
+def test_downloads_go_through_the_proxy_the_environment_names_unless_no_proxy_lists_the_host(
+    demo_server: DemoServer, demo_source: Path, tmp_path: Path, forward_proxy: _ForwardProxy,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxied, direct = fetch_manifest(demo_server).entries("cubercnn", "seq_000")[:2]
+    for name in ("no_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    host, port = forward_proxy.server_address[:2]
+    monkeypatch.setenv("HTTP_PROXY", f"http://{host}:{port}")
+
+    download_entries([proxied], folders(tmp_path), FAST)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    download_entries([direct], folders(tmp_path), FAST)
+
+    assert forward_proxy.targets == [proxied.url]
+    for entry in (proxied, direct):
+        assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == source_bytes(demo_source, entry)
 
 
 def test_server_ignoring_range_restarts_cleanly_from_byte_zero(
