@@ -243,8 +243,10 @@ def _is_retryable(error: BaseException) -> bool:
     return isinstance(error, (httpx.TransportError, RetryableStatus))
 
 
-def _retrying(settings: TransferSettings) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """The single retry policy: exponential backoff with jitter, overridden by Retry-After."""
+def _retrying(settings: TransferSettings, sleep: Callable[[float], object] = time.sleep
+              ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """The single retry policy: exponential backoff with jitter, overridden by Retry-After; `sleep` waits
+    between attempts (the engine's wakes up when the transfer is cancelled)."""
     backoff = wait_exponential_jitter(multiplier=settings.backoff_initial_seconds, max=settings.backoff_max_seconds,
                                       jitter=settings.backoff_initial_seconds)
 
@@ -259,7 +261,7 @@ def _retrying(settings: TransferSettings) -> Callable[[Callable[..., T]], Callab
         logger.warning("retrying after attempt %d: %s", state.attempt_number, redact_text(str(error)))
 
     return retry(retry=retry_if_exception(_is_retryable), stop=stop_after_attempt(settings.max_attempts),
-                 wait=wait, before_sleep=log_retry, reraise=True)
+                 wait=wait, sleep=sleep, before_sleep=log_retry, reraise=True)
 
 
 def fetch_bytes(client: httpx.Client, url: str, settings: TransferSettings = TransferSettings()) -> bytes:
@@ -380,8 +382,8 @@ class _Engine:
         self._settings = settings
         self._progress = progress
         self._links = _FreshLinks(refresh) if refresh is not None else None
-        self._retry = _retrying(settings)
         self.stop = threading.Event()
+        self._retry = _retrying(settings, self.stop.wait)
         self.lock = threading.Lock()
         self.results: list[FileResult] = []
         self.failures: dict[str, str] = {}
@@ -449,6 +451,8 @@ class _Engine:
     def _attempt(self, job: _Job) -> FileDigest:
         """One attempt: continue from the held bytes, then verify and publish."""
         entry, sink = job.entry, job.sink
+        if self.stop.is_set():
+            raise TransferCancelled(f"{entry.relative_path}: cancelled; {sink.held} bytes held")
         _check_expiry(entry)
         if entry.size is not None and sink.held > entry.size:
             sink.restart(None, None)

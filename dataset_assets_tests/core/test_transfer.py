@@ -500,6 +500,28 @@ def test_ctrl_c_stops_the_transfer_and_keeps_held_bytes(demo_server: DemoServer,
     assert not list(tmp_path.rglob("*.tar"))
 
 
+def test_ctrl_c_stops_files_waiting_to_retry_without_further_requests(
+    demo_server: DemoServer, tmp_path: Path
+) -> None:
+    manifest = fetch_manifest(demo_server)
+    interrupted, waiting = manifest.entries("cubercnn", "seq_000")[:2]
+    demo_server.faults.fail_with_status(503, times=10, retry_after=3, path_contains=url_path(waiting))
+    demo_server.faults.trickle(20_000, path_contains=url_path(interrupted))
+    settings = TransferSettings(workers=2, max_attempts=5, backoff_max_seconds=30)
+
+    class Interrupting(InFlight):
+        def advance(self, key: str, nbytes: int) -> None:
+            if requests_for(demo_server, waiting):  # the other file got its 503 and waits to retry
+                raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        transfer_entries([interrupted, waiting], folders(tmp_path), settings, Interrupting())
+
+    assert time.monotonic() - started < 2.5
+    assert [r.status for r in requests_for(demo_server, waiting)] == [503]
+
+
 def test_signed_query_strings_never_reach_logs_errors_or_metadata(
     demo_server: DemoServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
