@@ -288,7 +288,7 @@ def fetch_manifest(location: str, client: httpx.Client | None = None) -> tuple[U
     client = client or make_client()
     try:
         data = fetch_bytes(client, location)
-    except httpx.HTTPError as error:
+    except (httpx.HTTPError, httpx.InvalidURL) as error:
         raise TransferError(f"{location}: could not fetch the manifest: {type(error).__name__}: {error}") from None
     finally:
         if owned:

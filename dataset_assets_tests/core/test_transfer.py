@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from dataset_assets.core import transfer
 from dataset_assets.core.manifest import ManifestEntry, UrlManifest, parse_manifest
 from dataset_assets.core.storage import FileDigest, LocalDestination
 from dataset_assets.core.transfer import (
@@ -186,6 +187,12 @@ def test_an_entry_whose_url_cannot_be_requested_fails_alone_naming_the_file(
     assert "InvalidURL" in report.failures["cubercnn/seq_009/shards-0000.tar"]
     assert "s3cr3tvalue" not in json.dumps(report.metadata())
     assert (tmp_path / "cubercnn" / good.relative_path).read_bytes() == source_bytes(demo_source, good)
+
+
+def test_a_manifest_url_that_cannot_be_requested_fails_with_an_error_naming_it() -> None:
+    with pytest.raises(TransferError, match=r"^http://127\.0\.0\.1:port/manifest\.json\?<redacted>.* could not fetch "
+                                            r"the manifest: InvalidURL"):
+        transfer.fetch_manifest("http://127.0.0.1:port/manifest.json?token=s3cr3tvalue")
 
 
 def test_a_refused_connection_is_reported_as_a_connect_error_not_a_timeout(
