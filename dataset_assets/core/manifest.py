@@ -122,7 +122,9 @@ def _parse_entry(source: str, field: str, config: str, sequence: str, key: str, 
     if not _is_http_url(url):
         raise ManifestError(source, f"{field}.download_url", redact_url(url),
                             "must be an http(s) URL with a host and a valid port")
-    filename = raw.get("filename", key[: -len("_tar")] + ".tar" if key.endswith("_tar") else key)
+    filename = raw.get("filename")
+    if filename is None:  # absent or null, as for sha1sum and file_size_bytes
+        filename = key[: -len("_tar")] + ".tar" if key.endswith("_tar") else key
     _expect(source, f"{field}.filename", filename, str, "a string")
     _check_name(source, f"{field}.filename", filename)
     sha1 = raw.get("sha1sum")

@@ -31,6 +31,15 @@ def test_parses_atek_shape_and_maps_tar_key_to_filename() -> None:
     assert entries[1].relative_path == "seq_b/shards-0001.tar"
 
 
+def test_optional_fields_given_as_null_count_as_absent() -> None:
+    data = atek({"s": {"shards-0000_tar": {"download_url": "https://h/x", "filename": None, "sha1sum": None,
+                                           "file_size_bytes": None}}})
+
+    [entry] = parse_manifest(data, "m.json").entries("cubercnn", "s")
+
+    assert (entry.filename, entry.sha1, entry.size) == ("shards-0000.tar", None, None)
+
+
 @pytest.mark.parametrize(
     ("data", "field", "value"),
     [
