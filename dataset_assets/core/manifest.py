@@ -196,8 +196,8 @@ def expiry_from_url(url: str) -> datetime | None:
     `X-Amz-Date` + `X-Amz-Expires` (S3 SigV4), `oe=<hex unix>` (Meta CDN, as the ATEK store)
     and `se=<ISO 8601>` (Azure SAS).
     """
-    query = {key.lower(): value for key, value in parse_qsl(urlsplit(url).query)}
     try:
+        query = {key.lower(): value for key, value in parse_qsl(urlsplit(url).query)}
         if "expires" in query:
             return datetime.fromtimestamp(int(query["expires"]), tz=timezone.utc)
         if "x-amz-date" in query and "x-amz-expires" in query:

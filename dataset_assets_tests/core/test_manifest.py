@@ -115,6 +115,7 @@ def test_error_value_redacts_signed_download_url() -> None:
         ("https://h/f?se=2024-01-01T00:00:00Z&sig=x", datetime(2024, 1, 1, tzinfo=timezone.utc)),
         ("https://h/f", None),
         ("https://h/f?Expires=notanumber", None),
+        ("https://[::1/f?Expires=1700000000", None),
     ],
 )
 def test_expiry_is_read_from_signed_query(url: str, expected: datetime | None) -> None:

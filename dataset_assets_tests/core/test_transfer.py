@@ -174,12 +174,14 @@ def test_retries_stop_after_max_attempts_with_an_error_naming_the_file(
     assert len(requests_for(demo_server, entry)) == 3
 
 
+@pytest.mark.parametrize("bad_url", ["http://127.0.0.1:port/x?Signature=s3cr3tvalue",
+                                     "http://[::1/x?Expires=1&Signature=s3cr3tvalue"])
 def test_an_entry_whose_url_cannot_be_requested_fails_alone_naming_the_file(
-    demo_server: DemoServer, demo_source: Path, tmp_path: Path
+    demo_server: DemoServer, demo_source: Path, tmp_path: Path, bad_url: str
 ) -> None:
     good = first_entry(fetch_manifest(demo_server))
     # Entries built from a catalog (raw artifacts, versioned datasets) skip the manifest's URL checks.
-    bad = ManifestEntry("cubercnn", "seq_009", "shards-0000.tar", "http://127.0.0.1:port/x?Signature=s3cr3tvalue")
+    bad = ManifestEntry("cubercnn", "seq_009", "shards-0000.tar", bad_url)
 
     report = transfer_entries([bad, good], folders(tmp_path), FAST)
 
