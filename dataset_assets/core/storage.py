@@ -401,15 +401,18 @@ class _LocalSink:
         return _verified_file(self._final, size, sha1)
 
     def close(self) -> None:
-        self._close_handle()
-        if self._lock is not None:
-            release_lock(self._final, self._lock)
-            self._lock = None
+        # Closing flushes the last buffered bytes, which can fail (disk full): the lock goes all the same.
+        try:
+            self._close_handle()
+        finally:
+            if self._lock is not None:
+                release_lock(self._final, self._lock)
+                self._lock = None
 
     def _close_handle(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.close()
 
 
 def _verified_file(final: Path, size: int | None, sha1: str | None) -> FileDigest | None:

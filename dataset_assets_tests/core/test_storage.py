@@ -5,12 +5,16 @@ import hashlib
 import random
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
 
 from dataset_assets.core.storage import (
     HASH_BATCH_BYTES,
     FileDigest,
+    LocalDestination,
     StreamDigest,
     atomic_file,
     atomic_folder,
@@ -135,3 +139,18 @@ def test_work_of_a_live_writer_is_left_alone(tmp_path: Path) -> None:
 
         assert part.read_bytes() == b"in progress" and (staging / "in_progress.bin").exists()
     assert file.read_bytes() == b"in progress" and [path.name for path in folder.iterdir()] == ["in_progress.bin"]
+
+
+def test_a_download_sink_whose_last_bytes_hit_a_full_disk_still_releases_the_file(tmp_path: Path) -> None:
+    destination = LocalDestination(tmp_path)
+    sink = destination.open("seq_000/shards-0000.tar", None)
+    (tmp_path / "seq_000" / "shards-0000.tar.part").symlink_to("/dev/full")  # every write: No space left on device
+    sink.write(b"x" * 100)  # buffered: the disk-full error comes when the sink flushes them on close
+    with pytest.raises(OSError, match="No space left on device"):
+        sink.close()
+
+    # The next download of the file (a retry, the next run in this process) takes its lock first.
+    checked = threading.Event()
+    threading.Thread(target=lambda: (destination.verified("seq_000/shards-0000.tar", None, None), checked.set()),
+                     daemon=True).start()
+    assert checked.wait(10)
