@@ -350,11 +350,11 @@ class _LocalSink:
         self._sidecar = final.with_name(final.name + ".part.json")
         self._digest = StreamDigest()
         self._handle: BinaryIO | None = None
-        state = self._read_sidecar()
-        etag, total = state.get("etag"), state.get("total")
-        self.validator: str | None = etag if isinstance(etag, str) else None
-        self.total: int | None = total if isinstance(total, int) else None
         try:
+            state = self._read_sidecar()
+            etag, total = state.get("etag"), state.get("total")
+            self.validator: str | None = etag if isinstance(etag, str) else None
+            self.total: int | None = total if isinstance(total, int) else None
             self.held = digest_file(self._part, self._digest).size if self._part.exists() else 0
         except BaseException:
             self.close()
@@ -362,8 +362,8 @@ class _LocalSink:
 
     def _read_sidecar(self) -> dict[str, object]:
         try:
-            state = json.loads(self._sidecar.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            state = json.loads(self._sidecar.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):  # not JSON, or not even text (garbled by a crash)
             return {}
         return state if isinstance(state, dict) else {}
 

@@ -418,6 +418,22 @@ def test_held_bytes_covering_a_file_the_manifest_gives_no_size_for_are_verified_
     assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == source_bytes(demo_source, entry)
 
 
+def test_a_garbled_resume_sidecar_is_ignored_and_the_download_completes(
+    demo_server: DemoServer, demo_source: Path, tmp_path: Path
+) -> None:
+    """After a power loss a file can hold stale blocks of other files instead of what was written last."""
+    entry = first_entry(fetch_manifest(demo_server))
+    part = tmp_path / "cubercnn" / f"{entry.relative_path}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(source_bytes(demo_source, entry)[:1000])
+    part.with_name(f"{part.name}.json").write_bytes(b"\xff\xfe\x00garbage")
+
+    report = download_entries([entry], folders(tmp_path), FAST)
+
+    assert report.results[0].status == "resumed"
+    assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == source_bytes(demo_source, entry)
+
+
 def test_held_bytes_failing_verification_restart_from_byte_zero(
     demo_server: DemoServer, demo_source: Path, tmp_path: Path
 ) -> None:
