@@ -76,8 +76,8 @@ def snapshot_manifest(spec: DatasetSpec, dest: Path, settings: TransferSettings)
         client.close()
     sequences = usable_sequences(manifest, spec.raw_configs)
     with atomic_file(dest) as part:
+        os.chmod(part, 0o600)  # before the signed URLs are in it, not after
         part.write_bytes(raw)
-        os.chmod(part, 0o600)
     return ManifestSnapshot(dest, manifest, content_version(manifest), sequences)
 
 
