@@ -45,12 +45,14 @@ CONFIG = "bench"
 SETS = {"small": (64, MIB // 2), "one_large": (1, 1024 * MIB), "few_large": (4, 256 * MIB)}
 SLOW_PREFIX = "/slow"
 SLOW_SECONDS = 0.02
+CPU_PATH = "/_cpu"
 
 
 class SendfileHandler(BaseHTTPRequestHandler):
     """GET `/<set>/<sequence>/<file>` from the served folder with zero-copy sendfile (HTTP/1.1 keep-alive).
 
-    Under `/slow/` the same files answer after `SLOW_SECONDS`, like a distant CDN's first byte.
+    Under `/slow/` the same files answer after `SLOW_SECONDS`, like a distant CDN's first byte. `CPU_PATH`
+    answers the server process's CPU seconds (all its threads, exited ones included; finer than /proc's ticks).
     """
 
     protocol_version = "HTTP/1.1"
@@ -58,6 +60,9 @@ class SendfileHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         target = self.path.split("?", 1)[0]
+        if target == CPU_PATH:
+            self._send_cpu_seconds()
+            return
         if target.startswith(SLOW_PREFIX):
             time.sleep(SLOW_SECONDS)
             target = target[len(SLOW_PREFIX):]
@@ -73,6 +78,13 @@ class SendfileHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
         with open(path, "rb") as handle:
             self.connection.sendfile(handle)
+
+    def _send_cpu_seconds(self) -> None:
+        body = repr(time.process_time()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
         pass

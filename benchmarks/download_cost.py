@@ -12,7 +12,8 @@ client costs per file here, next to what the server and curl cost.
 "Digests skipped" is a diagnostic, not a mode of the engine: for that run only, this process
 replaces `storage.StreamDigest` with a byte counter and accepts any digest, so what remains is
 receiving, writing, `.part` bookkeeping, fsync and rename. Per run: wall seconds, the client's CPU
-seconds, the server process's CPU seconds, and the CPU seconds both cores sat idle. Also printed:
+seconds, the server process's CPU seconds (it reports them itself, at `CPU_PATH`), and the CPU
+seconds both cores sat idle. Also printed:
 what sha1 + sha256 of 1 GiB cost in memory on this CPU, by hashlib and by the engine's digests.
 
     .venv/bin/python benchmarks/download_cost.py [--runs 5]
@@ -29,13 +30,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from download import MIB, curl, digests, engine, entries_for, fresh, generate
+from download import CPU_PATH, MIB, curl, digests, engine, entries_for, fresh, generate
 
 from dataset_assets.core import storage, transfer
 from dataset_assets.core.manifest import ManifestEntry
@@ -72,21 +74,21 @@ def replaced(module: object, **attributes: object) -> Iterator[None]:
             setattr(module, name, value)
 
 
-def _process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+def _server_cpu(base_url: str) -> float:
+    with urllib.request.urlopen(base_url + CPU_PATH) as response:
+        return float(response.read())
 
 
 def _idle_cpu() -> float:
     return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[4]) / TICKS
 
 
-def measured(run: Callable[[Path], float], out: Path, server: int) -> tuple[float, float, float, float]:
+def measured(run: Callable[[Path], float], out: Path, server: str) -> tuple[float, float, float, float]:
     """(wall, client CPU, server CPU, idle CPU) seconds of one run into an emptied `out`."""
     folder = fresh(out)
-    server_before, idle_before, started = _process_cpu(server), _idle_cpu(), time.perf_counter()
+    server_before, idle_before, started = _server_cpu(server), _idle_cpu(), time.perf_counter()
     client = run(folder)
-    return (time.perf_counter() - started, client, _process_cpu(server) - server_before, _idle_cpu() - idle_before)
+    return (time.perf_counter() - started, client, _server_cpu(server) - server_before, _idle_cpu() - idle_before)
 
 
 def engine_without_digests(entries: list[ManifestEntry], folder: Path) -> float:
@@ -190,7 +192,7 @@ def main() -> None:
         base_url = f"http://127.0.0.1:{port_file.read_text()}"
         scenarios = [("1 GiB", large_runs(entries_for(base_url, source, files["one_large"], known)), 1),
                      ("64 x 512 KiB", small_runs(entries_for(base_url, source, files["small"], known)), 64)]
-        measurements = [(title, runs, count, [{name: measured(run, out, server.pid) for name, run in runs.items()}
+        measurements = [(title, runs, count, [{name: measured(run, out, base_url) for name, run in runs.items()}
                                               for _ in range(args.runs)])
                         for title, runs, count in scenarios]
     finally:
