@@ -8,8 +8,9 @@ part is sent with a single PutObject. A multipart upload becomes a visible objec
 CompleteMultipartUpload, which is called after the transfer engine verified size and sha1; any
 failure aborts the upload, so no parts are left behind. The object carries its checksums as
 metadata (`sha1`; `sha256` too for single-part objects, since multipart metadata is fixed before
-the bytes are seen) and is checked with a HEAD (size + stored sha1) once published. Existing
-objects whose size and stored sha1 match the manifest are not transferred again.
+the bytes are seen) and is checked with a HEAD (size + stored sha1) once published; a multipart
+object then gets both digests as tags, so later runs report them too. Existing objects whose size
+and stored sha1 match the manifest are not transferred again.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ logger = get_logger(__name__)
 MIB = 1 << 20
 MIN_PART_SIZE = 5 * MIB
 MAX_PARTS = 10_000
+DIGEST_NAMES = ("sha1", "sha256")  # object metadata keys, and tags of multipart objects
 DEFAULT_PART_SIZE = 8 * MIB
 DEFAULT_PART_CONCURRENCY = 4
 
@@ -127,6 +129,8 @@ class S3Destination:
         if head is None:
             return None
         metadata = head.get("Metadata", {})
+        if "sha256" not in metadata:  # a multipart object: its digests are tags (see `tag_digests`)
+            metadata = {**self._digest_tags(relative_path), **metadata}
         stored_sha1 = metadata.get("sha1")
         if sha1 is not None and stored_sha1 != sha1:
             return None
@@ -135,6 +139,25 @@ class S3Destination:
 
     def open(self, relative_path: str, sha1: str | None) -> FileSink:
         return _S3Sink(self, relative_path, sha1)
+
+    def tag_digests(self, relative_path: str, digest: FileDigest) -> None:
+        """Tag a published multipart object with both digests, which its metadata could not hold.
+
+        Without tags (a store that has none) the object stays good: later runs report its sha256,
+        and its sha1 when the manifest gives none, as unknown.
+        """
+        tags = [{"Key": name, "Value": value} for name, value in _metadata(digest).items()]
+        try:
+            self.call("put_object_tagging", relative_path, Tagging={"TagSet": tags})
+        except StorageError as error:
+            logger.warning("%s", error)
+
+    def _digest_tags(self, relative_path: str) -> dict[str, str]:
+        try:
+            tags = self.call("get_object_tagging", relative_path).get("TagSet", [])
+        except StorageError:
+            return {}
+        return {tag["Key"]: tag["Value"] for tag in tags if tag["Key"] in DIGEST_NAMES}
 
     def put_bytes(self, relative_path: str, data: bytes) -> None:
         digest = StreamDigest()
@@ -160,7 +183,7 @@ class S3Destination:
 
 
 def _metadata(digest: FileDigest) -> dict[str, str]:
-    return {"sha1": digest.sha1, "sha256": digest.sha256}
+    return dict(zip(DIGEST_NAMES, (digest.sha1, digest.sha256)))
 
 
 class _MultipartUpload:
@@ -318,6 +341,7 @@ class _S3Sink:
             self._upload = None
         self._check_published(digest)
         if multipart:
+            self._destination.tag_digests(self._path, digest)
             try:
                 self._destination.abort_stale_uploads(self._path)
             except StorageError as error:  # the object is published and verified; leftovers only cost storage

@@ -1,6 +1,7 @@
 """Streaming downloads into an S3 bucket: moto's standalone server and the demo server, both on 127.0.0.1."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -197,6 +198,25 @@ def test_small_files_are_single_puts_carrying_sha1_and_sha256(source_server: Dem
         head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=f"mirror/raw/{entry.relative_path}")
         assert head["Metadata"] == {"sha1": hashlib.sha1(data).hexdigest(),
                                     "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_a_multipart_object_keeps_both_digests_for_later_runs_also_without_a_manifest_sha1(
+    source_server: DemoServer, big_source: Path, s3_bucket: S3Bucket
+) -> None:
+    [entry] = entries_of(source_server)
+    unchecked = dataclasses.replace(entry, sha1=None)
+    data = (big_source / BIG).read_bytes()
+    digests = {"sha1": hashlib.sha1(data).hexdigest(), "sha256": hashlib.sha256(data).hexdigest()}
+
+    first = download_entries([unchecked], {"big": destination(s3_bucket)}, FAST)
+    second = download_entries([unchecked], {"big": destination(s3_bucket)}, FAST)
+
+    tags = s3_bucket.client.get_object_tagging(Bucket=s3_bucket.name, Key="mirror/raw/seq_000/shards-0000.tar")
+    assert {tag["Key"]: tag["Value"] for tag in tags["TagSet"]} == digests
+    assert [result.status for result in first.results + second.results] == ["downloaded", "skipped"]
+    for report in (first, second):
+        assert {"sha1": report.results[0].sha1, "sha256": report.results[0].sha256} == digests
+    assert second.data_version == first.data_version
 
 
 def test_verified_objects_are_skipped_and_mismatching_ones_replaced(source_server: DemoServer,
