@@ -202,13 +202,14 @@ class DownloadReport:
         }
 
     def raise_for_failures(self) -> None:
-        """`LinkExpired` naming every file whose link expired, else `TransferError` listing each failure."""
+        """`LinkExpired` naming every file whose link expired (and listing any other failure, which fresh
+        links may not cure), else `TransferError` listing each failure."""
+        others = {path: why for path, why in self.failures.items() if path not in self.expired}
+        listed = "; ".join(f"{path}: {why}" for path, why in sorted(others.items()))
         if self.expired:
-            raise LinkExpired(self.expired)
-        if self.failures:
-            listed = "; ".join(f"{path}: {why}" for path, why in sorted(self.failures.items()))
-            raise TransferError(f"{len(self.failures)} of {len(self.results) + len(self.failures)} "
-                                f"file(s) failed: {listed}")
+            raise LinkExpired(self.expired, f"Also failed: {listed}" if others else "")
+        if others:
+            raise TransferError(f"{len(others)} of {len(self.results) + len(others)} file(s) failed: {listed}")
 
 
 @functools.lru_cache(maxsize=1)

@@ -461,6 +461,20 @@ def test_expired_links_raise_link_expired_naming_the_files_without_retry(demo_se
     assert [r.status for r in file_requests(demo_server)] == [403] * len(entries)
 
 
+def test_link_expired_also_lists_the_files_that_failed_for_another_reason(demo_server: DemoServer, tmp_path: Path
+                                                                          ) -> None:
+    expired, broken, fine = list(fetch_manifest(demo_server).all_entries())[:3]
+    demo_server.faults.fail_with_status(403, times=10, path_contains=url_path(expired))
+    demo_server.faults.fail_with_status(503, times=10, path_contains=url_path(broken))
+
+    with pytest.raises(LinkExpired) as raised:
+        download_entries([expired, broken, fine], folders(tmp_path), FAST)
+
+    assert raised.value.files == (f"{expired.config}/{expired.relative_path}",)
+    assert f"Also failed: {broken.config}/{broken.relative_path}: RetryableStatus" in str(raised.value)
+    assert "HTTP 503" in str(raised.value) and fine.relative_path not in str(raised.value)
+
+
 def test_links_expired_before_start_are_detected_from_the_url_and_not_requested(
     demo_server: DemoServer, tmp_path: Path
 ) -> None:
