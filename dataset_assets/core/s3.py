@@ -114,18 +114,23 @@ class S3Destination:
         except (BotoCoreError, ClientError) as error:
             raise _s3_error(self.describe(relative_path), operation, error) from error
 
-    def head(self, relative_path: str) -> dict[str, Any] | None:
+    def head(self, relative_path: str, absent: tuple[str, ...] = ("404", "NoSuchKey")) -> dict[str, Any] | None:
+        """The object's HEAD answer; None when S3 answers with an error code in `absent`."""
         try:
             return self.call("head_object", relative_path)
         except StorageError as error:
             cause = error.__cause__
-            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in absent:
                 return None
             raise
 
     def verified(self, relative_path: str, size: int | None, sha1: str | None) -> FileDigest | None:
-        """The stored digest of an existing object whose size and `sha1` metadata match, else None."""
-        head = self.head(relative_path)
+        """The stored digest of an existing object whose size and `sha1` metadata match, else None.
+
+        A 403 counts as absent: S3 answers so for a missing key to credentials without
+        s3:ListBucket. If access is denied indeed, the upload that follows fails naming the object.
+        """
+        head = self.head(relative_path, absent=("404", "NoSuchKey", "403"))
         if head is None:
             return None
         metadata = head.get("Metadata", {})

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from botocore.exceptions import EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from dataset_assets.core.errors import InvalidInputError
 from dataset_assets.core.manifest import ManifestEntry, parse_manifest
@@ -217,6 +217,31 @@ def test_a_multipart_object_keeps_both_digests_for_later_runs_also_without_a_man
     for report in (first, second):
         assert {"sha1": report.results[0].sha1, "sha256": report.results[0].sha256} == digests
     assert second.data_version == first.data_version
+
+
+def test_a_missing_object_hidden_behind_403_is_uploaded(source_server: DemoServer, big_source: Path,
+                                                        s3_bucket: S3Bucket) -> None:
+    """S3 answers a HEAD of a missing key with 403 to credentials without s3:ListBucket. moto does
+    not model that permission, so a boto3 hook answers a HEAD of a missing key that way."""
+    forbidden = ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadObject")
+    heads = 0
+
+    def refuse_head(params: dict[str, Any], **kwargs: Any) -> None:
+        nonlocal heads
+        heads += 1
+        if params["Key"] not in s3_bucket.keys():
+            raise forbidden
+
+    s3_bucket.client.meta.events.register("before-parameter-build.s3.HeadObject", refuse_head)
+    try:
+        report = download_entries(entries_of(source_server, "seq_001"), {"big": destination(s3_bucket)}, FAST)
+    finally:
+        s3_bucket.client.meta.events.unregister("before-parameter-build.s3.HeadObject", refuse_head)
+
+    assert report.count("downloaded") == 3 and heads >= 6
+    for result in report.results:
+        source = big_source / "big" / result.relative_path
+        assert s3_bucket.read(f"mirror/raw/{result.relative_path}") == source.read_bytes()
 
 
 def test_verified_objects_are_skipped_and_mismatching_ones_replaced(source_server: DemoServer,
