@@ -27,6 +27,7 @@ from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.index import INDEX_FILE
 from dataset_assets.core.preprocess import PreprocessConfig
 from dataset_assets.core.publish import publish_mismatches, version_destination
+from dataset_assets.core.redaction import redact_text
 from dataset_assets.core.shards import ShardSetCheck, verify_shard_set
 from dataset_assets.core.tar_lists import missing_tars, split_overlap
 from dataset_assets.defs.assets.handlers import records_folder
@@ -96,8 +97,8 @@ def _split_checks(key: AssetKey, folder_of: Callable[[DatasetHome], Path], prefi
     @multi_asset_check(specs=specs, name=f"{'_'.join(key.path)}_checks")
     def split_checks(home: DatasetHome) -> Iterator[AssetCheckResult]:
         folder = folder_of(home)
-        try:
-            overlap = [item for prefix in prefixes for item in split_overlap(
+        try:  # streamable YAMLs list signed URLs: report them without their query
+            overlap = [redact_text(item) for prefix in prefixes for item in split_overlap(
                 folder / f"{prefix}_train_tars.yaml", folder / f"{prefix}_validation_tars.yaml")]
             missing = {part: missing_tars(folder / f"local_{part}_tars.yaml") for part in SPLIT_PARTS}
         except DatasetAssetsError as error:

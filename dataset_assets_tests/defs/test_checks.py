@@ -165,3 +165,21 @@ def test_deleted_shard_fails_yaml_paths_exist(materialized: Materialized, home_c
     assert not results["yaml_paths_exist"].passed
     assert str(missing) in results["yaml_paths_exist"].description
     assert results["train_validation_disjoint"].passed
+
+
+def test_streamable_url_in_train_and_validation_fails_disjoint_without_leaking_its_signed_query(
+    materialized: Materialized, home_copy: Path
+) -> None:
+    folder = home_copy / DEMO / "shards" / CONFIG
+    validation = yaml.safe_load((folder / "streamable_validation_tars.yaml").read_text())
+    signed = validation["tars"]["seq_000"][0]
+    assert "?" in signed
+    (folder / "streamable_train_tars.yaml").write_text(yaml.dump({"tars": {"leaked": [signed]}}))
+
+    results = run_checks(materialized, home_copy, SPLITS, SPLIT_CHECKS)
+
+    disjoint = results["train_validation_disjoint"]
+    assert not disjoint.passed
+    reported = [disjoint.description or "", *disjoint.metadata["in_both"].value]
+    assert signed.split("?")[0] + "?<redacted>" in reported
+    assert not any(signed.split("?")[1] in text for text in reported)
