@@ -53,6 +53,11 @@ def _verify(folder: Path) -> ShardSetCheck:
         return ShardSetCheck(index_rows=0, samples=0, problems=(str(error),))
 
 
+def _counts_agree(report: ShardSetCheck) -> bool:
+    """Index rows equal samples; an empty set agrees, one `_verify` could not read (no rows, a problem) does not."""
+    return report.index_rows == report.samples and (report.index_rows > 0 or not report.problems)
+
+
 def _shard_set_checks(key: AssetKey, root: Callable[[DatasetHome], Path],
                       partitions: PartitionsDefinition | None) -> AssetChecksDefinition:
     """`sample_count_matches_index` and `index_entries_resolve` of the shard sets below `root(home)`."""
@@ -68,7 +73,7 @@ def _shard_set_checks(key: AssetKey, root: Callable[[DatasetHome], Path],
     def shard_checks(context: AssetCheckExecutionContext, home: DatasetHome) -> Iterator[AssetCheckResult]:
         reports = {folder.name: _verify(folder) for folder in _shard_set_folders(context, root(home))}
         counts = {name: {"index_rows": r.index_rows, "samples": r.samples} for name, r in reports.items()}
-        mismatched = sorted(name for name, r in reports.items() if r.index_rows != r.samples or not r.index_rows)
+        mismatched = sorted(name for name, report in reports.items() if not _counts_agree(report))
         yield AssetCheckResult(
             check_name="sample_count_matches_index", asset_key=key, passed=bool(reports) and not mismatched,
             description=f"index rows differ from samples in: {', '.join(mismatched)}" if mismatched else None,

@@ -171,3 +171,22 @@ def test_record_and_split_checks_pass_then_catch_a_corrupt_record_shard_and_a_le
 
     assert run_checks(defs, instance) == expected | {
         ("records", "index_entries_resolve"): False, ("splits", "train_validation_disjoint"): False}
+
+
+def test_an_empty_validation_split_passes_the_record_checks_and_the_splits_are_written(
+        static_server: StaticServer, tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
+    handler = get_handler("plant_pathology_2020")
+    fixture = handler.write_fixture(static_server.folder)
+    body = handler_dataset(handler, fixture, static_server.base_url) | {"split": {"ratio": 1.0, "seed": 7}}
+    defs = make_defs(write_catalog(tmp_path, {DS: body}), home, max_attempts=1)
+
+    result = run(defs, instance, "artifacts", "records", "splits", raise_on_error=False)
+
+    checks = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
+    counts = checks[("records", "sample_count_matches_index")].metadata["counts"].value
+    assert counts["validation"] == {"index_rows": 0, "samples": 0}
+    assert counts["train"]["samples"] == len(fixture.examples)
+    assert all(evaluation.passed for evaluation in checks.values())
+    assert result.success
+    splits = latest_metadata(instance, "splits")
+    assert (splits["train_examples"], splits["validation_examples"]) == (len(fixture.examples), 0)
