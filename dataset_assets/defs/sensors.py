@@ -201,7 +201,8 @@ class RefreshCursor:
 
 @dataclass(frozen=True)
 class FailureScan:
-    """Partitions to retry, `(run_id, partition)`, and the update time of the newest failed run read."""
+    """Partitions to retry, `(run_id, partition)` naming each one's newest failed run, and the update time
+    of the newest failed run read."""
 
     retries: list[tuple[str, str]]
     until: datetime | None
@@ -214,12 +215,13 @@ def scan_failures(instance: DagsterInstance, dataset: str, after: datetime) -> F
     records = instance.get_run_records(
         RunsFilter(statuses=[DagsterRunStatus.FAILURE], updated_after=after),
         limit=FAILED_RUNS_PER_TICK, order_by="update_timestamp", ascending=True)
-    retries = [
-        (record.dagster_run.run_id, partition)
+    newest_failure = {
+        partition: record.dagster_run.run_id
         for record in records if failed_on_expired_links(instance, record.dagster_run.run_id, key)
         for partition in run_partitions(instance, record.dagster_run, partitions_name)
         if not materialized_since(instance, key, partition, record.update_timestamp)
-    ]
+    }
+    retries = [(run_id, partition) for partition, run_id in newest_failure.items()]
     return FailureScan(retries, records[-1].update_timestamp if records else None)
 
 

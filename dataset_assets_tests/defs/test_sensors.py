@@ -241,3 +241,18 @@ def test_link_refresh_sensor_re_requests_only_partitions_that_failed_on_expired_
         (MANIFEST, None), (RAW, "seq_001")}
     assert requested(tick(defs, instance, REFRESH_SENSOR, first.cursor)) == []
     assert requested(tick(defs, instance, REFRESH_SENSOR)) == []
+
+
+def test_link_refresh_sensor_requests_one_retry_per_partition_however_many_runs_of_it_failed_on_expired_links(
+    demo_catalog: Catalog, demo_server: DemoServer, home: Path, instance: DagsterInstance
+) -> None:
+    defs = make_defs(demo_catalog, home, max_attempts=1)
+    assert materialize(defs, instance, MANIFEST).success
+    demo_server.advance_clock(demo_server.link_ttl_seconds + 60)
+    for _ in range(2):
+        assert not materialize(defs, instance, RAW, "seq_001").success
+    assert not materialize(defs, instance, RAW, "seq_003").success
+
+    first = tick(defs, instance, REFRESH_SENSOR)
+
+    assert requested(first) == [(f"{DEMO}_sequence", "seq_001"), (f"{DEMO}_sequence", "seq_003")]
