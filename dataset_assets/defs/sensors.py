@@ -41,6 +41,7 @@ from dagster._core.storage.tags import (
 from dagster._utils.error import SerializableErrorInfo
 
 from dataset_assets.core.catalog import DatasetSpec
+from dataset_assets.core.errors import ManifestError
 from dataset_assets.core.manifest import UrlManifest
 from dataset_assets.core.pipeline import content_version, read_snapshot, usable_sequences
 from dataset_assets.core.transfer import LinkExpired, fetch_manifest, make_client
@@ -113,8 +114,12 @@ def links_expiring(expiry: datetime, within: timedelta) -> bool:
 
 
 def saved_expiry(path: Path) -> datetime | None:
-    """The earliest link expiry of the saved manifest; None if there is none yet or links never expire."""
-    return read_snapshot(path).earliest_expiry() if path.exists() else None
+    """The earliest link expiry of the saved manifest; None if there is none yet, links never expire, or it
+    does not parse (a refresh rewrites it; the failed downloads to re-request do not depend on it)."""
+    try:
+        return read_snapshot(path).earliest_expiry() if path.exists() else None
+    except ManifestError:
+        return None
 
 
 def build_manifest_sensor(spec: DatasetSpec, jobs: DatasetJobs) -> SensorDefinition:

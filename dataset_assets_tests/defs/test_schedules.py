@@ -59,3 +59,15 @@ def test_verify_schedule_checks_every_downloaded_sequence_once_something_is_down
     assert set(results) == {"well_formed", "links_unexpired", "files_complete", "checksums_match"}
     assert results["checksums_match"].metadata["sequences_checked"].value == 2
     assert results["checksums_match"].metadata["files_verified"].value == 8
+
+
+def test_link_refresh_schedule_refreshes_a_saved_manifest_it_cannot_read(
+    demo_catalog: Catalog, home: Path, instance: DagsterInstance
+) -> None:
+    defs = make_defs(demo_catalog, home)
+    assert materialize(defs, instance, MANIFEST).success
+    (home / DEMO / "url_manifest.json").write_text('{"atek_data_for_all_configs": {"cubercnn": ')
+
+    due = evaluate(defs, instance, REFRESH_SCHEDULE)
+
+    assert isinstance(due, RunRequest) and due.tags[TRIGGER_TAG] == "scheduled_link_refresh"

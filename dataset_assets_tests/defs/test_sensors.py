@@ -256,3 +256,17 @@ def test_link_refresh_sensor_requests_one_retry_per_partition_however_many_runs_
     first = tick(defs, instance, REFRESH_SENSOR)
 
     assert requested(first) == [(f"{DEMO}_sequence", "seq_001"), (f"{DEMO}_sequence", "seq_003")]
+
+
+def test_an_unreadable_saved_manifest_does_not_stop_the_link_refresh_sensor_re_requesting_expired_downloads(
+    demo_catalog: Catalog, demo_server: DemoServer, home: Path, instance: DagsterInstance
+) -> None:
+    defs = make_defs(demo_catalog, home, max_attempts=1)
+    assert materialize(defs, instance, MANIFEST).success
+    demo_server.advance_clock(demo_server.link_ttl_seconds + 60)
+    assert not materialize(defs, instance, RAW, "seq_001").success
+    (home / DEMO / "url_manifest.json").write_text('{"atek_data_for_all_configs": {"cubercnn": ')
+
+    first = tick(defs, instance, REFRESH_SENSOR)
+
+    assert requested(first) == [(f"{DEMO}_sequence", "seq_001")]
