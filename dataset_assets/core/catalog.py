@@ -7,6 +7,8 @@ as `${NAME}` or `${NAME:-default}`, so one catalog serves laptops, CI and cluste
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -65,6 +67,16 @@ class SplitSpec:
     seed: int = 42
     max_sequences: int | None = None
     json_path: Path | None = None
+
+    @property
+    def hash(self) -> str:
+        """First 16 hex chars of the sha256 of the settings, with the bytes of the explicit split file if readable."""
+        path = self.json_path
+        settings = {"ratio": self.ratio, "seed": self.seed, "max_sequences": self.max_sequences,
+                    "json_path": None if path is None else str(path),
+                    "json_sha256": hashlib.sha256(path.read_bytes()).hexdigest()
+                    if path is not None and path.is_file() else None}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dataset_assets.core.catalog import PACKAGED_CATALOG, load_catalog
+from dataset_assets.core.catalog import PACKAGED_CATALOG, SplitSpec, load_catalog
 from dataset_assets.core.errors import CatalogError
 
 VALID = {
@@ -114,3 +114,16 @@ def test_unset_environment_reference_without_default_is_an_error(tmp_path: Path)
 def test_relative_manifest_path_resolves_against_catalog_folder(tmp_path: Path) -> None:
     path = write(tmp_path, with_change("datasets.ds.manifest", {"path": "published/m.json"}))
     assert load_catalog(path).dataset("ds").manifest.path == tmp_path / "published" / "m.json"
+
+
+def test_split_hash_changes_with_each_setting_and_with_the_explicit_split_file(tmp_path: Path) -> None:
+    explicit = tmp_path / "split.json"
+    explicit.write_text('{"train_sequences": ["a"], "val_sequences": ["b"]}')
+    base = SplitSpec(json_path=explicit)
+    hashes = {base.hash, SplitSpec().hash, SplitSpec(ratio=0.8).hash, SplitSpec(seed=1).hash,
+              SplitSpec(max_sequences=3).hash}
+    explicit.write_text('{"train_sequences": ["b"], "val_sequences": ["a"]}')
+    hashes.add(base.hash)
+
+    assert len(hashes) == 6
+    assert SplitSpec(seed=1).hash == SplitSpec(seed=1).hash

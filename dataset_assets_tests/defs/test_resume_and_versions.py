@@ -104,3 +104,20 @@ def test_lineage_names_each_sequences_own_raw_version_after_one_run_downloads_a_
     ranged = [lineage(home, sequence)["raw_data_version"] for sequence in ("seq_000", "seq_001")]
     alone_versions = [lineage(alone_home, sequence)["raw_data_version"] for sequence in ("seq_000", "seq_001")]
     assert ranged == alone_versions and ranged[0] != ranged[1]
+
+
+def test_changed_split_settings_make_the_split_manifests_stale_and_nothing_else(
+    demo_catalog: Catalog, home: Path, instance: DagsterInstance
+) -> None:
+    materialize_dataset(make_defs(demo_catalog, home), instance, DEMO, partitions=["seq_000"])
+    spec = demo_catalog.dataset(DEMO)
+    reseeded = dataclasses.replace(demo_catalog, datasets={
+        DEMO: dataclasses.replace(spec, split=dataclasses.replace(spec.split, seed=spec.split.seed + 1))})
+    splits = [AssetKey([DEMO, f"splits__{config}"]) for config in spec.preprocess]
+    shards = [AssetKey([DEMO, f"shards__{config}"]) for config in spec.preprocess]
+
+    same = get_stale_status_resolver(instance, list(make_defs(demo_catalog, home).resolve_asset_graph().assets_defs))
+    assert [same.get_status(key) for key in splits] == [StaleStatus.FRESH] * len(splits)
+    changed = get_stale_status_resolver(instance, list(make_defs(reseeded, home).resolve_asset_graph().assets_defs))
+    assert [changed.get_status(key) for key in splits] == [StaleStatus.STALE] * len(splits)
+    assert [changed.get_status(key, "seq_000") for key in shards] == [StaleStatus.FRESH] * len(shards)

@@ -147,9 +147,11 @@ def build_signed_url_assets(spec: DatasetSpec) -> list[AssetsDefinition]:
         return shards
 
     def build_splits(config: PreprocessConfig, shards_key: AssetKey) -> AssetsDefinition:
-        @asset(key=AssetKey([dataset, f"splits__{config.name}"]), deps=[shards_key], kinds={"yaml"}, **common,
+        @asset(key=AssetKey([dataset, f"splits__{config.name}"]), deps=[shards_key], code_version=spec.split.hash,
+               kinds={"yaml"}, **common,
                description=f"Train/validation/all split manifests of {dataset} config '{config.name}': "
-                           "local_*_tars.yaml (preprocessed shards) and streamable_*_tars.yaml (signed URLs).")
+                           "local_*_tars.yaml (preprocessed shards) and streamable_*_tars.yaml (signed URLs); "
+                           "code version = split settings hash.")
         def splits(context: AssetExecutionContext, home: DatasetHome) -> MaterializeResult:
             manifest = read_snapshot(home.manifest_path(dataset))
             result = write_splits(manifest, spec, config, home.shard_set_folder(dataset, config.name))
