@@ -141,3 +141,15 @@ def test_published_check_passes_after_publishing_and_fails_naming_an_object_that
 
     assert not evaluation.passed
     assert f"public/{DS}/{V1}/assets.tar: missing, or not" in (evaluation.description or "")
+
+
+def test_asset_descriptions_name_the_source_without_its_credentials(tmp_path: Path) -> None:
+    secret = "s3cr3t-t0ken"
+    catalog = write_catalog(tmp_path, {DS: versioned_body(f"https://mirror:{secret}@downloads.example/objathor")})
+    defs = make_defs(catalog, tmp_path)
+
+    descriptions = {key: defs.resolve_assets_def(key).descriptions_by_key[key]
+                    for key in (AssetKey([DS, name]) for name in DOWNLOADS)}
+
+    assert all("https://downloads.example/objathor/" in text for text in descriptions.values())
+    assert not any(secret in text or "mirror:" in text for text in descriptions.values())

@@ -25,6 +25,7 @@ from dagster import (
 
 from dataset_assets.core.catalog import DatasetSpec
 from dataset_assets.core.publish import list_published_versions, publish_folder, version_destination
+from dataset_assets.core.redaction import redact_url
 from dataset_assets.core.versioned import Component, VersionedSource, download_components
 from dataset_assets.defs.assets.signed_url import _metadata
 from dataset_assets.defs.resources import DatasetHome, TransferResource
@@ -49,7 +50,7 @@ def _component_asset(spec: DatasetSpec, component: Component, partitions: Partit
 
     @asset(key=AssetKey([dataset, kind.name]), partitions_def=partitions, group_name=dataset,
            owners=list(spec.owners) or None, kinds={"tar" if kind.folder else "json"},
-           description=f"{kind.filename} of one {dataset} version from {source.base_url}/{component.path}, "
+           description=f"{kind.filename} of one {dataset} version from {redact_url(source.base_url)}/{component.path}, "
                        f"verified{extracted}; each version in its own folder.")
     def fetched(context: AssetExecutionContext, home: DatasetHome, transfer: TransferResource) -> MaterializeResult:
         version = context.partition_key
