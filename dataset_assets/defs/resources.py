@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dataset_assets.core.s3 import MIB, MultipartSettings, S3Destination, S3Url, make_s3_client
 from dataset_assets.core.storage import Destination
@@ -67,6 +67,14 @@ class TransferResource(ConfigurableResource):
     s3: S3Resource | None = Field(default=None, description="S3 client settings used when destination is s3://.")
     part_size_mib: int = Field(default=MultipartSettings.part_size // MIB, ge=5, description="S3 multipart part size.")
     part_concurrency: int = Field(default=MultipartSettings.concurrency, ge=1, description="S3 parts in flight.")
+
+    @model_validator(mode="after")
+    def _s3_needs_destination(self) -> TransferResource:
+        """S3 client settings alone would be ignored and the raw shards silently land in the home folder."""
+        if self.s3 is not None and self.destination is None:
+            raise ValueError("TransferResource: 's3' is set but 'destination' is not; set destination to "
+                             "s3://bucket/prefix, or remove 's3' to download into the home folder")
+        return self
 
     def settings(self) -> TransferSettings:
         return TransferSettings(

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 from dagster_aws.s3 import S3Resource
 
@@ -74,3 +75,8 @@ def test_no_signed_query_string_reaches_dagster_logs_errors_or_metadata(
     for text in texts:
         assert "Signature=" not in text
         assert not any(signature in text for signature in signatures)
+
+
+def test_s3_client_settings_without_a_destination_are_refused_instead_of_downloading_to_the_home_folder() -> None:
+    with pytest.raises(ValueError, match=r"TransferResource: 's3' is set but 'destination' is not"):
+        TransferResource(s3=S3Resource(endpoint_url="http://127.0.0.1:9000", region_name="us-east-1"))
