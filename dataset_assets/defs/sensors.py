@@ -171,13 +171,15 @@ def failed_on_expired_links(instance: DagsterInstance, run_id: str, key: AssetKe
     return False
 
 
-def run_partitions(instance: DagsterInstance, run: DagsterRun, partitions_name: str) -> list[str]:
-    """The partition a run targeted, or every partition of its range."""
+def run_partitions(run: DagsterRun, keys: list[str]) -> list[str]:
+    """The partition a run targeted, or every partition of its range, among the registered `keys`.
+
+    A partition deleted since cannot be requested: Dagster would refuse the whole tick, every tick.
+    """
     if PARTITION_NAME_TAG in run.tags:
-        return [run.tags[PARTITION_NAME_TAG]]
+        return [run.tags[PARTITION_NAME_TAG]] if run.tags[PARTITION_NAME_TAG] in keys else []
     if ASSET_PARTITION_RANGE_START_TAG not in run.tags:
         return []
-    keys = instance.get_dynamic_partitions(partitions_name)
     first, last = run.tags[ASSET_PARTITION_RANGE_START_TAG], run.tags[ASSET_PARTITION_RANGE_END_TAG]
     return keys[keys.index(first):keys.index(last) + 1] if first in keys and last in keys else []
 
@@ -216,14 +218,14 @@ class FailureScan:
 def scan_failures(instance: DagsterInstance, dataset: str, after: datetime) -> FailureScan:
     """Failed runs updated after `after`: partitions whose download failed on expired links and are
     still unmaterialized."""
-    key, partitions_name = raw_key(dataset), sequence_partitions(dataset).name
+    key, keys = raw_key(dataset), instance.get_dynamic_partitions(sequence_partitions(dataset).name)
     records = instance.get_run_records(
         RunsFilter(statuses=[DagsterRunStatus.FAILURE], updated_after=after),
         limit=FAILED_RUNS_PER_TICK, order_by="update_timestamp", ascending=True)
     newest_failure = {
         partition: record.dagster_run.run_id
         for record in records if failed_on_expired_links(instance, record.dagster_run.run_id, key)
-        for partition in run_partitions(instance, record.dagster_run, partitions_name)
+        for partition in run_partitions(record.dagster_run, keys)
         if not materialized_since(instance, key, partition, record.update_timestamp)
     }
     retries = [(run_id, partition) for partition, run_id in newest_failure.items()]

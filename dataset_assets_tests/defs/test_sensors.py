@@ -22,6 +22,7 @@ from dagster import (
     build_sensor_context,
     instance_for_test,
 )
+from dagster._core.definitions.partitions.context import partition_loading_context
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -270,3 +271,22 @@ def test_an_unreadable_saved_manifest_does_not_stop_the_link_refresh_sensor_re_r
     first = tick(defs, instance, REFRESH_SENSOR)
 
     assert requested(first) == [(f"{DEMO}_sequence", "seq_001")]
+
+
+def test_link_refresh_sensor_skips_a_failed_partition_that_was_deleted_since(
+    demo_catalog: Catalog, demo_server: DemoServer, home: Path, instance: DagsterInstance
+) -> None:
+    defs = make_defs(demo_catalog, home, max_attempts=1)
+    assert materialize(defs, instance, MANIFEST).success
+    demo_server.advance_clock(demo_server.link_ttl_seconds + 60)
+    for sequence in ("seq_001", "seq_003"):
+        assert not materialize(defs, instance, RAW, sequence).success
+    instance.delete_dynamic_partition(f"{DEMO}_sequences", "seq_003")
+
+    # As the daemon evaluates a tick: run requests resolved against the partitions that exist now.
+    with partition_loading_context(dynamic_partitions_store=instance), build_sensor_context(
+            instance=instance, definitions=defs, resources=defs.resources) as context:
+        first = defs.resolve_sensor_def(REFRESH_SENSOR).evaluate_tick(context)
+
+    assert sorted((request.job_name, request.partition_key) for request in first.run_requests or []) == [
+        (f"{DEMO}_sequence", "seq_001")]
