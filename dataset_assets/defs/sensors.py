@@ -42,9 +42,10 @@ from dagster._utils.error import SerializableErrorInfo
 
 from dataset_assets.core.catalog import DatasetSpec
 from dataset_assets.core.errors import ManifestError
-from dataset_assets.core.manifest import UrlManifest
+from dataset_assets.core.manifest import ManifestEntry, UrlManifest
 from dataset_assets.core.pipeline import content_version, read_snapshot, usable_sequences
 from dataset_assets.core.transfer import LinkExpired, fetch_manifest, make_client
+from dataset_assets.defs.assets.signed_url import FILE_SIZES
 from dataset_assets.defs.jobs import DatasetJobs, raw_key
 from dataset_assets.defs.partitions import sequence_partitions
 from dataset_assets.defs.resources import DatasetHome, TransferResource
@@ -76,15 +77,27 @@ def sequence_digests(manifest: UrlManifest, raw_configs: list[str]) -> dict[str,
     }
 
 
-def verified_files(materialization: AssetMaterialization | None) -> object:
-    """The `sha1` metadata of a `raw_shards` materialization: `{"<config>/<path>": sha1}` of the files it verified."""
-    verified = materialization.metadata.get("sha1") if materialization is not None else None
-    return verified.value if verified is not None else None
+def _metadata_mapping(materialization: AssetMaterialization | None, name: str) -> dict:
+    value = materialization.metadata.get(name) if materialization is not None else None
+    return value.value if value is not None and isinstance(value.value, dict) else {}
 
 
-def expected_files(manifest: UrlManifest, raw_configs: list[str], sequence: str) -> dict[str, str]:
-    return {f"{entry.config}/{entry.relative_path}": entry.sha1
-            for config in raw_configs for entry in manifest.entries(config, sequence)}
+def _as_listed(entry: ManifestEntry, sha1: object, size: object) -> bool:
+    """The manifest's sha1 identifies a file; where it gives none, its size does, as in the download."""
+    if entry.sha1 is not None:
+        return sha1 == entry.sha1
+    return entry.size is None or size == entry.size
+
+
+def verified_manifest_files(materialization: AssetMaterialization | None, manifest: UrlManifest,
+                            raw_configs: list[str], sequence: str) -> bool:
+    """Whether a `raw_shards` materialization verified exactly the files the manifest lists for `sequence`,
+    by its `sha1` and `sizes` metadata (`{"<config>/<path>": value}` of the files it verified)."""
+    sha1s, sizes = _metadata_mapping(materialization, "sha1"), _metadata_mapping(materialization, FILE_SIZES)
+    entries = {f"{entry.config}/{entry.relative_path}": entry
+               for config in raw_configs for entry in manifest.entries(config, sequence)}
+    return sha1s.keys() == entries.keys() and all(
+        _as_listed(entry, sha1s[name], sizes.get(name)) for name, entry in entries.items())
 
 
 def current_sequences(instance: DagsterInstance, key: AssetKey, manifest: UrlManifest, raw_configs: list[str],
@@ -104,8 +117,8 @@ def current_sequences(instance: DagsterInstance, key: AssetKey, manifest: UrlMan
         records = instance.fetch_materializations(
             AssetRecordsFilter(asset_key=key, storage_ids=batch), limit=len(batch)).records
         current.update(record.partition_key for record in records if record.partition_key is not None
-                       and verified_files(record.asset_materialization)
-                       == expected_files(manifest, raw_configs, record.partition_key))
+                       and verified_manifest_files(record.asset_materialization, manifest, raw_configs,
+                                                   record.partition_key))
     return current
 
 

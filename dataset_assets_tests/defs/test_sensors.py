@@ -3,6 +3,8 @@
 Run requests are executed the way the daemon would: dynamic partition requests first, then the
 requested job in-process with the request's partition and tags.
 """
+import dataclasses
+import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +29,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from dataset_assets.cli import DEMO_URL_ENV
-from dataset_assets.core.catalog import PACKAGED_CATALOG, Catalog, load_catalog
+from dataset_assets.core.catalog import PACKAGED_CATALOG, Catalog, ManifestSource, load_catalog
 from dataset_assets.core.transfer import fetch_manifest
 from dataset_assets.defs.sensors import REFRESH_MARGIN_ENV, TRIGGER_TAG
 from dataset_assets.demo.server import DemoServer
@@ -290,3 +292,32 @@ def test_link_refresh_sensor_skips_a_failed_partition_that_was_deleted_since(
 
     assert sorted((request.job_name, request.partition_key) for request in first.run_requests or []) == [
         (f"{DEMO}_sequence", "seq_001")]
+
+
+def test_manifest_sensor_without_cursor_skips_downloaded_sequences_of_a_manifest_that_publishes_no_sha1(
+    demo_catalog: Catalog, demo_server: DemoServer, home: Path, instance: DagsterInstance, tmp_path: Path
+) -> None:
+    published = json.loads(fetch_manifest(f"{demo_server.base_url}/manifest.json")[1])
+    for config in published["atek_data_for_all_configs"].values():
+        for files in config["wds_file_urls"].values():
+            for entry in files.values():
+                del entry["sha1sum"]
+    without_sha1 = tmp_path / "manifest.json"
+    without_sha1.write_text(json.dumps(published))
+    spec = demo_catalog.dataset(DEMO)
+    catalog = dataclasses.replace(demo_catalog, datasets={
+        DEMO: dataclasses.replace(spec, manifest=ManifestSource(path=without_sha1))})
+    defs = make_defs(catalog, home)
+    first = tick(defs, instance, MANIFEST_SENSOR)
+    add_requested_partitions(first, instance)
+    seq_000 = next(request for request in first.run_requests or [] if request.partition_key == "seq_000")
+    assert execute(defs, instance, seq_000).success
+
+    reset = tick(defs, instance, MANIFEST_SENSOR)
+    published["atek_data_for_all_configs"]["efm"]["wds_file_urls"]["seq_000"]["shards-0000_tar"][
+        "file_size_bytes"] += 512
+    without_sha1.write_text(json.dumps(published))
+    resized = tick(defs, instance, MANIFEST_SENSOR)
+
+    assert [partition for _, partition in requested(reset)] == [f"seq_{index:03d}" for index in range(1, 8)]
+    assert [partition for _, partition in requested(resized)] == [f"seq_{index:03d}" for index in range(8)]

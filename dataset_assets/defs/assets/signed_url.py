@@ -53,6 +53,7 @@ def _metadata(values: dict[str, object]) -> dict[str, object]:
 
 
 FILES_VERSION = "files_version"
+FILE_SIZES = "sizes"
 
 
 def latest_files_version(context: AssetExecutionContext, key: AssetKey, partition: str) -> str | None:
@@ -83,7 +84,8 @@ def download_partition(context: AssetExecutionContext, manifest: UrlManifest, fo
         report = download_sequence(manifest, folders, sequence, transfer.settings(), progress)
     except LinkExpired as error:
         raise Failure(str(error), metadata={"expired_files": list(error.files)}, allow_retries=False) from error
-    context.add_asset_metadata(_metadata({**report.metadata(), FILES_VERSION: report.data_version}),
+    sizes = {result.key: result.size for result in report.results}
+    context.add_asset_metadata(_metadata({**report.metadata(), FILE_SIZES: sizes, FILES_VERSION: report.data_version}),
                                partition_key=sequence)
     return report
 
