@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataset_assets.core.catalog import DatasetSpec, SplitSpec
+from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.manifest import UrlManifest, load_manifest_file
 from dataset_assets.core.preprocess import PreprocessConfig, PreprocessResult, preprocess_shards
 from dataset_assets.core.shards import count_samples
@@ -82,6 +83,9 @@ def snapshot_manifest(spec: DatasetSpec, dest: Path, settings: TransferSettings)
 
 
 def read_snapshot(path: Path) -> UrlManifest:
+    """The manifest `snapshot_manifest` saved at `path`."""
+    if not path.is_file():
+        raise DatasetAssetsError(f"{path} does not exist: materialize the dataset's url_manifest first")
     return load_manifest_file(path)
 
 

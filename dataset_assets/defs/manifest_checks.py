@@ -22,7 +22,7 @@ from dagster import (
 )
 
 from dataset_assets.core.catalog import DatasetSpec
-from dataset_assets.core.errors import ManifestError
+from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.manifest import UrlManifest
 from dataset_assets.core.pipeline import read_snapshot, usable_sequences
 from dataset_assets.core.storage import Destination, LocalDestination
@@ -83,7 +83,7 @@ def _url_manifest_checks(spec: DatasetSpec) -> AssetChecksDefinition:
         try:
             manifest = read_snapshot(path)
             sequences = usable_sequences(manifest, spec.raw_configs)
-        except (ManifestError, OSError) as error:
+        except (DatasetAssetsError, OSError) as error:
             problem = f"{type(error).__name__}: {error}"
             yield AssetCheckResult(check_name="well_formed", passed=False, description=problem)
             yield AssetCheckResult(check_name="links_unexpired", passed=False, description=f"unreadable: {problem}")

@@ -74,3 +74,22 @@ def test_expired_manifest_fails_its_blocking_check_and_nothing_is_downloaded(
     assert materialized == {MANIFEST}
     assert not (home / DEMO / "raw").exists()
     assert instance.fetch_materializations(AssetKey([DEMO, "raw_shards"]), limit=1).records == []
+
+
+def test_downloading_before_any_manifest_is_saved_fails_saying_to_materialize_url_manifest_first(
+    demo_catalog: Catalog, home: Path, instance: DagsterInstance
+) -> None:
+    defs = make_defs(demo_catalog, home)
+    instance.add_dynamic_partitions(f"{DEMO}_sequences", ["seq_000"])
+
+    downloaded = materialize(defs, instance, RAW, "seq_000")
+    unchecked = evaluations(verify(defs, instance))
+
+    assert not downloaded.success
+    [failure] = [event.step_failure_data.error for event in downloaded.all_events
+                 if event.event_type_value == "STEP_FAILURE"]
+    assert failure is not None and failure.cause is not None
+    assert failure.cause.cls_name == "DatasetAssetsError"
+    assert "url_manifest.json does not exist: materialize the dataset's url_manifest first" in failure.cause.message
+    assert not unchecked["well_formed"].passed
+    assert "materialize the dataset's url_manifest first" in (unchecked["well_formed"].description or "")
