@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataset_assets.core.catalog import DatasetSpec, SplitSpec
-from dataset_assets.core.errors import DatasetAssetsError
-from dataset_assets.core.manifest import UrlManifest, load_manifest_file
+from dataset_assets.core.errors import DatasetAssetsError, ManifestError
+from dataset_assets.core.manifest import ROOT_KEY, UrlManifest, load_manifest_file
 from dataset_assets.core.preprocess import PreprocessConfig, PreprocessResult, preprocess_shards
 from dataset_assets.core.shards import count_samples
 from dataset_assets.core.splits import Split, load_split_json, split_sequences, write_split_yamls
@@ -91,7 +91,15 @@ def read_snapshot(path: Path) -> UrlManifest:
 
 def download_sequence(manifest: UrlManifest, raw_folders: Mapping[str, Path | Destination], sequence: str,
                       settings: TransferSettings, progress: ProgressCallback | None = None) -> DownloadReport:
-    """Download one sequence's files of every raw config into `raw_folders[config]/<sequence>/` (a folder or S3)."""
+    """Download one sequence's files of every raw config into `raw_folders[config]/<sequence>/` (a folder or S3).
+
+    A sequence the manifest does not publish in some config fails instead of "downloading" no files.
+    """
+    for config in sorted(raw_folders):
+        if sequence not in manifest.configs.get(config, {}):
+            raise ManifestError(manifest.source, f"{ROOT_KEY}.{config}.wds_file_urls.{sequence}", sequence,
+                                "is not published: re-materialize url_manifest, or delete the partition if the "
+                                "sequence was withdrawn")
     entries = [entry for config in sorted(raw_folders) for entry in manifest.entries(config, sequence)]
     return download_entries(entries, raw_folders, settings, progress)
 

@@ -93,3 +93,21 @@ def test_downloading_before_any_manifest_is_saved_fails_saying_to_materialize_ur
     assert "url_manifest.json does not exist: materialize the dataset's url_manifest first" in failure.cause.message
     assert not unchecked["well_formed"].passed
     assert "materialize the dataset's url_manifest first" in (unchecked["well_formed"].description or "")
+
+
+def test_a_sequence_the_saved_manifest_does_not_publish_fails_raw_shards_instead_of_materializing_no_files(
+    demo_catalog: Catalog, home: Path, instance: DagsterInstance
+) -> None:
+    defs = make_defs(demo_catalog, home)
+    assert materialize(defs, instance, MANIFEST).success
+    instance.add_dynamic_partitions(f"{DEMO}_sequences", ["seq_999"])  # registered once, withdrawn since
+
+    downloaded = materialize(defs, instance, RAW, "seq_999")
+
+    assert not downloaded.success
+    assert instance.fetch_materializations(RAW, limit=1).records == []
+    [failure] = [event.step_failure_data.error for event in downloaded.all_events
+                 if event.event_type_value == "STEP_FAILURE"]
+    assert failure is not None and failure.cause is not None
+    assert "atek_data_for_all_configs.cubercnn.wds_file_urls.seq_999" in failure.cause.message
+    assert "is not published" in failure.cause.message
