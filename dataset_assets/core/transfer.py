@@ -65,6 +65,11 @@ class TransferError(DatasetAssetsError):
         super().__init__(redact_text(message))
 
 
+class PermanentTransferError(TransferError):
+    """Every failed file failed in a way that trying again with the same links cannot cure: an HTTP
+    error status other than expiry, 429 and 5xx, a checksum mismatch, a URL that cannot be requested."""
+
+
 class ChecksumMismatch(TransferError):
     """The downloaded bytes do not match the manifest's size or sha1."""
 
@@ -156,6 +161,7 @@ class DownloadReport:
     expired: tuple[str, ...] = ()
     elapsed_seconds: float = 0.0
     destinations: dict[str, str] = field(default_factory=dict)
+    permanent: tuple[str, ...] = ()  # failures no later try with the same links can cure
 
     @property
     def ok(self) -> bool:
@@ -209,7 +215,8 @@ class DownloadReport:
         if self.expired:
             raise LinkExpired(self.expired, f"Also failed: {listed}" if others else "")
         if others:
-            raise TransferError(f"{len(others)} of {len(self.results) + len(others)} file(s) failed: {listed}")
+            error = PermanentTransferError if set(others) <= set(self.permanent) else TransferError
+            raise error(f"{len(others)} of {len(self.results) + len(others)} file(s) failed: {listed}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -238,6 +245,12 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
             return max((parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds(), 0.0)
         except (TypeError, ValueError):
             return None
+
+
+def _may_pass_later(error: BaseException) -> bool:
+    """Whether a file that failed so may succeed when tried again later with the same links: the
+    server or network was failing (retries ran out), the disk or the bucket refused, or the run stopped."""
+    return isinstance(error, (RetryableStatus, httpx.TransportError, OSError, StorageError, TransferCancelled))
 
 
 def _is_retryable(error: BaseException) -> bool:
@@ -389,6 +402,7 @@ class _Engine:
         self.results: list[FileResult] = []
         self.failures: dict[str, str] = {}
         self.expired: list[str] = []
+        self.permanent: list[str] = []
 
     def run(self, entry: ManifestEntry) -> None:
         key = f"{entry.config}/{entry.relative_path}"
@@ -397,17 +411,19 @@ class _Engine:
         except LinkExpired as error:
             self._fail(key, str(error), error.files)
         except (DatasetAssetsError, httpx.HTTPError, httpx.InvalidURL, OSError) as error:
-            self._fail(key, redact_text(f"{type(error).__name__}: {error}"))
+            self._fail(key, redact_text(f"{type(error).__name__}: {error}"), permanent=not _may_pass_later(error))
         else:
             with self.lock:
                 self.results.append(result)
             self._progress.finish(key, result.status)
 
-    def _fail(self, key: str, why: str, expired: Iterable[str] = ()) -> None:
+    def _fail(self, key: str, why: str, expired: Iterable[str] = (), permanent: bool = False) -> None:
         logger.warning("%s failed: %s", key, why)
         with self.lock:
             self.failures[key] = why
             self.expired.extend(expired)
+            if permanent:
+                self.permanent.append(key)
         self._progress.finish(key, "failed")
 
     def transfer(self, entry: ManifestEntry) -> FileResult:
@@ -584,7 +600,8 @@ def transfer_entries(entries: Iterable[ManifestEntry], destinations: Mapping[str
             client.close()
     report = DownloadReport(tuple(sorted(engine.results, key=lambda r: r.key)), dict(sorted(engine.failures.items())),
                             tuple(sorted(set(engine.expired))), time.monotonic() - started,
-                            {config: target.describe() for config, target in sorted(targets.items())})
+                            {config: target.describe() for config, target in sorted(targets.items())},
+                            tuple(sorted(engine.permanent)))
     logger.info("download finished: %s", report.summary())
     return report
 

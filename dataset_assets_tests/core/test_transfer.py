@@ -21,6 +21,7 @@ from dataset_assets.core.manifest import ManifestEntry, UrlManifest, parse_manif
 from dataset_assets.core.storage import FileDigest, LocalDestination
 from dataset_assets.core.transfer import (
     LinkExpired,
+    PermanentTransferError,
     TransferError,
     TransferSettings,
     download_entries,
@@ -473,6 +474,20 @@ def test_link_expired_also_lists_the_files_that_failed_for_another_reason(demo_s
     assert raised.value.files == (f"{expired.config}/{expired.relative_path}",)
     assert f"Also failed: {broken.config}/{broken.relative_path}: RetryableStatus" in str(raised.value)
     assert "HTTP 503" in str(raised.value) and fine.relative_path not in str(raised.value)
+
+
+def test_only_failures_that_no_later_try_can_cure_make_the_error_permanent(
+        demo_server: DemoServer, tmp_path: Path) -> None:
+    missing, busy = list(fetch_manifest(demo_server).all_entries())[:2]
+    demo_server.faults.fail_with_status(404, times=10, path_contains=url_path(missing))
+    demo_server.faults.fail_with_status(503, times=10, path_contains=url_path(busy))
+
+    with pytest.raises(PermanentTransferError, match="HTTP 404"):
+        download_entries([missing], folders(tmp_path), FAST)
+    with pytest.raises(TransferError) as both:
+        download_entries([missing, busy], folders(tmp_path), FAST)
+
+    assert not isinstance(both.value, PermanentTransferError)
 
 
 def test_links_expired_before_start_are_detected_from_the_url_and_not_requested(

@@ -1,5 +1,6 @@
 """Links expire in the middle of a download run: the run fails at once on the expired links, the
-link-refresh sensor re-requests the sequence, and the retry completes without fetching a byte twice."""
+link-refresh sensor re-requests the sequence, and the retry completes without fetching a byte twice.
+A failure no later retry can cure fails the run at once too."""
 import hashlib
 import threading
 from pathlib import Path
@@ -74,3 +75,23 @@ def test_links_expiring_mid_run_fail_fast_then_the_sensor_retry_completes_withou
     metadata = next(event.materialization.metadata for event in retried.get_asset_materialization_events()
                     if event.asset_key == RAW)
     assert (metadata["resumed"].value, metadata["downloaded"].value) == (1, 3)
+
+
+def test_a_failure_retrying_cannot_cure_fails_the_download_step_without_step_retries(
+    demo_catalog: Catalog, demo_server: DemoServer, home: Path, instance: DagsterInstance
+) -> None:
+    transfer = TransferResource(max_attempts=2, backoff_initial_seconds=0.01, backoff_max_seconds=0.1)
+    defs = build_definitions(demo_catalog, home=DatasetHome(root=str(home)), transfer=transfer)
+    assert materialize(defs, instance, MANIFEST).success
+    first = load_manifest_file(home / DEMO / "url_manifest.json").entries("cubercnn", SEQUENCE)[0]
+    demo_server.faults.fail_with_status(404, times=100, path_contains=f"/files/cubercnn/{first.relative_path}")
+
+    failed = defs.resolve_job_def(f"{DEMO}_sequence").execute_in_process(
+        instance=instance, partition_key=SEQUENCE, raise_on_error=False)
+
+    assert not failed.success
+    failures = [event for event in failed.all_events if event.event_type == DagsterEventType.STEP_FAILURE]
+    assert [event.step_key for event in failures] == [RAW.to_python_identifier()]
+    assert f"cubercnn/{first.relative_path}: TransferError" in failures[0].step_failure_data.error.message
+    assert "HTTP 404" in failures[0].step_failure_data.error.message
+    assert not any(event.event_type == DagsterEventType.STEP_UP_FOR_RETRY for event in failed.all_events)

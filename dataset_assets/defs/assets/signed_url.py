@@ -21,6 +21,7 @@ from dagster import (
 )
 
 from dataset_assets.core.catalog import DatasetSpec
+from dataset_assets.core.errors import ManifestError
 from dataset_assets.core.manifest import UrlManifest
 from dataset_assets.core.pipeline import (
     download_sequence,
@@ -31,7 +32,7 @@ from dataset_assets.core.pipeline import (
 )
 from dataset_assets.core.preprocess import PreprocessConfig
 from dataset_assets.core.storage import Destination
-from dataset_assets.core.transfer import DownloadReport, LinkExpired
+from dataset_assets.core.transfer import DownloadReport, LinkExpired, PermanentTransferError
 from dataset_assets.defs.partitions import sequence_partitions
 from dataset_assets.defs.progress import LoggedProgress
 from dataset_assets.defs.resources import DatasetHome, TransferResource
@@ -76,7 +77,8 @@ def download_partition(context: AssetExecutionContext, manifest: UrlManifest, fo
     """Download one sequence of the run and attach its metadata to that partition's materialization.
 
     An expired link becomes `Failure(allow_retries=False)`: retrying the same links cannot succeed,
-    so the run fails at once and the link-refresh sensor re-requests it with fresh links.
+    so the run fails at once and the link-refresh sensor re-requests it with fresh links. So do
+    failures no later try can cure (`PermanentTransferError`, a sequence the manifest lacks).
     """
     total = sum(entry.size or 0 for config in folders for entry in manifest.entries(config, sequence))
     progress = LoggedProgress(context.log, sequence, total)
@@ -84,6 +86,8 @@ def download_partition(context: AssetExecutionContext, manifest: UrlManifest, fo
         report = download_sequence(manifest, folders, sequence, transfer.settings(), progress)
     except LinkExpired as error:
         raise Failure(str(error), metadata={"expired_files": list(error.files)}, allow_retries=False) from error
+    except (PermanentTransferError, ManifestError) as error:  # a step retry would fail the same way
+        raise Failure(str(error), allow_retries=False) from error
     sizes = {result.key: result.size for result in report.results}
     context.add_asset_metadata(_metadata({**report.metadata(), FILE_SIZES: sizes, FILES_VERSION: report.data_version}),
                                partition_key=sequence)
