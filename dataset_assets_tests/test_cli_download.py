@@ -196,3 +196,14 @@ def test_kill_9_mid_run_then_rerun_fetches_only_what_was_missing(
     for demo_file in files:
         assert hashlib.sha1((out / demo_file.sequence / demo_file.filename).read_bytes()).hexdigest() == demo_file.sha1
     assert not list(out.glob("*/*.part*"))
+
+
+def test_a_missing_manifest_file_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-such-manifest.json"
+
+    code = main(download_args(missing, tmp_path / "out"))
+
+    assert code == 2
+    assert f"error: {missing}: " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+

@@ -181,6 +181,8 @@ def load_manifest_file(path: Path) -> UrlManifest:
     """Read and validate a manifest JSON file, naming the file in any error."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ManifestError(str(path), "<file>", str(path), f"cannot be read ({error.strerror})") from error
     except json.JSONDecodeError as error:
         raise ManifestError(str(path), "<root>", f"line {error.lineno} column {error.colno}",
                             f"is not valid JSON: {error.msg}") from error
