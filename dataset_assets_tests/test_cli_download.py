@@ -207,3 +207,16 @@ def test_a_missing_manifest_file_exits_2_naming_it(tmp_path: Path, capsys: pytes
     assert f"error: {missing}: " in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
+
+def test_an_output_folder_that_cannot_be_created_exits_2_naming_it(
+    demo_server: DemoServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest_path, _ = save_manifest(demo_server, tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
+    out = tmp_path / "a-file" / "out"
+
+    code = main(download_args(manifest_path, out, "--download-wds-to-local"))
+
+    assert code == 2
+    assert "field '--output-folder-path' cannot be created" in capsys.readouterr().err
+    assert demo_server.stats.body_bytes_sent() == 0

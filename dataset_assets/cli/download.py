@@ -81,6 +81,14 @@ def _destination(args: argparse.Namespace) -> Destination:
     return S3Destination(client, S3Url.parse(args.destination), settings)
 
 
+def _make_output_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidInputError("command line", "--output-folder-path", str(out),
+                                f"cannot be created ({error.strerror})") from error
+
+
 def _refresh(location: str, client: httpx.Client) -> Refresh | None:
     if not location.startswith(("http://", "https://")):
         return None
@@ -121,7 +129,7 @@ def run_download(args: argparse.Namespace) -> int:
         manifest.require_configs([args.config_name])
         split = select_split(manifest.sequences(args.config_name), args)
         out: Path = args.output_folder_path
-        out.mkdir(parents=True, exist_ok=True)
+        _make_output_folder(out)
         if not args.download_wds_to_local:
             written = _write_streamable(manifest, args.config_name, split, out)
             print(f"{len(split.all)} sequences ({len(split.train)} train, {len(split.validation)} validation): "
