@@ -330,12 +330,19 @@ def _read_int(reader: _Reader, body: Mapping[str, Any], key: str, default: int, 
     return value
 
 
+def _read_prefix(reader: _Reader, value: Any, field_path: str) -> str:
+    """A key prefix; an unquoted number is read as its digits, but an empty `prefix:` (null) is refused."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise reader.fail(field_path, value, "must be a string (a key prefix such as 'releases')")
+    return reader.expand(str(value), field_path).strip("/")
+
+
 def _read_publish(reader: _Reader, value: Any, field_path: str) -> PublishSpec:
     """`bucket`, `prefix`, `part_size_mib` (at least 5, the S3 minimum), `concurrency`, `endpoint_url`."""
     body = reader.mapping(value, field_path)
     reader.known_keys(body, field_path, PUBLISH_FIELDS)
     bucket = reader.string(body.get("bucket"), f"{field_path}.bucket")
-    prefix = "" if "prefix" not in body else reader.expand(str(body["prefix"]), f"{field_path}.prefix").strip("/")
+    prefix = "" if "prefix" not in body else _read_prefix(reader, body["prefix"], f"{field_path}.prefix")
     endpoint = None if "endpoint_url" not in body else reader.string(body["endpoint_url"], f"{field_path}.endpoint_url")
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise reader.fail(f"{field_path}.endpoint_url", endpoint, "must be an http(s) URL (or empty: AWS's own)")

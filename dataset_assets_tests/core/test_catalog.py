@@ -127,3 +127,13 @@ def test_split_hash_changes_with_each_setting_and_with_the_explicit_split_file(t
 
     assert len(hashes) == 6
     assert SplitSpec(seed=1).hash == SplitSpec(seed=1).hash
+
+
+@pytest.mark.parametrize("prefix", [None, ["releases"], {"a": 1}, True])
+def test_a_publish_prefix_that_is_not_a_string_is_refused(tmp_path: Path, prefix: object) -> None:
+    body = {"kind": "versioned", "base_url": "http://127.0.0.1:1/objects", "versions": ["2023_07_28"],
+            "components": {"annotations": {}, "assets": {}}, "publish": {"bucket": "b", "prefix": prefix}}
+    path = write(tmp_path, {"datasets": {"objects": body}})
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(path)
+    assert str(caught.value).startswith(f"{path}: field 'datasets.objects.publish.prefix' must be a string")
