@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dataset_assets.core.errors import DatasetAssetsError
+
 DEMO_DATASET = "demo_aria"
 DEMO_URL_ENV = "DATASET_ASSETS_DEMO_URL"
 DEFAULT_DEMO_PORT = 8765
@@ -34,7 +36,11 @@ def _start_demo_server(home: Path, port: int):  # type: ignore[no-untyped-def]
     source = home / "demo_source"
     generate_demo_source(source)
     server = DemoServer(source, secret=_demo_secret(home), port=port)
-    server.start()
+    try:
+        server.start()
+    except OSError as error:
+        raise DatasetAssetsError(f"cannot serve the demo source on 127.0.0.1:{port}: {error.strerror} "
+                                 "(is a demo server already running? pick another --port)") from error
     os.environ[DEMO_URL_ENV] = server.base_url
     return server
 
