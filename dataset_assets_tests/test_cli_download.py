@@ -220,3 +220,15 @@ def test_an_output_folder_that_cannot_be_created_exits_2_naming_it(
     assert code == 2
     assert "field '--output-folder-path' cannot be created" in capsys.readouterr().err
     assert demo_server.stats.body_bytes_sent() == 0
+
+
+def test_a_garbled_split_yaml_left_in_the_output_folder_is_replaced(demo_server: DemoServer, tmp_path: Path) -> None:
+    manifest_path, manifest = save_manifest(demo_server, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "streamable_train_tars.yaml").write_bytes(b"tars:\n  seq_000: [\xff\xfe]\n")
+
+    assert main(download_args(manifest_path, out)) == 0
+
+    split = split_sequences(manifest.sequences(CONFIG))
+    assert sorted(read_tars(out / "streamable_train_tars.yaml")) == sorted(split.train)

@@ -25,7 +25,7 @@ def _read_yaml(path: Path) -> object:
     try:
         with open(path, encoding="utf-8") as handle:
             return yaml.safe_load(handle)
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
         raise SplitError(str(path), "(file)", str(path), f"cannot be read ({error})") from error
     except yaml.YAMLError as error:
         raise SplitError(str(path), "(document)", str(error).splitlines()[0], "is not valid YAML") from error
