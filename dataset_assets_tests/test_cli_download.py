@@ -232,3 +232,17 @@ def test_a_garbled_split_yaml_left_in_the_output_folder_is_replaced(demo_server:
 
     split = split_sequences(manifest.sequences(CONFIG))
     assert sorted(read_tars(out / "streamable_train_tars.yaml")) == sorted(split.train)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--train-val-split-ratio", "1.5"), ("--train-val-split-ratio", "nan"),
+                                             ("--part-size-mib", "1"), ("--part-concurrency", "0")])
+def test_a_bad_flag_value_exits_2_naming_the_flag(demo_server: DemoServer, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str], flag: str, value: str) -> None:
+    manifest_path, _ = save_manifest(demo_server, tmp_path)
+
+    code = main(download_args(manifest_path, tmp_path / "out", "--download-wds-to-local", "--destination",
+                              "s3://bucket/atek", flag, value))
+
+    assert code == 2
+    assert f"error: command line: field '{flag}' " in capsys.readouterr().err
+    assert demo_server.stats.body_bytes_sent() == 0
