@@ -235,7 +235,8 @@ def test_a_garbled_split_yaml_left_in_the_output_folder_is_replaced(demo_server:
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--train-val-split-ratio", "1.5"), ("--train-val-split-ratio", "nan"),
-                                             ("--part-size-mib", "1"), ("--part-concurrency", "0")])
+                                             ("--part-size-mib", "1"), ("--part-concurrency", "0"),
+                                             ("--destination", "s3://")])
 def test_a_bad_flag_value_exits_2_naming_the_flag(demo_server: DemoServer, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str], flag: str, value: str) -> None:
     manifest_path, _ = save_manifest(demo_server, tmp_path)

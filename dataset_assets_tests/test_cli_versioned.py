@@ -109,3 +109,18 @@ def test_download_of_a_component_the_dataset_lacks_exits_2(catalog_for: S3Bucket
     assert main([*versioned("download", tmp_path), "--component", "base_data"]) == 2
     assert ("command line: field '--component' is not a component of this dataset "
             "(components: annotations, assets, features) (got 'base_data')") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--part-size-mib", "1"), ("--concurrency", "0"),
+                                             ("--destination", "bucket/prefix")])
+def test_bad_publish_flags_exit_2_naming_the_flag(catalog_for: S3Bucket, tmp_path: Path, flag: str, value: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    produce(tmp_path, V1)
+    for action in ("prepare", "pack"):
+        assert main(versioned(action, tmp_path)) == 0
+    capsys.readouterr()
+
+    assert main([*versioned("publish", tmp_path), flag, value]) == 2
+
+    assert f"error: command line: field '{flag}' " in capsys.readouterr().err
+    assert catalog_for.keys() == []

@@ -95,7 +95,7 @@ def _destination(args: argparse.Namespace) -> Destination:
         raise InvalidInputError("command line", "--destination", args.destination, "must look like s3://bucket/prefix")
     settings = MultipartSettings(args.part_size_mib * MIB, args.part_concurrency)
     client = make_s3_client(args.s3_endpoint_url, max_pool_connections=args.workers + args.part_concurrency + 4)
-    return S3Destination(client, S3Url.parse(args.destination), settings)
+    return S3Destination(client, S3Url.parse(args.destination, "command line", "--destination"), settings)
 
 
 def _make_output_folder(out: Path) -> None:

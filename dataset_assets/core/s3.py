@@ -50,10 +50,10 @@ class S3Url:
     prefix: str = ""
 
     @classmethod
-    def parse(cls, url: str, source: str = "destination") -> S3Url:
+    def parse(cls, url: str, source: str = "destination", field: str = "destination") -> S3Url:
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
-            raise InvalidInputError(source, "destination", url, "must look like s3://bucket/prefix")
+            raise InvalidInputError(source, field, url, "must look like s3://bucket/prefix")
         return cls(parts.netloc, parts.path.strip("/"))
 
     def key(self, relative_path: str) -> str:
