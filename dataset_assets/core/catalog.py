@@ -38,6 +38,8 @@ KINDS = ("signed_url", "handler", "versioned")
 VERSIONED_FIELDS = ("kind", "description", "owners", "base_url", "versions", "components", "publish")
 PUBLISH_FIELDS = ("bucket", "prefix", "part_size_mib", "concurrency", "endpoint_url")
 HANDLER_FIELDS = ("kind", "description", "owners", "handler", "base_url", "artifacts", "samples_per_shard", "split")
+# Lenient enough for legacy S3 names (capitals, '_') and R2/MinIO; refuses URLs and paths.
+BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}\Z")
 SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}\Z")
 _ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
@@ -342,6 +344,9 @@ def _read_publish(reader: _Reader, value: Any, field_path: str) -> PublishSpec:
     body = reader.mapping(value, field_path)
     reader.known_keys(body, field_path, PUBLISH_FIELDS)
     bucket = reader.string(body.get("bucket"), f"{field_path}.bucket")
+    if not BUCKET.match(bucket):
+        raise reader.fail(f"{field_path}.bucket", bucket, "must be a bucket name (letters, digits, '.', '_', '-'; "
+                                                          "the key prefix goes in 'prefix')")
     prefix = "" if "prefix" not in body else _read_prefix(reader, body["prefix"], f"{field_path}.prefix")
     endpoint = None if "endpoint_url" not in body else reader.string(body["endpoint_url"], f"{field_path}.endpoint_url")
     if endpoint and not endpoint.startswith(("http://", "https://")):

@@ -137,3 +137,13 @@ def test_a_publish_prefix_that_is_not_a_string_is_refused(tmp_path: Path, prefix
     with pytest.raises(CatalogError) as caught:
         load_catalog(path)
     assert str(caught.value).startswith(f"{path}: field 'datasets.objects.publish.prefix' must be a string")
+
+
+@pytest.mark.parametrize("bucket", ["s3://my-datasets", "my-datasets/releases", "my datasets"])
+def test_a_publish_bucket_that_is_not_a_bucket_name_is_refused(tmp_path: Path, bucket: str) -> None:
+    body = {"kind": "versioned", "base_url": "http://127.0.0.1:1/objects", "versions": ["2023_07_28"],
+            "components": {"annotations": {}, "assets": {}}, "publish": {"bucket": bucket}}
+    path = write(tmp_path, {"datasets": {"objects": body}})
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(path)
+    assert str(caught.value).startswith(f"{path}: field 'datasets.objects.publish.bucket' must be a bucket name")
