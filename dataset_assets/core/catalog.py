@@ -348,7 +348,9 @@ def _read_publish(reader: _Reader, value: Any, field_path: str) -> PublishSpec:
         raise reader.fail(f"{field_path}.bucket", bucket, "must be a bucket name (letters, digits, '.', '_', '-'; "
                                                           "the key prefix goes in 'prefix')")
     prefix = "" if "prefix" not in body else _read_prefix(reader, body["prefix"], f"{field_path}.prefix")
-    endpoint = None if "endpoint_url" not in body else reader.string(body["endpoint_url"], f"{field_path}.endpoint_url")
+    endpoint = body.get("endpoint_url")
+    if endpoint is not None and endpoint != "":  # empty (or null): AWS's own endpoint
+        endpoint = reader.string(endpoint, f"{field_path}.endpoint_url")
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise reader.fail(f"{field_path}.endpoint_url", endpoint, "must be an http(s) URL (or empty: AWS's own)")
     return PublishSpec(bucket=bucket, prefix=prefix,

@@ -147,3 +147,12 @@ def test_a_publish_bucket_that_is_not_a_bucket_name_is_refused(tmp_path: Path, b
     with pytest.raises(CatalogError) as caught:
         load_catalog(path)
     assert str(caught.value).startswith(f"{path}: field 'datasets.objects.publish.bucket' must be a bucket name")
+
+
+@pytest.mark.parametrize("endpoint", ["", None, "${NO_SUCH_ENDPOINT_VARIABLE:-}"])
+def test_an_empty_publish_endpoint_means_aws(tmp_path: Path, endpoint: object) -> None:
+    body = {"kind": "versioned", "base_url": "http://127.0.0.1:1/objects", "versions": ["2023_07_28"],
+            "components": {"annotations": {}, "assets": {}}, "publish": {"bucket": "b", "endpoint_url": endpoint}}
+    source = load_catalog(write(tmp_path, {"datasets": {"objects": body}})).dataset("objects").versioned
+    assert source is not None and source.publish is not None
+    assert source.publish.endpoint_url is None
