@@ -443,6 +443,8 @@ def load_catalog(path: Path | None = None) -> Catalog:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as error:
         raise CatalogError(str(path), "<file>", str(path), "does not exist") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise CatalogError(str(path), "<file>", str(path), f"cannot be read ({error})") from error
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -156,3 +156,11 @@ def test_an_empty_publish_endpoint_means_aws(tmp_path: Path, endpoint: object) -
     source = load_catalog(write(tmp_path, {"datasets": {"objects": body}})).dataset("objects").versioned
     assert source is not None and source.publish is not None
     assert source.publish.endpoint_url is None
+
+
+def test_a_catalog_that_cannot_be_read_is_named(tmp_path: Path) -> None:
+    (tmp_path / "folder.yaml").mkdir()
+    (tmp_path / "latin1.yaml").write_bytes("datasets:\n  caf\xe9: {}\n".encode("latin-1"))
+    for path in (tmp_path / "folder.yaml", tmp_path / "latin1.yaml"):
+        with pytest.raises(CatalogError, match=rf"^{path}: field '<file>' cannot be read"):
+            load_catalog(path)
