@@ -247,3 +247,16 @@ def test_a_bad_flag_value_exits_2_naming_the_flag(demo_server: DemoServer, tmp_p
     assert code == 2
     assert f"error: command line: field '{flag}' " in capsys.readouterr().err
     assert demo_server.stats.body_bytes_sent() == 0
+
+
+def test_an_unusable_s3_endpoint_exits_2_naming_it(demo_server: DemoServer, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    manifest_path, _ = save_manifest(demo_server, tmp_path)
+
+    code = main(download_args(manifest_path, tmp_path / "out", "--download-wds-to-local", "--destination",
+                              "s3://bucket/atek", "--s3-endpoint-url", "http://bad host"))
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "field 'endpoint_url' is not a usable S3 endpoint (Invalid endpoint: http://bad host)" in err
+    assert demo_server.stats.body_bytes_sent() == 0

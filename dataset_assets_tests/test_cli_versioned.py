@@ -124,3 +124,14 @@ def test_bad_publish_flags_exit_2_naming_the_flag(catalog_for: S3Bucket, tmp_pat
 
     assert f"error: command line: field '{flag}' " in capsys.readouterr().err
     assert catalog_for.keys() == []
+
+
+def test_publish_to_an_unusable_s3_endpoint_exits_2_naming_it(catalog_for: S3Bucket, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    produce(tmp_path, V1)
+    for action in ("prepare", "pack"):
+        assert main(versioned(action, tmp_path)) == 0
+
+    assert main([*versioned("publish", tmp_path), "--s3-endpoint-url", "notaurl"]) == 2
+
+    assert "field 'endpoint_url' is not a usable S3 endpoint (Invalid endpoint: notaurl)" in capsys.readouterr().err

@@ -67,7 +67,11 @@ def make_s3_client(endpoint_url: str | None = None, region_name: str | None = No
                    max_pool_connections: int = 32) -> Any:
     """A boto3 S3 client; credentials and (when not given) the endpoint come from the usual AWS env/config."""
     config = Config(max_pool_connections=max_pool_connections, retries={"mode": "standard", "max_attempts": 5})
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region_name, config=config)
+    try:
+        return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region_name, config=config)
+    except ValueError as error:  # botocore's "Invalid endpoint: ...", from the argument or $AWS_ENDPOINT_URL
+        raise InvalidInputError("S3 client", "endpoint_url", endpoint_url,
+                                f"is not a usable S3 endpoint ({error})") from error
 
 
 @dataclass(frozen=True)
