@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from dataset_assets.cli import main
+
 
 def test_demo_serve_on_a_port_in_use_exits_2_naming_the_port(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
@@ -19,3 +23,13 @@ def test_demo_serve_on_a_port_in_use_exits_2_naming_the_port(tmp_path: Path) -> 
     assert finished.returncode == 2, finished.stderr
     assert "Traceback" not in finished.stderr
     assert f"error: cannot serve the demo source on 127.0.0.1:{port}" in finished.stderr
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "70000"], ["run", "--port", "-1"],
+                                     ["ui", "--ui-port", "65536"]])
+def test_a_port_out_of_range_exits_2_naming_the_flag(tmp_path: Path, command: list[str],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", *command, "--home", str(tmp_path / "home")]) == 2
+
+    assert f"error: command line: field '{command[1]}' must be a port number" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists()

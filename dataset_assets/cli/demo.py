@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dataset_assets.core.errors import DatasetAssetsError
+from dataset_assets.core.errors import DatasetAssetsError, InvalidInputError
 
 DEMO_DATASET = "demo_aria"
 DEMO_URL_ENV = "DATASET_ASSETS_DEMO_URL"
@@ -130,6 +130,10 @@ def run_demo(args: argparse.Namespace) -> int:
     # Dagster is imported only here, so `dataset-assets download` starts quickly.
     from dataset_assets.defs.resources import default_home
 
+    ports = {"--port": args.port, "--ui-port": getattr(args, "ui_port", 0)}
+    for flag, port in ports.items():
+        if not 0 <= port <= 65535:
+            raise InvalidInputError("command line", flag, port, "must be a port number (0-65535; 0: any free one)")
     home = (args.home or Path(default_home())).resolve()
     if args.demo_command == "run":
         return demo_run(home, args.port)
