@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dataset_assets.cli import main
+from dataset_assets.defs.resources import HOME_ENV
 
 
 def test_demo_serve_on_a_port_in_use_exits_2_naming_the_port(tmp_path: Path) -> None:
@@ -33,3 +34,18 @@ def test_a_port_out_of_range_exits_2_naming_the_flag(tmp_path: Path, command: li
 
     assert f"error: command line: field '{command[1]}' must be a port number" in capsys.readouterr().err
     assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("command", ["serve", "run", "ui"])
+def test_a_home_that_cannot_be_created_exits_2_naming_it(
+    tmp_path: Path, command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))  # demo commands export these; keep them local
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "unused"))
+    (tmp_path / "a-file").write_text("not a folder")
+    home = tmp_path / "a-file" / "home"
+
+    assert main(["demo", command, "--home", str(home), "--port", "0"]) == 2
+
+    assert f"error: command line: field '--home' cannot be created (Not a directory) (got '{home}')" in (
+        capsys.readouterr().err)

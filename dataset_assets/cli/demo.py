@@ -135,6 +135,10 @@ def run_demo(args: argparse.Namespace) -> int:
         if not 0 <= port <= 65535:
             raise InvalidInputError("command line", flag, port, "must be a port number (0-65535; 0: any free one)")
     home = (args.home or Path(default_home())).resolve()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidInputError("command line", "--home", str(home), f"cannot be created ({error.strerror})") from error
     if args.demo_command == "run":
         return demo_run(home, args.port)
     if args.demo_command == "serve":
