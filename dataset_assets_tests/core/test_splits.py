@@ -201,24 +201,32 @@ def _listed(path: Path) -> set[str]:
     return set(yaml.safe_load(path.read_bytes())["tars"]) if path.exists() else set()
 
 
-def test_train_and_validation_on_disk_never_overlap_while_a_split_is_replaced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every state between two atomic replacements (where a kill -9 could leave the folder) is disjoint.
+def states_while_replacing(folder: Path, monkeypatch: pytest.MonkeyPatch, old: Split, new: Split,
+                           tars: dict[str, list[str]]) -> list[tuple[set[str], set[str]]]:
+    """The (train, validation) sequences on disk after each atomic replacement while `new` replaces `old`.
 
     The real `write_bytes_atomic` runs; the wrapper only records the folder after each replacement.
     """
-    tars = {name: [f"{name}/shards-0000.tar"] for name in "abcdef"}
-    write_split_yamls(tmp_path, Split(train=("a", "b", "c"), validation=("d", "e")), tars, "local")
+    write_split_yamls(folder, old, tars, "local")
     states: list[tuple[set[str], set[str]]] = []
     real_write = storage.write_bytes_atomic
 
     def write_and_record(final: Path, data: bytes) -> None:
         real_write(final, data)
-        states.append((_listed(tmp_path / "local_train_tars.yaml"), _listed(tmp_path / "local_validation_tars.yaml")))
+        states.append((_listed(folder / "local_train_tars.yaml"), _listed(folder / "local_validation_tars.yaml")))
 
     monkeypatch.setattr(storage, "write_bytes_atomic", write_and_record)
-    write_split_yamls(tmp_path, Split(train=("a", "d", "f"), validation=("b", "e")), tars, "local")
+    write_split_yamls(folder, new, tars, "local")
+    return states
+
+
+def test_train_and_validation_on_disk_never_overlap_while_a_split_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every state between two atomic replacements (where a kill -9 could leave the folder) is disjoint."""
+    tars = {name: [f"{name}/shards-0000.tar"] for name in "abcdef"}
+    states = states_while_replacing(tmp_path, monkeypatch, Split(train=("a", "b", "c"), validation=("d", "e")),
+                                    Split(train=("a", "d", "f"), validation=("b", "e")), tars)
 
     assert [train & validation for train, validation in states] == [set()] * len(states)
     assert states[-1] == ({"a", "d", "f"}, {"b", "e"})
@@ -234,16 +242,7 @@ def test_no_split_change_lets_train_and_validation_on_disk_share_a_sequence(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old: tuple[tuple[str, ...], ...], new: tuple[tuple[str, ...], ...]
 ) -> None:
     tars = {name: [f"{name}/shards-0000.tar"] for name in "abcd"}
-    write_split_yamls(tmp_path, Split(*old), tars, "local")
-    states: list[tuple[set[str], set[str]]] = []
-    real_write = storage.write_bytes_atomic
-
-    def write_and_record(final: Path, data: bytes) -> None:
-        real_write(final, data)
-        states.append((_listed(tmp_path / "local_train_tars.yaml"), _listed(tmp_path / "local_validation_tars.yaml")))
-
-    monkeypatch.setattr(storage, "write_bytes_atomic", write_and_record)
-    write_split_yamls(tmp_path, Split(*new), tars, "local")
+    states = states_while_replacing(tmp_path, monkeypatch, Split(*old), Split(*new), tars)
 
     assert [train & validation for train, validation in states] == [set()] * len(states)
     assert states[-1] == (set(new[0]), set(new[1]))

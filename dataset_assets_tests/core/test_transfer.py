@@ -68,6 +68,14 @@ def source_bytes(demo_source: Path, entry: ManifestEntry) -> bytes:
     return (demo_source / entry.config / entry.relative_path).read_bytes()
 
 
+def hold(tmp_path: Path, entry: ManifestEntry, data: bytes) -> Path:
+    """`data` as the `.part` an interrupted run left for `entry` under `folders(tmp_path)`."""
+    part = tmp_path / entry.config / f"{entry.relative_path}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data)
+    return part
+
+
 def leave_partial(server: DemoServer, entry: ManifestEntry, root: Path, cut: int) -> None:
     """A first run whose connection drops after `cut` bytes of `entry`, leaving them held in `.part`."""
     server.faults.drop_after_bytes(cut, path_contains=url_path(entry))
@@ -393,9 +401,7 @@ def test_held_bytes_covering_the_whole_file_are_verified_and_published_without_a
     demo_server: DemoServer, demo_source: Path, tmp_path: Path
 ) -> None:
     entry = first_entry(fetch_manifest(demo_server))
-    part = tmp_path / "cubercnn" / f"{entry.relative_path}.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(source_bytes(demo_source, entry))
+    hold(tmp_path, entry, source_bytes(demo_source, entry))
 
     report = download_entries([entry], folders(tmp_path), FAST)
 
@@ -408,9 +414,7 @@ def test_held_bytes_covering_a_file_the_manifest_gives_no_size_for_are_verified_
     demo_server: DemoServer, demo_source: Path, tmp_path: Path
 ) -> None:
     entry = dataclasses.replace(first_entry(fetch_manifest(demo_server)), size=None)
-    part = tmp_path / "cubercnn" / f"{entry.relative_path}.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(source_bytes(demo_source, entry))
+    hold(tmp_path, entry, source_bytes(demo_source, entry))
 
     report = download_entries([entry], folders(tmp_path), FAST)
 
@@ -424,9 +428,7 @@ def test_a_garbled_resume_sidecar_is_ignored_and_the_download_completes(
 ) -> None:
     """After a power loss a file can hold stale blocks of other files instead of what was written last."""
     entry = first_entry(fetch_manifest(demo_server))
-    part = tmp_path / "cubercnn" / f"{entry.relative_path}.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(source_bytes(demo_source, entry)[:1000])
+    part = hold(tmp_path, entry, source_bytes(demo_source, entry)[:1000])
     part.with_name(f"{part.name}.json").write_bytes(b"\xff\xfe\x00garbage")
 
     report = download_entries([entry], folders(tmp_path), FAST)
@@ -439,9 +441,7 @@ def test_held_bytes_failing_verification_restart_from_byte_zero(
     demo_server: DemoServer, demo_source: Path, tmp_path: Path
 ) -> None:
     entry = first_entry(fetch_manifest(demo_server))
-    part = tmp_path / "cubercnn" / f"{entry.relative_path}.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(b"\xff" * 1000)
+    hold(tmp_path, entry, b"\xff" * 1000)
 
     download_entries([entry], folders(tmp_path), FAST)
 

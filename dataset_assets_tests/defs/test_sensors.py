@@ -246,15 +246,20 @@ def test_link_refresh_sensor_re_requests_only_partitions_that_failed_on_expired_
     assert requested(tick(defs, instance, REFRESH_SENSOR)) == []
 
 
+def fail_on_expired_links(defs: Definitions, instance: DagsterInstance, server: DemoServer, sequences: list[str]
+                          ) -> None:
+    """Save the manifest, let its links expire, then run `raw_shards` of each of `sequences` (failing) in turn."""
+    assert materialize(defs, instance, MANIFEST).success
+    server.advance_clock(server.link_ttl_seconds + 60)
+    for sequence in sequences:
+        assert not materialize(defs, instance, RAW, sequence).success
+
+
 def test_link_refresh_sensor_requests_one_retry_per_partition_however_many_runs_of_it_failed_on_expired_links(
     demo_catalog: Catalog, demo_server: DemoServer, home: Path, instance: DagsterInstance
 ) -> None:
     defs = make_defs(demo_catalog, home, max_attempts=1)
-    assert materialize(defs, instance, MANIFEST).success
-    demo_server.advance_clock(demo_server.link_ttl_seconds + 60)
-    for _ in range(2):
-        assert not materialize(defs, instance, RAW, "seq_001").success
-    assert not materialize(defs, instance, RAW, "seq_003").success
+    fail_on_expired_links(defs, instance, demo_server, ["seq_001", "seq_001", "seq_003"])
 
     first = tick(defs, instance, REFRESH_SENSOR)
 
@@ -265,9 +270,7 @@ def test_an_unreadable_saved_manifest_does_not_stop_the_link_refresh_sensor_re_r
     demo_catalog: Catalog, demo_server: DemoServer, home: Path, instance: DagsterInstance
 ) -> None:
     defs = make_defs(demo_catalog, home, max_attempts=1)
-    assert materialize(defs, instance, MANIFEST).success
-    demo_server.advance_clock(demo_server.link_ttl_seconds + 60)
-    assert not materialize(defs, instance, RAW, "seq_001").success
+    fail_on_expired_links(defs, instance, demo_server, ["seq_001"])
     (home / DEMO / "url_manifest.json").write_text('{"atek_data_for_all_configs": {"cubercnn": ')
 
     first = tick(defs, instance, REFRESH_SENSOR)
@@ -279,10 +282,7 @@ def test_link_refresh_sensor_skips_a_failed_partition_that_was_deleted_since(
     demo_catalog: Catalog, demo_server: DemoServer, home: Path, instance: DagsterInstance
 ) -> None:
     defs = make_defs(demo_catalog, home, max_attempts=1)
-    assert materialize(defs, instance, MANIFEST).success
-    demo_server.advance_clock(demo_server.link_ttl_seconds + 60)
-    for sequence in ("seq_001", "seq_003"):
-        assert not materialize(defs, instance, RAW, sequence).success
+    fail_on_expired_links(defs, instance, demo_server, ["seq_001", "seq_003"])
     instance.delete_dynamic_partition(f"{DEMO}_sequences", "seq_003")
 
     # As the daemon evaluates a tick: run requests resolved against the partitions that exist now.
