@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dataset_assets.cli import main
+from dataset_assets.cli.demo import _demo_secret
 from dataset_assets.defs.resources import HOME_ENV
 
 
@@ -49,3 +51,21 @@ def test_a_home_that_cannot_be_created_exits_2_naming_it(
 
     assert f"error: command line: field '--home' cannot be created (Not a directory) (got '{home}')" in (
         capsys.readouterr().err)
+
+
+def test_the_demo_secret_is_private_from_before_the_key_is_written(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    modes_when_written: list[int | None] = []  # None: written into a new file, created with the umask's mode
+    write_bytes = Path.write_bytes
+
+    def observed_write_bytes(path: Path, data: bytes) -> int:  # a spy: the window it checks has no other witness
+        modes_when_written.append(stat.S_IMODE(path.stat().st_mode) if path.exists() else None)
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", observed_write_bytes)
+    key = _demo_secret(tmp_path)
+
+    secret = tmp_path / "demo_source" / ".secret"
+    assert modes_when_written == [0o600] and stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert len(key) == 32 and _demo_secret(tmp_path) == key
+    assert [path.name for path in secret.parent.iterdir()] == [".secret"]

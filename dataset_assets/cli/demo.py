@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from dataset_assets.core.errors import DatasetAssetsError, InvalidInputError
+from dataset_assets.core.storage import atomic_file
 
 DEMO_DATASET = "demo_aria"
 DEMO_URL_ENV = "DATASET_ASSETS_DEMO_URL"
@@ -23,9 +24,9 @@ def _demo_secret(home: Path) -> bytes:
     """The demo server's HMAC key, kept under the home folder so links survive a server restart."""
     path = home / "demo_source" / ".secret"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(secrets.token_bytes(32))
-        os.chmod(path, 0o600)
+        with atomic_file(path) as part:  # private before the key is in it; never left empty or partial
+            os.chmod(part, 0o600)
+            part.write_bytes(secrets.token_bytes(32))
     return path.read_bytes()
 
 
