@@ -38,6 +38,7 @@ from dataset_assets.core.s3 import MIN_PART_SIZE, MultipartSettings, S3Destinati
 from dataset_assets.core.transfer import (
     ChecksumMismatch,
     LinkExpired,
+    PermanentTransferError,
     TransferError,
     TransferSettings,
     download_entries,
@@ -121,6 +122,8 @@ class Fault:
     ignoring Range forces it); `bound` caps the target bytes a failing case may have fetched, in
     file sizes. `expire_mid_transfer` moves the server's clock past the links' expiry (one more
     fault) once the target's first bytes arrive; `refresh` lets the engine fetch fresh links.
+    `permanent`: no later try with the same links can cure the failure, so the run raises
+    `PermanentTransferError`.
     """
 
     name: str
@@ -132,6 +135,7 @@ class Fault:
     expire_mid_transfer: bool = False
     refresh: bool = False
     min_seconds: float = 0.0
+    permanent: bool = False
 
     @property
     def injected(self) -> int:
@@ -180,13 +184,13 @@ FAULTS: list[Fault] = [
           extra=lambda entry: size(entry) // 2),
     Fault("persistent_503", status(503, FAST.max_attempts), TransferError, r"RetryableStatus: .*HTTP 503", bound=0),
     Fault("refused_link_403", status(403, 1), LinkExpired, EXPIRED, bound=0),
-    Fault("gone_404", status(404, 1), TransferError, r"TransferError: .*HTTP 404", bound=0),
+    Fault("gone_404", status(404, 1), TransferError, r"TransferError: .*HTTP 404", bound=0, permanent=True),
     Fault("truncated_upstream_file", replaced(lambda data: data[: len(data) // 2]), ChecksumMismatch,
-          r"ChecksumMismatch: .*server announces \d+ bytes, manifest says \d+"),
+          r"ChecksumMismatch: .*server announces \d+ bytes, manifest says \d+", permanent=True),
     Fault("wrong_bytes_sha1_mismatch", replaced(flipped), ChecksumMismatch,
-          r"ChecksumMismatch: .*got \d+ bytes with sha1 [0-9a-f]{40}, manifest says"),
+          r"ChecksumMismatch: .*got \d+ bytes with sha1 [0-9a-f]{40}, manifest says", permanent=True),
     Fault("wrong_bytes_after_a_resume", replaced(flipped) + drop(lambda n: n // 2), ChecksumMismatch,
-          r"ChecksumMismatch: .*got \d+ bytes with sha1 [0-9a-f]{40}, manifest says", bound=2),
+          r"ChecksumMismatch: .*got \d+ bytes with sha1 [0-9a-f]{40}, manifest says", bound=2, permanent=True),
     Fault("link_expires_mid_transfer", drop(lambda n: n // 2), LinkExpired, EXPIRED,
           expire_mid_transfer=True),
     Fault("link_expires_mid_transfer_refreshed", drop(lambda n: n // 2), expire_mid_transfer=True, refresh=True),
@@ -213,7 +217,8 @@ def test_fault_ends_verified_or_with_a_specific_error_and_never_downloads_a_file
         with pytest.raises(TransferError) as raised:
             download_entries(entries, folders(tmp_path), FAST, progress, refresh=refresh)
         message = str(raised.value)
-        assert type(raised.value) is (LinkExpired if fault.error is LinkExpired else TransferError)
+        lasting = PermanentTransferError if fault.permanent else TransferError
+        assert type(raised.value) is (LinkExpired if fault.error is LinkExpired else lasting)
         assert TARGET in message and re.search(fault.message, message), message
         assert not final_path(tmp_path, target).exists()
         for path in tmp_path.rglob("*"):
