@@ -247,14 +247,14 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
             return None
 
 
-def _may_pass_later(error: BaseException) -> bool:
-    """Whether a file that failed so may succeed when tried again later with the same links: the
-    server or network was failing (retries ran out), the disk or the bucket refused, or the run stopped."""
-    return isinstance(error, (RetryableStatus, httpx.TransportError, OSError, StorageError, TransferCancelled))
-
-
 def _is_retryable(error: BaseException) -> bool:
     return isinstance(error, (httpx.TransportError, RetryableStatus))
+
+
+def _may_pass_later(error: BaseException) -> bool:
+    """Whether a file that failed so may succeed when tried again later with the same links: what the
+    retry policy retries (its attempts ran out), the disk or the bucket refused, or the run stopped."""
+    return _is_retryable(error) or isinstance(error, (OSError, StorageError, TransferCancelled))
 
 
 def _retrying(settings: TransferSettings, sleep: Callable[[float], object] = time.sleep
@@ -440,11 +440,10 @@ class _Engine:
         except StorageError:
             # A destination without locks (S3) lets a concurrent run of the same partition publish the file
             # meanwhile, aborting this run's upload: its verified copy is as good as ours.
-            job.sink.close()
-            existing = _verified_or_none(destination, job.entry)
+            existing = _verified_or_none(destination, entry)
             if existing is None:
                 raise
-            return _skipped(job.entry, existing)
+            return _skipped(entry, existing)
         finally:
             job.sink.close()
         status = "resumed" if job.appended else "downloaded"
