@@ -16,18 +16,11 @@ from pathlib import Path
 
 import httpx
 
+from dataset_assets.cli.flags import check_multipart_flags
 from dataset_assets.cli.progress import RichTransferProgress
 from dataset_assets.core.errors import InvalidInputError
 from dataset_assets.core.manifest import ManifestEntry, UrlManifest
-from dataset_assets.core.s3 import (
-    MIB,
-    MIN_PART_SIZE,
-    MultipartSettings,
-    S3Destination,
-    S3Url,
-    is_s3_url,
-    make_s3_client,
-)
+from dataset_assets.core.s3 import MIB, MultipartSettings, S3Destination, S3Url, is_s3_url, make_s3_client
 from dataset_assets.core.splits import Split, load_split_json, split_sequences, write_split_yamls
 from dataset_assets.core.storage import Destination, LocalDestination
 from dataset_assets.core.transfer import (
@@ -78,11 +71,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.train_val_split_json_path is None and not 0 <= args.train_val_split_ratio <= 1:
         raise InvalidInputError("command line", "--train-val-split-ratio", args.train_val_split_ratio,
                                 "must be a number between 0 and 1")
-    if args.part_size_mib < MIN_PART_SIZE // MIB:
-        raise InvalidInputError("command line", "--part-size-mib", args.part_size_mib,
-                                f"must be at least {MIN_PART_SIZE // MIB} (the S3 minimum part size)")
-    if args.part_concurrency < 1:
-        raise InvalidInputError("command line", "--part-concurrency", args.part_concurrency, "must be at least 1")
+    check_multipart_flags(args.part_size_mib, args.part_concurrency, "--part-concurrency")
     if args.destination is not None and not args.download_wds_to_local:
         raise InvalidInputError("command line", "--destination", args.destination,
                                 "needs --download-wds-to-local (streamable YAMLs only list URLs)")

@@ -16,10 +16,11 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from dataset_assets.cli.flags import COMMAND_LINE, check_multipart_flags
 from dataset_assets.core.catalog import load_catalog
 from dataset_assets.core.errors import InvalidInputError
 from dataset_assets.core.publish import publish_folder, version_destination
-from dataset_assets.core.s3 import MIB, MIN_PART_SIZE, S3Url
+from dataset_assets.core.s3 import S3Url
 from dataset_assets.core.transfer import TransferSettings, make_client
 from dataset_assets.core.versioned import (
     COMPONENT_KINDS,
@@ -34,8 +35,6 @@ from dataset_assets.core.versioned import (
     prepare_annotations,
     version_folder,
 )
-
-COMMAND_LINE = "command line"
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -117,11 +116,7 @@ def _publish_spec(args: argparse.Namespace, source: VersionedSource) -> PublishS
     if spec is None:
         raise InvalidInputError(COMMAND_LINE, "--destination", None,
                                 f"is required: dataset {args.dataset} has no 'publish' section in the catalog")
-    if args.part_size_mib is not None and args.part_size_mib < MIN_PART_SIZE // MIB:
-        raise InvalidInputError(COMMAND_LINE, "--part-size-mib", args.part_size_mib,
-                                f"must be at least {MIN_PART_SIZE // MIB} (the S3 minimum part size)")
-    if args.concurrency is not None and args.concurrency < 1:
-        raise InvalidInputError(COMMAND_LINE, "--concurrency", args.concurrency, "must be at least 1")
+    check_multipart_flags(args.part_size_mib, args.concurrency, "--concurrency")
     overrides = {"part_size_mib": args.part_size_mib, "concurrency": args.concurrency,
                  "endpoint_url": args.s3_endpoint_url}
     return dataclasses.replace(spec, **{key: value for key, value in overrides.items() if value is not None})
