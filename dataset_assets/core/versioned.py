@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import lzma
 import re
 import tarfile
@@ -27,6 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import httpx
@@ -37,6 +39,8 @@ from dataset_assets.core.paths import escape_reason
 from dataset_assets.core.shards import check_member
 from dataset_assets.core.storage import atomic_file, atomic_folder, digest_file, write_bytes_atomic
 from dataset_assets.core.transfer import ChecksumMismatch, FileResult, TransferSettings, download_entries
+
+logger = logging.getLogger(__name__)
 
 VERSION_PATTERN = re.compile(r"^([0-9]{4})_([0-9]{2})_([0-9]{2})\Z")
 OBJECT_ANNOTATION = "annotations.json"
@@ -416,16 +420,42 @@ def _drop_mismatched(path: Path, expected: str | None) -> None:
         path.unlink()
 
 
+def _listing(folder: Path, names: Iterable[str]) -> dict[str, list[int]]:
+    """`{name: [size, mtime_ns]}` of the files just extracted into `folder`."""
+    return {name: [stat.st_size, stat.st_mtime_ns] for name in names for stat in [(folder / name).stat()]}
+
+
+def _tree_change(folder: Path, listing: Mapping[str, list[int]]) -> str | None:
+    """Why the files extracted into `folder` no longer are as extracted (one removed or rewritten), or None.
+
+    Sizes and modification times only: a cheap check on every run, not a re-hash of the tree.
+    """
+    for name, (size, mtime_ns) in listing.items():
+        try:
+            stat = (folder / name).stat()
+        except OSError:
+            return f"{name} is missing"
+        if not S_ISREG(stat.st_mode) or [stat.st_size, stat.st_mtime_ns] != [size, mtime_ns]:
+            return f"{name} was changed"
+    return None
+
+
 def _extract_once(tar_path: Path, folder: Path, sha256: str) -> int:
-    """Extract `tar_path` into `folder` unless its marker says this very tarball was; the member count."""
+    """Extract `tar_path` into `folder` unless its marker says this very tarball was and every file it
+    extracted is still as extracted; the member count."""
     marker = folder.with_name(f".{folder.name}.extracted.json")
     if folder.is_dir() and marker.is_file():
         recorded = json.loads(marker.read_text())
-        if recorded.get("sha256") == sha256:
-            return int(recorded["members"])
-    members = len(extract_tar_safely(tar_path, folder, strip_root=True))
-    write_bytes_atomic(marker, json.dumps({"sha256": sha256, "members": members}).encode())
-    return members
+        listing = recorded.get("files")
+        if recorded.get("sha256") == sha256 and isinstance(listing, dict):
+            change = _tree_change(folder, listing)
+            if change is None:
+                return int(recorded["members"])
+            logger.warning("%s: %s since %s was extracted; extracting again", folder, change, tar_path.name)
+    names = extract_tar_safely(tar_path, folder, strip_root=True)
+    record = {"sha256": sha256, "members": len(names), "files": _listing(folder, names)}
+    write_bytes_atomic(marker, json.dumps(record).encode())
+    return len(names)
 
 
 def _verified(component: Component, version: str, folder: Path, result: FileResult) -> ComponentResult:

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -432,6 +433,29 @@ def test_a_second_download_fetches_nothing_and_keeps_the_extracted_tree(static_s
     assert [result.status for result in results] == ["skipped", "skipped"]
     assert len(static_server.requests) == fetched
     assert (root / DS / V1 / "assets").stat().st_ino == extracted
+
+
+@pytest.mark.parametrize("damage", ["removed", "edited"])
+def test_an_extracted_file_removed_or_edited_since_is_extracted_again(static_server: StaticServer, tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture,
+                                                                      damage: str) -> None:
+    producer = serve_version(static_server.folder, tmp_path / "producer", V1)
+    source = write_catalog(tmp_path, {DS: versioned_body(static_server.base_url)}).dataset(DS).versioned
+    assert source is not None
+    root = tmp_path / "cache"
+    download_components(DS, source, V1, root, ["assets"], FAST)
+    extracted = root / DS / V1 / "assets"
+    victim = sorted(path for path in extracted.rglob("*") if path.is_file())[0]
+    if damage == "removed":
+        victim.unlink()
+    else:
+        victim.write_bytes(b"edited by hand")
+    fetched = len(static_server.requests)
+    with caplog.at_level(logging.WARNING, logger="dataset_assets.core.versioned"):
+        [result] = download_components(DS, source, V1, root, ["assets"], FAST)
+    assert result.status == "skipped" and len(static_server.requests) == fetched
+    assert tree(extracted) == packed_tree(producer / "assets")
+    assert f"{victim.relative_to(extracted)}" in caplog.text and "extracting again" in caplog.text
 
 
 def test_a_pinned_sha256_mismatch_fails_naming_the_file_and_deletes_it(
