@@ -11,6 +11,7 @@ import sys
 import tarfile
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy
@@ -444,15 +445,82 @@ def test_member_decoders_add_override_or_keep_raw_bytes(tmp_path: Path) -> None:
     assert sample["png"] == png_bytes() and sample["json"] == 0 and isinstance(sample["npy"], torch.Tensor)
 
 
+@dataclass(frozen=True)
+class ServedSequence:
+    """A demo sequence's signed shard URLs, its local shards, and the first shard's URL path and size."""
+
+    urls: list[str]
+    local: list[str]
+    first: str
+    size: int
+
+
+def served_sequence(server: DemoServer, source: Path, sequence: str = "seq_000") -> ServedSequence:
+    manifest = json.loads(urllib.request.urlopen(f"{server.base_url}/manifest.json").read())
+    urls = sorted(entry["download_url"] for entry in
+                  manifest["atek_data_for_all_configs"]["cubercnn"]["wds_file_urls"][sequence].values())
+    local = sorted(str(path) for path in (source / "cubercnn" / sequence).glob("*.tar"))
+    first = Path(local[0])
+    return ServedSequence(urls, local, f"/files/cubercnn/{sequence}/{first.name}", first.stat().st_size)
+
+
 def test_stream_reads_signed_http_urls_like_local_files(demo_server: DemoServer, demo_source: Path) -> None:
-    manifest = json.loads(urllib.request.urlopen(f"{demo_server.base_url}/manifest.json").read())
-    urls = [entry["download_url"] for entry in
-            manifest["atek_data_for_all_configs"]["cubercnn"]["wds_file_urls"]["seq_000"].values()]
-    local = sorted(str(path) for path in (demo_source / "cubercnn" / "seq_000").glob("*.tar"))
+    served = served_sequence(demo_server, demo_source)
 
-    remote = list(ShardStream(sorted(urls), decoder=add_frame_index))
+    remote = list(ShardStream(served.urls, decoder=add_frame_index))
 
-    assert remote == list(ShardStream(local, decoder=add_frame_index))
+    assert remote == list(ShardStream(served.local, decoder=add_frame_index))
+
+
+def test_a_connection_dropped_mid_shard_resumes_from_the_byte_it_reached(demo_server: DemoServer,
+                                                                         demo_source: Path) -> None:
+    served = served_sequence(demo_server, demo_source)
+    demo_server.faults.drop_after_bytes(served.size // 3, times=2, path_contains=served.first)  # at 1/3, then 2/3
+    demo_server.stats.reset()
+
+    remote = list(ShardStream(served.urls, decoder=add_frame_index))
+
+    assert remote == list(ShardStream(served.local, decoder=add_frame_index))
+    ranges = [record.range_header for record in demo_server.stats.requests if record.path == served.first]
+    assert ranges[0] is None and len(ranges) == 3
+    assert all(header is not None and header.startswith("bytes=") for header in ranges[1:])
+    assert demo_server.stats.body_bytes_sent(served.first) == served.size
+
+
+def test_a_resumed_shard_skips_what_it_had_when_the_server_ignores_range(demo_server: DemoServer,
+                                                                         demo_source: Path) -> None:
+    served = served_sequence(demo_server, demo_source)
+    demo_server.faults.drop_after_bytes(served.size // 3, path_contains=served.first)
+    demo_server.faults.ignore_range()
+    demo_server.stats.reset()
+
+    remote = list(ShardStream(served.urls, decoder=add_frame_index))
+
+    assert remote == list(ShardStream(served.local, decoder=add_frame_index))
+    assert demo_server.stats.body_bytes_sent(served.first) == served.size // 3 + served.size
+
+
+def test_a_shard_that_changes_upstream_between_attempts_is_refused_not_spliced(demo_server: DemoServer,
+                                                                               demo_source: Path) -> None:
+    served = served_sequence(demo_server, demo_source)
+    demo_server.faults.drop_after_bytes(served.size // 3, path_contains=served.first)
+    samples = iter(ShardStream(served.urls[:1]))
+    next(samples)
+    demo_server.faults.replace_content(served.first, bytes(served.size))
+
+    with pytest.raises(DatasetAssetsError, match=r"\?<redacted>: changed while it was read \(at byte \d+\)"):
+        list(samples)
+
+
+def test_a_shard_whose_connection_keeps_dropping_fails_naming_the_redacted_url(demo_server: DemoServer,
+                                                                               demo_source: Path) -> None:
+    served = served_sequence(demo_server, demo_source)
+    demo_server.faults.drop_after_bytes(0, times=100, path_contains="/files/cubercnn/seq_000/")
+
+    with pytest.raises(DatasetAssetsError, match=r"shards-\d+\.tar\?<redacted>: connection lost 4 times in a row, "
+                                                 r"last at byte 0") as caught:
+        list(ShardStream(served.urls))
+    assert "signature" not in str(caught.value)
 
 
 def test_http_error_names_the_redacted_url(demo_server: DemoServer) -> None:
