@@ -12,19 +12,14 @@ Nothing is ever unpickled or `torch.load`-ed, whatever a shard contains.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import logging
 import multiprocessing
 import random
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import botocore.exceptions
-import httpx
 import numpy
 import torch
 from PIL import Image
@@ -33,20 +28,14 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.index import INDEX_FILE, Block, IndexEntry, Member, read_index
 from dataset_assets.core.redaction import redact_text, redact_url
-from dataset_assets.core.s3 import make_s3_client
+from dataset_assets.core.remote_shards import open_url
 from dataset_assets.core.shards import ShardFiles, iter_stream_samples, iter_tar_samples
-from dataset_assets.core.tar_lists import URL_SCHEMES, is_url, load_yaml_and_extract_tar_list
-from dataset_assets.core.transfer import make_client
+from dataset_assets.core.tar_lists import is_url, load_yaml_and_extract_tar_list
 
-HTTP_CHUNK_BYTES = 1 << 20
-RESUME_ATTEMPTS = 3
-RESUME_BACKOFF_SECONDS = 0.25
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff"})
 # The Pillow formats of those extensions: Pillow sniffs the format from the bytes, and some of its
 # other plugins are no place for untrusted input (EPS runs Ghostscript).
 IMAGE_FORMATS = ("JPEG", "PNG", "PPM", "BMP", "WEBP", "TIFF")
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["IndexedShardDataset", "SampleDecoding", "ShardStream", "load_yaml_and_extract_tar_list",
            "make_shard_dataset"]
@@ -125,138 +114,6 @@ class SampleDecoding:
         decoded: dict[str, object] = {"__key__": key, "__url__": shard}
         decoded.update((ext, self._member(shard, key, ext, data)) for ext, data in sample.items())
         return self.hook(decoded) if self.hook is not None else decoded
-
-
-# Opening shards: local files, http(s) and s3.
-
-
-class _ChunkStream(io.RawIOBase):
-    """A readable raw stream over an iterator of byte chunks (an HTTP body)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._chunk = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while not self._chunk:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._chunk = memoryview(chunk)
-        size = min(len(buffer), len(self._chunk))
-        buffer[:size] = self._chunk[:size]
-        self._chunk = self._chunk[size:]
-        return size
-
-
-def _status_error(url: str, status: int) -> DatasetAssetsError:
-    hint = " (a signed link may have expired: refresh the manifest)" if status == 403 else ""
-    return DatasetAssetsError(f"{redact_url(url)}: HTTP {status}{hint}")
-
-
-def _continues_at(response: httpx.Response, url: str, offset: int, etag: str | None) -> int:
-    """How many leading bytes of `response` were already received: 0 for a 206 of the same content that
-    starts at `offset`; `offset` for a 200 of the same content (a server that ignores Range), which are
-    skipped. Without an ETag, content that changed cannot be told apart."""
-    same = response.headers.get("ETag") == etag
-    if same and response.status_code == 206 and response.headers.get("Content-Range", "").startswith(
-            f"bytes {offset}-"):
-        return 0
-    if same and response.status_code == 200:
-        return offset
-    if response.status_code in (200, 206):
-        raise DatasetAssetsError(f"{redact_url(url)}: changed while it was read (at byte {offset}); "
-                                 "read the shard again")
-    raise _status_error(url, response.status_code)
-
-
-def _http_chunks(client: httpx.Client, url: str) -> Iterator[bytes]:
-    """A GET response body as chunks, asked for again from the byte reached when the connection drops.
-
-    Streaming a long shard over the internet loses a connection now and then; starting the shard
-    over would yield its first samples twice. A lost connection is retried `RESUME_ATTEMPTS` times
-    in a row (the count restarts whenever bytes arrived), from the byte it reached, by a Range request
-    bound to the first response's ETag (If-Range), so changed content is detected rather than spliced.
-    """
-    received, etag, failures = 0, None, 0
-    while True:
-        headers = {"Accept-Encoding": "identity"}
-        if received:
-            headers["Range"] = f"bytes={received}-"
-            if etag is not None and not etag.startswith("W/"):
-                headers["If-Range"] = etag
-        reached = received
-        try:
-            with client.stream("GET", url, headers=headers) as response:
-                if not received:
-                    if response.status_code != 200:
-                        raise _status_error(url, response.status_code)
-                    etag, skip = response.headers.get("ETag"), 0
-                else:
-                    skip = _continues_at(response, url, received, etag)
-                for chunk in response.iter_raw():  # as they arrive: a re-chunking buffer would lose bytes on a drop
-                    if skip:
-                        chunk, skip = chunk[skip:], max(skip - len(chunk), 0)
-                    received += len(chunk)
-                    if chunk:
-                        yield chunk
-                return
-        except httpx.TransportError as error:
-            failures = 1 if received > reached else failures + 1
-            if failures > RESUME_ATTEMPTS:
-                raise DatasetAssetsError(f"{redact_url(url)}: connection lost {failures} times in a row, last at "
-                                         f"byte {received} ({redact_text(str(error))})") from error
-            logger.warning("%s: connection lost at byte %d (%s); asking for the rest", redact_url(url), received,
-                           redact_text(str(error)))
-            time.sleep(RESUME_BACKOFF_SECONDS * 2 ** (failures - 1))
-
-
-@contextlib.contextmanager
-def _open_http(url: str) -> Iterator[io.BufferedReader]:
-    """A GET response body as a stream (resumed where a connection drops, see `_http_chunks`); errors name
-    the redacted URL."""
-    try:
-        with make_client() as client:
-            yield io.BufferedReader(_ChunkStream(_http_chunks(client, url)), HTTP_CHUNK_BYTES)
-    except httpx.HTTPError as error:
-        raise DatasetAssetsError(f"{redact_url(url)}: {redact_text(str(error))}") from error
-
-
-@contextlib.contextmanager
-def _open_s3(url: str) -> Iterator[io.BufferedReader]:
-    """An s3 object via the project's S3 client: AWS env/config credentials, `AWS_ENDPOINT_URL` for MinIO/R2.
-
-    S3 errors (refused, connection or credential problems, also mid-body) name the redacted URL.
-    """
-    parts = urlsplit(url)
-    try:
-        body = make_s3_client().get_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"))["Body"]
-        chunks = iter(lambda: body.read(HTTP_CHUNK_BYTES), b"")
-        try:
-            yield io.BufferedReader(_ChunkStream(chunks), HTTP_CHUNK_BYTES)
-        finally:
-            body.close()
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-        raise DatasetAssetsError(f"{redact_url(url)}: cannot read s3 object ({error})") from error
-
-
-@contextlib.contextmanager
-def open_url(entry: str) -> Iterator[io.BufferedReader]:
-    """A readable stream of one remote tar-list entry: an http(s) URL or an s3 URL."""
-    scheme = urlsplit(entry).scheme.lower()
-    if scheme in ("http", "https"):
-        with _open_http(entry) as stream:
-            yield stream
-    elif scheme == "s3":
-        with _open_s3(entry) as stream:
-            yield stream
-    elif scheme in URL_SCHEMES:
-        raise DatasetAssetsError(f"{redact_url(entry)}: {scheme}:// URLs are not supported for reading")
-    else:
-        raise DatasetAssetsError(f"{entry}: not an http(s) or s3 URL")
 
 
 def _check_tar_list(tar_list: Sequence[str | Path]) -> list[str]:

@@ -13,6 +13,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy
 import pytest
@@ -35,6 +36,7 @@ from dataset_assets.core.tar_lists import missing_tars, split_overlap
 from dataset_assets.demo.server import DemoServer
 from dataset_assets_tests import s3_fixtures
 from dataset_assets_tests.s3_fixtures import S3Bucket
+from dataset_assets_tests.tcp_proxy import DroppingProxy
 
 moto_endpoint = s3_fixtures.moto_endpoint
 moto_client = s3_fixtures.moto_client
@@ -540,6 +542,38 @@ def test_stream_reads_s3_urls(tmp_path: Path, s3_bucket: S3Bucket, monkeypatch: 
     remote = list(ShardStream([f"s3://{s3_bucket.name}/seq_a/{tar.name}" for tar in tars], decoder=add_frame_index))
 
     assert [sample["frame"] for sample in remote] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("drops", [1, 2])
+def test_an_s3_shard_whose_connection_drops_mid_body_resumes_from_the_byte_it_reached(
+        tmp_path: Path, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch, drops: int) -> None:
+    tars = write_sequence(tmp_path, "seq_a", 5, 5)
+    s3_bucket.client.upload_file(str(tars[0]), s3_bucket.name, "seq_a/shards-0000.tar")
+    endpoint = urlsplit(s3_bucket.endpoint_url)
+    with DroppingProxy((endpoint.hostname, endpoint.port)) as proxy:
+        proxy.drop_after(tars[0].stat().st_size // 3, times=drops)  # response headers and a third of the body
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+
+        remote = list(ShardStream([f"s3://{s3_bucket.name}/seq_a/shards-0000.tar"], decoder=add_frame_index))
+
+        assert proxy.dropped == drops
+    assert remote == list(ShardStream(tars, decoder=add_frame_index))
+
+
+def test_an_s3_shard_replaced_between_attempts_is_refused_not_spliced(
+        tmp_path: Path, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    tars = write_sequence(tmp_path, "seq_a", 5, 5)
+    s3_bucket.client.upload_file(str(tars[0]), s3_bucket.name, "seq_a/shards-0000.tar")
+    endpoint = urlsplit(s3_bucket.endpoint_url)
+    with DroppingProxy((endpoint.hostname, endpoint.port)) as proxy:
+        proxy.drop_after(tars[0].stat().st_size // 3)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        samples = iter(ShardStream([f"s3://{s3_bucket.name}/seq_a/shards-0000.tar"]))
+        next(samples)
+        s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="seq_a/shards-0000.tar", Body=bytes(1 << 16))
+
+        with pytest.raises(DatasetAssetsError, match=r"s3://.*/seq_a/shards-0000\.tar: changed while it was read"):
+            list(samples)
 
 
 def test_an_unreachable_s3_endpoint_is_an_error_naming_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
