@@ -7,11 +7,18 @@ Sequences of `--config-name` are sorted, shuffled with `--random-seed`, cut to
 split is downloaded, resumed and verified into `--output-folder-path` (or streamed to
 `--destination s3://bucket/prefix`), and `local_{train,validation,all}_tars.yaml` list the
 verified files as `<sequence>/<file>`. A summary says what was downloaded, resumed, skipped and
-what failed and why; the exit status is 1 if any file failed, 2 on bad input.
+what failed and why; the exit status is 1 if any file failed, 2 on bad input. Ctrl-C stops the
+files in flight, keeping their bytes for the next run, prints the summary without writing the
+YAMLs, and exits with status 130.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -121,14 +128,40 @@ def _write_local(entries: list[ManifestEntry], report: DownloadReport, split: Sp
     return written
 
 
+@contextlib.contextmanager
+def _stop_on_ctrl_c() -> Iterator[threading.Event]:
+    """Within the block, SIGINT sets the yielded event instead of raising KeyboardInterrupt wherever the main
+    thread happens to be, so the transfer stops in order and still reports what it did."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _print_summary(report: DownloadReport, destination: Destination) -> None:
     print(f"{report.summary()} -> {destination.describe()}")
     for key, why in report.failures.items():
         print(f"  failed {key}: {why}")
 
 
+def _print_interrupted(destination: Destination) -> None:
+    kept = "bytes held in .part files are kept, " if isinstance(destination, LocalDestination) else ""
+    print(f"interrupted: run the same command again to resume ({kept}verified files are not fetched again); "
+          "the split YAMLs were not written")
+
+
 def run_download(args: argparse.Namespace) -> int:
     _check_args(args)
+    try:
+        return _download(args)
+    except KeyboardInterrupt:  # before the transfer or while the YAMLs are written (each is written atomically)
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _download(args: argparse.Namespace) -> int:
     settings = TransferSettings(workers=args.workers)
     with make_client(settings) as client:
         manifest, _ = fetch_manifest(args.input_json_path, client)
@@ -144,9 +177,13 @@ def run_download(args: argparse.Namespace) -> int:
         destination = _destination(args)
         entries = [entry for sequence in split.all for entry in manifest.entries(args.config_name, sequence)]
         sizes = {f"{entry.config}/{entry.relative_path}": entry.size for entry in entries}
-        with RichTransferProgress(sizes) as progress:
+        with RichTransferProgress(sizes) as progress, _stop_on_ctrl_c() as stop:
             report = transfer_entries(entries, {args.config_name: destination}, settings, progress, client,
-                                      _refresh(args.input_json_path, client))
+                                      _refresh(args.input_json_path, client), stop)
+    if report.interrupted:
+        _print_summary(report, destination)
+        _print_interrupted(destination)
+        return 130
     written = _write_local(entries, report, split, out, destination)
     _print_summary(report, destination)
     print("wrote " + ", ".join(str(path) for path in written.values()))

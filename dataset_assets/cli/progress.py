@@ -66,7 +66,7 @@ class RichTransferProgress:
             task = self._tasks.pop(key, None)
             if task is not None:
                 self._progress.remove_task(task)
-            if status != "failed":
+            if status not in ("failed", "interrupted"):
                 self._move_overall(key, self._sizes.get(key) or self._held.get(key, 0))
             self._files_done += 1
             self._progress.update(self._overall, description=self._overall_label())

@@ -75,7 +75,7 @@ class ChecksumMismatch(TransferError):
 
 
 class TransferCancelled(TransferError):
-    """The transfer was interrupted (Ctrl-C); held bytes are kept for the next run."""
+    """The transfer was interrupted (Ctrl-C, its stop event); held bytes are kept for the next run."""
 
 
 class RetryableStatus(TransferError):
@@ -109,7 +109,8 @@ class TransferSettings:
 
 
 class TransferProgress(Protocol):
-    """Per-file progress: `start` (again after a restart), `advance` by fetched bytes, `finish`."""
+    """Per-file progress: `start` (again after a restart), `advance` by fetched bytes, `finish` with the
+    file's status (downloaded, resumed, skipped, failed or interrupted)."""
 
     def start(self, key: str, total: int | None, done: int) -> None: ...
 
@@ -154,7 +155,11 @@ class FileResult:
 
 @dataclass(frozen=True)
 class DownloadReport:
-    """Verified files, failures (`<config>/<sequence>/<file>` -> why, URLs redacted) and timing."""
+    """Verified files, failures (`<config>/<sequence>/<file>` -> why, URLs redacted) and timing.
+
+    `interrupted` lists the files the transfer's stop left unfinished (in flight, waiting to retry or not
+    started); they are not failures: a rerun continues them from the bytes held.
+    """
 
     results: tuple[FileResult, ...]
     failures: dict[str, str] = field(default_factory=dict)
@@ -162,10 +167,11 @@ class DownloadReport:
     elapsed_seconds: float = 0.0
     destinations: dict[str, str] = field(default_factory=dict)
     permanent: tuple[str, ...] = ()  # failures no later try with the same links can cure
+    interrupted: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.interrupted
 
     @property
     def bytes_fetched(self) -> int:
@@ -184,8 +190,11 @@ class DownloadReport:
         return self.bytes_fetched / MIB / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
 
     def summary(self) -> str:
-        return (f"{len(self.results) + len(self.failures)} file(s): {self.count('downloaded')} downloaded, "
-                f"{self.count('resumed')} resumed, {self.count('skipped')} skipped, {len(self.failures)} failed; "
+        files = len(self.results) + len(self.failures) + len(self.interrupted)
+        interrupted = f", {len(self.interrupted)} interrupted" if self.interrupted else ""
+        return (f"{files} file(s): {self.count('downloaded')} downloaded, "
+                f"{self.count('resumed')} resumed, {self.count('skipped')} skipped, {len(self.failures)} failed"
+                f"{interrupted}; "
                 f"{self.bytes_fetched / MIB:.1f} MiB fetched in {self.elapsed_seconds:.1f} s "
                 f"({self.throughput_mib_per_second():.1f} MiB/s)")
 
@@ -209,7 +218,7 @@ class DownloadReport:
 
     def raise_for_failures(self) -> None:
         """`LinkExpired` naming every file whose link expired (and listing any other failure, which fresh
-        links may not cure), else `TransferError` listing each failure."""
+        links may not cure), else `TransferError` listing each failure, else `TransferCancelled` if interrupted."""
         others = {path: why for path, why in self.failures.items() if path not in self.expired}
         listed = "; ".join(f"{path}: {why}" for path, why in sorted(others.items()))
         if self.expired:
@@ -217,6 +226,9 @@ class DownloadReport:
         if others:
             error = PermanentTransferError if set(others) <= set(self.permanent) else TransferError
             raise error(f"{len(others)} of {len(self.results) + len(others)} file(s) failed: {listed}")
+        if self.interrupted:
+            raise TransferCancelled(f"interrupted with {len(self.interrupted)} file(s) unfinished; "
+                                    "held bytes are kept for the next run")
 
 
 @functools.lru_cache(maxsize=1)
@@ -253,8 +265,8 @@ def _is_retryable(error: BaseException) -> bool:
 
 def _may_pass_later(error: BaseException) -> bool:
     """Whether a file that failed so may succeed when tried again later with the same links: what the
-    retry policy retries (its attempts ran out), the disk or the bucket refused, or the run stopped."""
-    return _is_retryable(error) or isinstance(error, (OSError, StorageError, TransferCancelled))
+    retry policy retries (its attempts ran out), or the disk or the bucket refused."""
+    return _is_retryable(error) or isinstance(error, (OSError, StorageError))
 
 
 def _retrying(settings: TransferSettings, sleep: Callable[[float], object] = time.sleep
@@ -387,27 +399,34 @@ def _verified_or_none(destination: Destination, entry: ManifestEntry) -> FileDig
 
 
 class _Engine:
-    """Transfers single files; `run` records each outcome so every file is attempted."""
+    """Transfers single files; `run` records each outcome so every file is attempted, until `stop` is set."""
 
     def __init__(self, client: httpx.Client, destinations: Mapping[str, Destination], settings: TransferSettings,
-                 progress: TransferProgress, refresh: Refresh | None) -> None:
+                 progress: TransferProgress, refresh: Refresh | None, stop: threading.Event) -> None:
         self._client = client
         self._destinations = destinations
         self._settings = settings
         self._progress = progress
         self._links = _FreshLinks(refresh) if refresh is not None else None
-        self.stop = threading.Event()
+        self.stop = stop
         self._retry = _retrying(settings, self.stop.wait)
         self.lock = threading.Lock()
         self.results: list[FileResult] = []
         self.failures: dict[str, str] = {}
         self.expired: list[str] = []
         self.permanent: list[str] = []
+        self.interrupted: list[str] = []
 
     def run(self, entry: ManifestEntry) -> None:
         key = f"{entry.config}/{entry.relative_path}"
         try:
+            if self.stop.is_set():
+                raise TransferCancelled(f"{entry.relative_path}: cancelled before it started")
             result = self.transfer(entry)
+        except TransferCancelled:
+            with self.lock:
+                self.interrupted.append(key)
+            self._progress.finish(key, "interrupted")
         except LinkExpired as error:
             self._fail(key, str(error), error.files)
         except (DatasetAssetsError, httpx.HTTPError, httpx.InvalidURL, OSError) as error:
@@ -567,11 +586,14 @@ def _as_destination(target: Path | Destination) -> Destination:
 def transfer_entries(entries: Iterable[ManifestEntry], destinations: Mapping[str, Path | Destination],
                      settings: TransferSettings = TransferSettings(),
                      progress: TransferProgress | ProgressCallback | None = None,
-                     client: httpx.Client | None = None, refresh: Refresh | None = None) -> DownloadReport:
+                     client: httpx.Client | None = None, refresh: Refresh | None = None,
+                     stop: threading.Event | None = None) -> DownloadReport:
     """Transfer every entry to `destinations[entry.config]` (a folder or a `Destination`) and report.
 
     Every file is attempted even when some fail, so verified bytes accumulate; failures are in
     the report, not raised. `refresh` returns a fresh manifest when links expire (see module doc).
+    Setting `stop` (say, from a SIGINT handler) ends the transfer in order: files streaming or waiting
+    to retry stop at once, keeping their held bytes, and the report lists them as interrupted.
     """
     entries = list(entries)
     targets = {config: _as_destination(target) for config, target in destinations.items()}
@@ -581,7 +603,7 @@ def transfer_entries(entries: Iterable[ManifestEntry], destinations: Mapping[str
     tracker = progress if progress is not None and not callable(progress) else _BytesProgress(progress)
     owned = client is None
     client = client or make_client(settings)
-    engine = _Engine(client, targets, settings, tracker, refresh)
+    engine = _Engine(client, targets, settings, tracker, refresh, stop or threading.Event())
     started = time.monotonic()
     try:
         with ThreadPoolExecutor(max_workers=max(settings.workers, 1), thread_name_prefix="download") as pool:
@@ -600,7 +622,7 @@ def transfer_entries(entries: Iterable[ManifestEntry], destinations: Mapping[str
     report = DownloadReport(tuple(sorted(engine.results, key=lambda r: r.key)), dict(sorted(engine.failures.items())),
                             tuple(sorted(set(engine.expired))), time.monotonic() - started,
                             {config: target.describe() for config, target in sorted(targets.items())},
-                            tuple(sorted(engine.permanent)))
+                            tuple(sorted(engine.permanent)), tuple(sorted(engine.interrupted)))
     logger.info("download finished: %s", report.summary())
     return report
 
