@@ -128,11 +128,13 @@ class S3Destination:
                 return None
             raise
 
-    def verified(self, relative_path: str, size: int | None, sha1: str | None) -> FileDigest | None:
+    def verified(self, relative_path: str, size: int | None, sha1: str | None,
+                 stop: threading.Event | None = None) -> FileDigest | None:
         """The stored digest of an existing object whose size and `sha1` metadata match, else None.
 
         A 403 counts as absent: S3 answers so for a missing key to credentials without
         s3:ListBucket. If access is denied indeed, the upload that follows fails naming the object.
+        Nothing here waits for another process (S3 has no locks), so `stop` is not needed.
         """
         head = self.head(relative_path, absent=("404", "NoSuchKey", "403"))
         if head is None:
@@ -146,7 +148,7 @@ class S3Destination:
         digest = FileDigest(head["ContentLength"], stored_sha1 or "", metadata.get("sha256", ""))
         return digest if matches(digest, size, None) else None
 
-    def open(self, relative_path: str, sha1: str | None) -> FileSink:
+    def open(self, relative_path: str, sha1: str | None, stop: threading.Event | None = None) -> FileSink:
         return _S3Sink(self, relative_path, sha1)
 
     def tag_digests(self, relative_path: str, digest: FileDigest) -> None:

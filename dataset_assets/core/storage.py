@@ -7,7 +7,8 @@ filesystem). Folders are published by building a sibling staging folder and swap
 Two processes may publish the same path at once (two runs of one partition): each such path
 has an exclusive `flock` on a hidden `.<name>.lock` beside it, held while a download writes its
 `.part` and while a folder is swapped. The kernel drops the lock when its holder dies, so a
-`kill -9` never leaves a stale lock; the lock file is removed by whoever releases it.
+`kill -9` never leaves a stale lock; the lock file is removed by whoever releases it. A download
+waits for a lock with its transfer's stop event, so stopping the transfer ends the wait.
 
 Downloads write through one small interface, `Destination` -> `FileSink`, so the transfer engine
 does not care where bytes land: `LocalDestination` (a folder; the `.part` file and its sidecar
@@ -38,6 +39,7 @@ from dataset_assets.core.redaction import get_logger
 logger = get_logger(__name__)
 CHUNK_BYTES = 1 << 20
 HASH_BATCH_BYTES = 1 << 20
+LOCK_POLL_SECONDS = 0.05
 _hashers_lock = threading.Lock()
 _hashers: tuple[int, ThreadPoolExecutor] | None = None
 
@@ -148,8 +150,35 @@ def lock_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.lock")
 
 
-def acquire_lock(final: Path) -> int:
-    """Block until this process holds the exclusive lock of `final`; return the lock's fd.
+class LockWaitCancelled(DatasetAssetsError):
+    """The stop event was set while waiting for another process to release a file's lock; nothing was touched."""
+
+
+def _flock_now(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _wait_for_flock(fd: int, final: Path, stop: threading.Event | None) -> None:
+    """Take `fd`'s exclusive flock. A blocking flock cannot be interrupted, so with `stop` poll instead,
+    and raise `LockWaitCancelled` once `stop` is set."""
+    if _flock_now(fd):
+        return
+    logger.info("%s is being written by another process; waiting for it", final)
+    if stop is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    while not stop.wait(LOCK_POLL_SECONDS):
+        if _flock_now(fd):
+            return
+    raise LockWaitCancelled(f"{final}: stopped while waiting for another process to finish writing it")
+
+
+def acquire_lock(final: Path, stop: threading.Event | None = None) -> int:
+    """Block until this process holds the exclusive lock of `final` (or `stop` is set); return the lock's fd.
 
     A releaser unlinks the lock file before closing it, so after acquiring, the lock still
     counts only if the path names the very file locked; otherwise take the new one.
@@ -158,10 +187,10 @@ def acquire_lock(final: Path) -> int:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("%s is being written by another process; waiting for it", final)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _wait_for_flock(fd, final, stop)
+        except BaseException:
+            os.close(fd)
+            raise
         try:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd
@@ -176,9 +205,9 @@ def release_lock(final: Path, fd: int) -> None:
 
 
 @contextlib.contextmanager
-def locked(final: Path) -> Iterator[None]:
+def locked(final: Path, stop: threading.Event | None = None) -> Iterator[None]:
     """Hold the exclusive lock of `final` for the block (see `acquire_lock`)."""
-    fd = acquire_lock(final)
+    fd = acquire_lock(final, stop)
     try:
         yield
     finally:
@@ -321,13 +350,17 @@ class FileSink(Protocol):
 
 
 class Destination(Protocol):
-    """A place files land, addressed by `<sequence>/<filename>` relative paths."""
+    """A place files land, addressed by `<sequence>/<filename>` relative paths.
+
+    Where `verified` or `open` wait for another process, setting `stop` ends the wait with `LockWaitCancelled`.
+    """
 
     def describe(self, relative_path: str = "") -> str: ...
 
-    def verified(self, relative_path: str, size: int | None, sha1: str | None) -> FileDigest | None: ...
+    def verified(self, relative_path: str, size: int | None, sha1: str | None,
+                 stop: threading.Event | None = None) -> FileDigest | None: ...
 
-    def open(self, relative_path: str, sha1: str | None) -> FileSink: ...
+    def open(self, relative_path: str, sha1: str | None, stop: threading.Event | None = None) -> FileSink: ...
 
 
 def matches(digest: FileDigest, size: int | None, sha1: str | None) -> bool:
@@ -342,9 +375,9 @@ class _LocalSink:
     same file waits instead of appending its bytes to the same `.part`.
     """
 
-    def __init__(self, final: Path) -> None:
+    def __init__(self, final: Path, stop: threading.Event | None = None) -> None:
         final.parent.mkdir(parents=True, exist_ok=True)
-        self._lock: int | None = acquire_lock(final)
+        self._lock: int | None = acquire_lock(final, stop)
         self._final = final
         self._part = final.with_name(final.name + ".part")
         self._sidecar = final.with_name(final.name + ".part.json")
@@ -432,7 +465,8 @@ class LocalDestination:
     def describe(self, relative_path: str = "") -> str:
         return str(self.root / relative_path) if relative_path else str(self.root)
 
-    def verified(self, relative_path: str, size: int | None, sha1: str | None) -> FileDigest | None:
+    def verified(self, relative_path: str, size: int | None, sha1: str | None,
+                 stop: threading.Event | None = None) -> FileDigest | None:
         """The digest of a final file that matches the expected size and sha1, else None.
 
         Waits while another process downloads the file, so a second run reuses what the first publishes.
@@ -440,8 +474,8 @@ class LocalDestination:
         final = self.root / relative_path
         if not final.parent.is_dir():
             return None
-        with locked(final):
+        with locked(final, stop):
             return _verified_file(final, size, sha1)
 
-    def open(self, relative_path: str, sha1: str | None) -> FileSink:
-        return _LocalSink(self.root / relative_path)
+    def open(self, relative_path: str, sha1: str | None, stop: threading.Event | None = None) -> FileSink:
+        return _LocalSink(self.root / relative_path, stop)

@@ -45,6 +45,7 @@ from dataset_assets.core.storage import (
     FileDigest,
     FileSink,
     LocalDestination,
+    LockWaitCancelled,
     StorageError,
     matches,
 )
@@ -389,11 +390,11 @@ def _skipped(entry: ManifestEntry, existing: FileDigest) -> FileResult:
     return FileResult(entry.config, entry.relative_path, "skipped", existing.size, existing.sha1, existing.sha256, 0)
 
 
-def _verified_or_none(destination: Destination, entry: ManifestEntry) -> FileDigest | None:
+def _verified_or_none(destination: Destination, entry: ManifestEntry, stop: threading.Event) -> FileDigest | None:
     """The verified copy at the destination; None also if the destination cannot answer (the error
     that made the caller ask is the one to report)."""
     try:
-        return destination.verified(entry.relative_path, entry.size, entry.sha1)
+        return destination.verified(entry.relative_path, entry.size, entry.sha1, stop)
     except StorageError:
         return None
 
@@ -423,7 +424,7 @@ class _Engine:
             if self.stop.is_set():
                 raise TransferCancelled(f"{entry.relative_path}: cancelled before it started")
             result = self.transfer(entry)
-        except TransferCancelled:
+        except (TransferCancelled, LockWaitCancelled):
             with self.lock:
                 self.interrupted.append(key)
             self._progress.finish(key, "interrupted")
@@ -447,10 +448,10 @@ class _Engine:
 
     def transfer(self, entry: ManifestEntry) -> FileResult:
         destination = self._destinations[entry.config]
-        existing = destination.verified(entry.relative_path, entry.size, entry.sha1)
+        existing = destination.verified(entry.relative_path, entry.size, entry.sha1, self.stop)
         if existing is not None:
             return _skipped(entry, existing)
-        job = _Job(entry, destination.open(entry.relative_path, entry.sha1))
+        job = _Job(entry, destination.open(entry.relative_path, entry.sha1, self.stop))
         try:
             existing = job.sink.published(entry.size, entry.sha1)
             if existing is not None:  # another run published it between the check above and `open`
@@ -459,7 +460,7 @@ class _Engine:
         except StorageError:
             # A destination without locks (S3) lets a concurrent run of the same partition publish the file
             # meanwhile, aborting this run's upload: its verified copy is as good as ours.
-            existing = _verified_or_none(destination, entry)
+            existing = _verified_or_none(destination, entry, self.stop)
             if existing is None:
                 raise
             return _skipped(entry, existing)
@@ -480,7 +481,7 @@ class _Engine:
             fresh = self._links.fresh(job.entry)
             if (fresh.sha1, fresh.size) != (job.entry.sha1, job.entry.size):
                 job.sink.close()
-                job.sink = destination.open(fresh.relative_path, fresh.sha1)
+                job.sink = destination.open(fresh.relative_path, fresh.sha1, self.stop)
             job.entry, refreshes = fresh, refreshes + 1
 
     def _attempt(self, job: _Job) -> FileDigest:

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from dataset_assets.core import transfer
+from dataset_assets.core import storage, transfer
 from dataset_assets.core.manifest import ManifestEntry, UrlManifest, parse_manifest
 from dataset_assets.core.storage import FileDigest, LocalDestination
 from dataset_assets.core.transfer import (
@@ -372,8 +375,9 @@ class PublishedInTheGap(LocalDestination):
         super().__init__(root)
         self.source = source
 
-    def verified(self, relative_path: str, size: int | None, sha1: str | None) -> FileDigest | None:
-        result = super().verified(relative_path, size, sha1)
+    def verified(self, relative_path: str, size: int | None, sha1: str | None,
+                 stop: threading.Event | None = None) -> FileDigest | None:
+        result = super().verified(relative_path, size, sha1, stop)
         other_run = super().open(relative_path, sha1)
         try:
             other_run.write((self.source / relative_path).read_bytes())
@@ -574,6 +578,78 @@ def test_ctrl_c_stops_files_waiting_to_retry_without_further_requests(
 
     assert time.monotonic() - started < 2.5
     assert [r.status for r in requests_for(demo_server, waiting)] == [503]
+
+
+# Holds the lock of the file `argv[1]` with some bytes in its `.part`, as a second run downloading it does,
+# until its stdin closes.
+LOCK_HOLDER = """
+import sys
+from pathlib import Path
+from dataset_assets.core.storage import locked
+
+final = Path(sys.argv[1])
+final.parent.mkdir(parents=True)
+with locked(final):
+    final.with_name(final.name + ".part").write_bytes(b"their bytes")
+    print("ready", flush=True)
+    sys.stdin.read()
+"""
+
+
+class LogSeen(logging.Handler):
+    """Sets `seen` once a record containing `text` is logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text, self.seen = text, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+@pytest.fixture
+def lock_waits() -> Iterator[threading.Event]:
+    """Set when a transfer starts waiting for a lock another process holds (core.storage logs it)."""
+    logger = logging.getLogger("dataset_assets.core.storage")
+    handler, level = LogSeen("is being written by another process; waiting for it"), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler.seen
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_stopping_a_transfer_waiting_for_another_process_lock_returns_at_once_leaving_its_lock_and_bytes(
+    demo_server: DemoServer, tmp_path: Path, lock_waits: threading.Event
+) -> None:
+    entry = first_entry(fetch_manifest(demo_server))
+    final = tmp_path / entry.config / entry.relative_path
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(final)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    stop = threading.Event()
+    reports: list[transfer.DownloadReport] = []
+    worker = threading.Thread(target=lambda: reports.append(
+        transfer_entries([entry], folders(tmp_path), FAST, stop=stop)), daemon=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        worker.start()
+        assert lock_waits.wait(10)
+        stop.set()
+        worker.join(timeout=2)
+
+        assert not worker.is_alive(), "the transfer still waits for the other process's lock"
+        assert holder.poll() is None
+        with open(storage.lock_path(final), "rb") as lock, pytest.raises(BlockingIOError):
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert sorted(path.name for path in final.parent.iterdir()) == [f".{final.name}.lock", f"{final.name}.part"]
+        assert final.with_name(f"{final.name}.part").read_bytes() == b"their bytes"
+    finally:
+        holder.communicate(timeout=10)
+        worker.join(timeout=10)
+    assert holder.returncode == 0
+    assert reports[0].interrupted == (f"{entry.config}/{entry.relative_path}",) and not reports[0].failures
+    assert file_requests(demo_server) == []
 
 
 def test_signed_query_strings_never_reach_logs_errors_or_metadata(
