@@ -164,6 +164,36 @@ def test_destination_s3_streams_files_and_puts_the_yamls_beside_them(
     assert len(s3_bucket.keys()) == len(config_files(demo_files)) + 3
 
 
+def test_split_yamls_the_bucket_refuses_are_reported_after_the_summary_naming_the_key_and_exit_1(
+    demo_server: DemoServer, demo_files: list[DemoFile], tmp_path: Path, s3_bucket: S3Bucket
+) -> None:
+    """The bucket's policy denies PutObject on YAML keys under the prefix (moto enforces a bucket policy's
+    Deny), so every shard uploads and then the first YAML put is refused with a 403, as a real bucket would."""
+    manifest_path, _ = save_manifest(demo_server, tmp_path)
+    deny = {"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
+                                                    "Resource": f"arn:aws:s3:::{s3_bucket.name}/atek/*.yaml"}]}
+    s3_bucket.client.put_bucket_policy(Bucket=s3_bucket.name, Policy=json.dumps(deny))
+    secrets = {"AWS_SECRET_ACCESS_KEY": "sEcReT-aCcEsS-kEy-0123", "AWS_SESSION_TOKEN": "sEsSiOn-ToKeN-4567"}
+    args = download_args(manifest_path, tmp_path / "out", "--download-wds-to-local", "--destination",
+                         f"s3://{s3_bucket.name}/atek", "--s3-endpoint-url", s3_bucket.endpoint_url)
+
+    # One stream for both, as a terminal or `2>&1` shows them: the summary must come first.
+    result = subprocess.run([sys.executable, "-m", "dataset_assets.cli", *args], env={**os.environ, **secrets},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+
+    output = result.stdout
+    assert result.returncode == 1, output
+    summary = output.index("16 file(s): 16 downloaded, 0 resumed, 0 skipped, 0 failed")
+    refused = re.search(rf"error: s3://{s3_bucket.name}/atek/local_(train|validation|all)_tars\.yaml: "
+                        r"S3 put_object failed: An error occurred \(403\)", output)
+    assert refused and summary < refused.start(), output
+    assert "Traceback" not in output
+    assert not any(secret in output for secret in secrets.values())
+    shards = {f"atek/{f.sequence}/{f.filename}" for f in config_files(demo_files)}
+    assert set(s3_bucket.keys()) == shards
+    assert set(read_tars(tmp_path / "out" / "local_all_tars.yaml")) == {f.sequence for f in config_files(demo_files)}
+
+
 def test_kill_9_mid_run_then_rerun_fetches_only_what_was_missing(
     demo_source: Path, demo_files: list[DemoFile], tmp_path: Path
 ) -> None:

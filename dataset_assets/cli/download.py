@@ -7,9 +7,9 @@ Sequences of `--config-name` are sorted, shuffled with `--random-seed`, cut to
 split is downloaded, resumed and verified into `--output-folder-path` (or streamed to
 `--destination s3://bucket/prefix`), and `local_{train,validation,all}_tars.yaml` list the
 verified files as `<sequence>/<file>`. A summary says what was downloaded, resumed, skipped and
-what failed and why; the exit status is 1 if any file failed, 2 on bad input. Ctrl-C stops the
-files in flight, keeping their bytes for the next run, prints the summary without writing the
-YAMLs, and exits with status 130.
+what failed and why; the exit status is 1 if any file failed (or, with an S3 destination, the YAMLs
+could not be put beside the files), 2 on bad input. Ctrl-C stops the files in flight, keeping their
+bytes for the next run, prints the summary without writing the YAMLs, and exits with status 130.
 """
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ from dataset_assets.cli.flags import check_multipart_flags
 from dataset_assets.cli.progress import RichTransferProgress
 from dataset_assets.core.errors import InvalidInputError
 from dataset_assets.core.manifest import ManifestEntry, UrlManifest
+from dataset_assets.core.redaction import redact_text
 from dataset_assets.core.s3 import MIB, MultipartSettings, S3Destination, S3Url, is_s3_url, make_s3_client
 from dataset_assets.core.splits import Split, load_split_json, split_sequences, write_split_yamls
-from dataset_assets.core.storage import Destination, LocalDestination
+from dataset_assets.core.storage import Destination, LocalDestination, StorageError
 from dataset_assets.core.transfer import (
     DownloadReport,
     Refresh,
@@ -113,19 +114,28 @@ def _write_streamable(manifest: UrlManifest, config: str, split: Split, out: Pat
     return write_split_yamls(out, split, urls, "streamable")
 
 
-def _write_local(entries: list[ManifestEntry], report: DownloadReport, split: Split, out: Path,
-                 destination: Destination) -> dict[str, Path]:
-    """`local_*` YAMLs listing verified files only; with an S3 destination they are put beside the files too."""
+def _write_local(entries: list[ManifestEntry], report: DownloadReport, split: Split, out: Path) -> dict[str, Path]:
+    """`local_*` YAMLs listing verified files only."""
     verified = {result.key for result in report.results}
     tars: dict[str, list[str]] = {sequence: [] for sequence in split.all}
     for entry in entries:
         if f"{entry.config}/{entry.relative_path}" in verified:
             tars[entry.sequence].append(entry.relative_path)
-    written = write_split_yamls(out, split, tars, "local")
-    if isinstance(destination, S3Destination):
-        for path in written.values():
+    return write_split_yamls(out, split, tars, "local")
+
+
+def _put_beside_files(written: dict[str, Path], destination: Destination) -> bool:
+    """With an S3 destination, put the YAMLs beside the files; False (the error printed) if the bucket refuses."""
+    if not isinstance(destination, S3Destination):
+        return True
+    for path in written.values():
+        try:
             destination.put_bytes(path.name, path.read_bytes())
-    return written
+        except StorageError as error:
+            print(f"error: {redact_text(str(error))} (the YAMLs are in {path.parent}; the same command puts them "
+                  "again without fetching verified files)", file=sys.stderr)
+            return False
+    return True
 
 
 @contextlib.contextmanager
@@ -184,7 +194,9 @@ def _download(args: argparse.Namespace) -> int:
         _print_summary(report, destination)
         _print_interrupted(destination)
         return 130
-    written = _write_local(entries, report, split, out, destination)
+    written = _write_local(entries, report, split, out)
     _print_summary(report, destination)
-    print("wrote " + ", ".join(str(path) for path in written.values()))
-    return 0 if report.ok else 1
+    # Flushed so that the summary comes before any error about the YAMLs, also where both streams go to one file.
+    print("wrote " + ", ".join(str(path) for path in written.values()), flush=True)
+    put = _put_beside_files(written, destination)
+    return 0 if report.ok and put else 1
