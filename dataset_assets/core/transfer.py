@@ -1,7 +1,7 @@
 """Resumable, verified, concurrent HTTP downloads of manifest entries into a local folder or an S3 bucket.
 
 One `httpx.Client` (connection reuse) and one retry policy (tenacity: exponential backoff with
-jitter on connection errors, 429 and 5xx, honouring Retry-After) serve every transfer;
+jitter on connection errors, 429 and 5xx, honouring Retry-After up to its own cap) serve every transfer;
 `settings.workers` files are in flight at once. Each file streams from its response into a
 `FileSink` of its `Destination` (`core.storage` for folders, `core.s3` for buckets), which holds
 the bytes received so far. After an interruption the next attempt (or the next run, for folders)
@@ -87,6 +87,16 @@ class RetryableStatus(TransferError):
         self.retry_after = retry_after
 
 
+class RetryAfterTooLong(TransferError):
+    """The server asked to retry after longer than `TransferSettings.retry_after_max_seconds`: the file
+    fails now rather than blocking the run for that long or asking again too early; a later run may pass."""
+
+    def __init__(self, error: RetryableStatus, limit: float) -> None:
+        super().__init__(f"{error}: the server asked to retry after {math.ceil(error.retry_after or 0)} s, "
+                         f"more than the {limit:g} s this run waits (retry_after_max_seconds); try again later")
+        self.retry_after = error.retry_after
+
+
 class LinkExpired(TransferError):
     """Signed links expired (or were refused); `files` lists `<config>/<sequence>/<file>` needing fresh links."""
 
@@ -99,12 +109,17 @@ class LinkExpired(TransferError):
 
 @dataclass(frozen=True)
 class TransferSettings:
-    """Files in flight (network-bound, so more than cores), retries, timeouts and link refreshes per file."""
+    """Files in flight (network-bound, so more than cores), retries, timeouts and link refreshes per file.
+
+    A server's Retry-After is waited out as asked, even beyond `backoff_max_seconds` (which caps only
+    the policy's own backoff), up to `retry_after_max_seconds`; asking for longer fails the file.
+    """
 
     workers: int = 8
     max_attempts: int = 5
     backoff_initial_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
+    retry_after_max_seconds: float = 300.0
     timeout_seconds: float = 60.0
     max_link_refreshes: int = 2
 
@@ -266,29 +281,44 @@ def _is_retryable(error: BaseException) -> bool:
 
 def _may_pass_later(error: BaseException) -> bool:
     """Whether a file that failed so may succeed when tried again later with the same links: what the
-    retry policy retries (its attempts ran out), or the disk or the bucket refused."""
-    return _is_retryable(error) or isinstance(error, (OSError, StorageError))
+    retry policy retries (its attempts ran out) or would not wait for, or the disk or the bucket refused."""
+    return _is_retryable(error) or isinstance(error, (RetryAfterTooLong, OSError, StorageError))
 
 
 def _retrying(settings: TransferSettings, sleep: Callable[[float], object] = time.sleep
               ) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """The single retry policy: exponential backoff with jitter, overridden by Retry-After; `sleep` waits
-    between attempts (the engine's wakes up when the transfer is cancelled)."""
+    between attempts (the engine's wakes up when the transfer is cancelled). A Retry-After beyond
+    `retry_after_max_seconds` ends the retries at once with `RetryAfterTooLong`."""
     backoff = wait_exponential_jitter(multiplier=settings.backoff_initial_seconds, max=settings.backoff_max_seconds,
                                       jitter=settings.backoff_initial_seconds)
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, RetryableStatus) and error.retry_after is not None:
-            return min(error.retry_after, settings.backoff_max_seconds)
+            return error.retry_after
         return backoff(state)
 
     def log_retry(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         logger.warning("retrying after attempt %d: %s", state.attempt_number, redact_text(str(error)))
 
-    return retry(retry=retry_if_exception(_is_retryable), stop=stop_after_attempt(settings.max_attempts),
-                 wait=wait, sleep=sleep, before_sleep=log_retry, reraise=True)
+    policy = retry(retry=retry_if_exception(_is_retryable), stop=stop_after_attempt(settings.max_attempts),
+                   wait=wait, sleep=sleep, before_sleep=log_retry, reraise=True)
+
+    def decorate(attempt: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(attempt)
+        def bounded(*args: object, **kwargs: object) -> T:
+            try:
+                return attempt(*args, **kwargs)
+            except RetryableStatus as error:
+                if error.retry_after is not None and error.retry_after > settings.retry_after_max_seconds:
+                    raise RetryAfterTooLong(error, settings.retry_after_max_seconds) from None
+                raise
+
+        return policy(bounded)
+
+    return decorate
 
 
 def fetch_bytes(client: httpx.Client, url: str, settings: TransferSettings = TransferSettings()) -> bytes:

@@ -62,6 +62,9 @@ class TransferResource(ConfigurableResource):
     max_attempts: int = Field(default=5, ge=1, description="Attempts per file on transient errors.")
     backoff_initial_seconds: float = Field(default=0.5, ge=0)
     backoff_max_seconds: float = Field(default=30.0, ge=0)
+    retry_after_max_seconds: float = Field(
+        default=TransferSettings.retry_after_max_seconds, ge=0,
+        description="Longest Retry-After waited out as the server asks; a longer one fails the file at once.")
     timeout_seconds: float = Field(default=60.0, gt=0)
     destination: str | None = Field(default=None, description="s3://bucket/prefix for raw shards (default: home).")
     s3: S3Resource | None = Field(default=None, description="S3 client settings used when destination is s3://.")
@@ -82,6 +85,7 @@ class TransferResource(ConfigurableResource):
             max_attempts=self.max_attempts,
             backoff_initial_seconds=self.backoff_initial_seconds,
             backoff_max_seconds=self.backoff_max_seconds,
+            retry_after_max_seconds=self.retry_after_max_seconds,
             timeout_seconds=self.timeout_seconds,
         )
 

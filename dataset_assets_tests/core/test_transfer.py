@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from dataset_assets.core.transfer import (
 from dataset_assets.demo.generate import DemoFile
 from dataset_assets.demo.server import DemoServer, RequestRecord
 from dataset_assets_tests.demo import fixtures
+from dataset_assets_tests.plain_server import PlainServer
 
 demo_source = fixtures.demo_source
 demo_files = fixtures.demo_files
@@ -159,6 +161,40 @@ def test_500_burst_and_429_with_retry_after_are_retried(demo_server: DemoServer,
     assert time.monotonic() - started >= 0.4
     assert [r.status for r in requests_for(demo_server, entry)] == [500, 500, 429, 200]
     assert report.results[0].status == "downloaded"
+
+
+def test_a_retry_after_longer_than_the_backoff_cap_is_waited_out_in_full(
+    demo_server: DemoServer, tmp_path: Path
+) -> None:
+    entry = first_entry(fetch_manifest(demo_server))
+    demo_server.faults.fail_with_status(503, times=1, retry_after=1.5, path_contains=url_path(entry))
+    settings = TransferSettings(max_attempts=3, backoff_initial_seconds=0.01, backoff_max_seconds=0.1)
+
+    started = time.monotonic()
+    report = download_entries([entry], folders(tmp_path), settings)
+
+    assert time.monotonic() - started >= 1.5
+    assert [r.status for r in requests_for(demo_server, entry)] == [503, 200]
+    assert report.results[0].status == "downloaded"
+
+
+@pytest.mark.parametrize("retry_after", [lambda: "600", lambda: formatdate(time.time() + 600, usegmt=True)],
+                         ids=["seconds", "http_date"])
+def test_a_retry_after_beyond_its_cap_fails_the_file_at_once_naming_the_wait_and_not_as_permanent(
+    plain_server: PlainServer, tmp_path: Path, retry_after: Callable[[], str]
+) -> None:
+    plain_server.serve("/busy.tar", b"x" * 1000)
+    plain_server.fail("/busy.tar", 503, headers={"Retry-After": retry_after()})
+    entry = ManifestEntry("cubercnn", "seq_000", "busy.tar", plain_server.url("/busy.tar"))
+
+    started = time.monotonic()
+    with pytest.raises(TransferError, match=r"busy\.tar: .*HTTP 503.*the server asked to retry after 600 s, more "
+                                            r"than the 300 s this run waits") as raised:
+        download_entries([entry], folders(tmp_path), FAST)
+
+    assert time.monotonic() - started < 2
+    assert not isinstance(raised.value, PermanentTransferError)
+    assert [r.status for r in plain_server.requests] == [503]
 
 
 def test_a_retry_after_that_is_not_a_number_of_seconds_falls_back_to_backoff(
@@ -563,9 +599,9 @@ def test_ctrl_c_stops_files_waiting_to_retry_without_further_requests(
 ) -> None:
     manifest = fetch_manifest(demo_server)
     interrupted, waiting = manifest.entries("cubercnn", "seq_000")[:2]
-    demo_server.faults.fail_with_status(503, times=10, retry_after=3, path_contains=url_path(waiting))
+    demo_server.faults.fail_with_status(503, times=10, retry_after=120, path_contains=url_path(waiting))
     demo_server.faults.trickle(20_000, path_contains=url_path(interrupted))
-    settings = TransferSettings(workers=2, max_attempts=5, backoff_max_seconds=30)
+    settings = TransferSettings(workers=2, max_attempts=5)
 
     class Interrupting(InFlight):
         def advance(self, key: str, nbytes: int) -> None:

@@ -183,6 +183,8 @@ FAULTS: list[Fault] = [
     Fault("server_ignores_range_after_drop", drop(lambda n: n // 2) + IGNORE_RANGE,
           extra=lambda entry: size(entry) // 2),
     Fault("persistent_503", status(503, FAST.max_attempts), TransferError, r"RetryableStatus: .*HTTP 503", bound=0),
+    Fault("retry_after_beyond_its_cap", status(503, 1, FAST.retry_after_max_seconds * 2), TransferError,
+          r"RetryAfterTooLong: .*HTTP 503.*asked to retry after \d+ s", bound=0),
     Fault("refused_link_403", status(403, 1), LinkExpired, EXPIRED, bound=0),
     Fault("gone_404", status(404, 1), TransferError, r"TransferError: .*HTTP 404", bound=0, permanent=True),
     Fault("truncated_upstream_file", replaced(lambda data: data[: len(data) // 2]), ChecksumMismatch,

@@ -1,0 +1,169 @@
+"""A loopback server of plain, unsigned links whose answers a test scripts, on 127.0.0.1, random port.
+
+The demo server signs every link and validates with ETags; providers that do neither exist too.
+This one serves `files` (URL path -> bytes) with `Last-Modified` and no `ETag`, honours one
+`bytes=<first>-` range and an `If-Range` date equal to the file's `Last-Modified`, and answers a
+path with scripted statuses and headers (`fail`) or cuts its next body short (`drop_after`). It
+records each request and counts body bytes written per path, so tests assert what was fetched.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+import pytest
+
+LAST_MODIFIED = formatdate(1_700_000_000, usegmt=True)
+
+
+@dataclass(frozen=True)
+class PlainRequest:
+    """One answered request: its path, Range and If-Range headers and the status sent."""
+
+    path: str
+    range_header: str | None
+    if_range: str | None
+    status: int
+
+
+@dataclass
+class _Script:
+    """What the server serves and the faults armed on it; `lock` guards every field."""
+
+    files: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    failures: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    drops: dict[str, int] = field(default_factory=dict)
+    requests: list[PlainRequest] = field(default_factory=list)
+    body_bytes: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        script = self.server.script
+        with script.lock:
+            failures = script.failures.get(self.path)
+            failure = failures.pop(0) if failures else None
+            served = script.files.get(self.path)
+            drop = script.drops.pop(self.path, None)
+        if failure is not None:
+            self._send(failure[0], failure[1], b"scripted failure")
+        elif served is None:
+            self._send(404, {}, b"not found")
+        else:
+            self._send_file(*served, drop)
+
+    def _send_file(self, data: bytes, last_modified: str, drop: int | None) -> None:
+        headers = {"Last-Modified": last_modified, "Accept-Ranges": "bytes"}
+        first = self._range_start(last_modified)
+        if first is None or first >= len(data):
+            self._send(200, headers, data, drop)
+            return
+        headers["Content-Range"] = f"bytes {first}-{len(data) - 1}/{len(data)}"
+        self._send(206, headers, data[first:], drop)
+
+    def _range_start(self, last_modified: str) -> int | None:
+        """The first byte of a `bytes=<n>-` range to honour: none if If-Range names another version."""
+        asked = self.headers.get("Range", "")
+        if_range = self.headers.get("If-Range")
+        if not asked.startswith("bytes=") or not asked.endswith("-") or if_range not in (None, last_modified):
+            return None
+        start = asked[len("bytes="):-1]
+        return int(start) if start.isdigit() else None
+
+    def _send(self, status: int, headers: dict[str, str], body: bytes, drop: int | None = None) -> None:
+        self.send_response(status)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        sent = body if drop is None else body[:drop]
+        if status < 300:
+            with self.server.script.lock:
+                counts = self.server.script.body_bytes
+                counts[self.path] = counts.get(self.path, 0) + len(sent)
+        self.wfile.write(sent)
+        if len(sent) < len(body):
+            self.close_connection = True
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        record = PlainRequest(self.path, self.headers.get("Range"), self.headers.get("If-Range"),
+                              code if isinstance(code, int) else 0)
+        with self.server.script.lock:
+            self.server.script.requests.append(record)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Requests are recorded by `log_request` instead."""
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    script: _Script
+
+
+class PlainServer:
+    """Serve scripted files at `url(path)` until `stop()` (or the end of a `with` block)."""
+
+    def __init__(self) -> None:
+        self._server = _HTTPServer(("127.0.0.1", 0), _Handler)
+        self._server.script = self._script = _Script()
+        self._thread = threading.Thread(target=self._server.serve_forever, name="plain-server", daemon=True)
+
+    def url(self, path: str) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}{path}"
+
+    def serve(self, path: str, data: bytes, last_modified: str = LAST_MODIFIED) -> None:
+        """Serve `data` at `path` from now on, last modified at `last_modified` (an HTTP date)."""
+        with self._script.lock:
+            self._script.files[path] = (data, last_modified)
+
+    def fail(self, path: str, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
+        """Answer the next `times` requests for `path` with `status` and `headers`."""
+        with self._script.lock:
+            self._script.failures.setdefault(path, []).extend([(status, dict(headers or {}))] * times)
+
+    def drop_after(self, path: str, nbytes: int) -> None:
+        """Close the connection after `nbytes` of the next body sent for `path`."""
+        with self._script.lock:
+            self._script.drops[path] = nbytes
+
+    @property
+    def requests(self) -> list[PlainRequest]:
+        with self._script.lock:
+            return list(self._script.requests)
+
+    def body_bytes_sent(self, path: str) -> int:
+        """Bytes of 2xx bodies written for `path` so far."""
+        with self._script.lock:
+            return self._script.body_bytes.get(path, 0)
+
+    def start(self) -> PlainServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> PlainServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+@pytest.fixture
+def plain_server() -> Iterator[PlainServer]:
+    """A started PlainServer, stopped after the test."""
+    with PlainServer() as server:
+        yield server
