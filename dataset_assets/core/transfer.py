@@ -1,8 +1,8 @@
 """Resumable, verified, concurrent HTTP downloads of manifest entries into a local folder or an S3 bucket.
 
 One `httpx.Client` (connection reuse) and one retry policy (tenacity: exponential backoff with
-jitter on connection errors, 429 and 5xx, honouring Retry-After up to its own cap) serve every transfer;
-`settings.workers` files are in flight at once. Each file streams from its response into a
+jitter on connection errors, 408, 429 and 5xx, honouring Retry-After up to its own cap) serve
+every transfer; `settings.workers` files are in flight at once. Each file streams from its response into a
 `FileSink` of its `Destination` (`core.storage` for folders, `core.s3` for buckets), which holds
 the bytes received so far. After an interruption the next attempt (or the next run, for folders)
 asks for the missing bytes with `Range` + `If-Range` and appends. A server that ignores the range
@@ -51,7 +51,7 @@ from dataset_assets.core.storage import (
 )
 
 logger = get_logger(__name__)
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 EXPIRY_STATUS = frozenset({401, 403, 410})
 MIB = 1 << 20
 ProgressCallback = Callable[[int], None]
@@ -68,7 +68,7 @@ class TransferError(DatasetAssetsError):
 
 class PermanentTransferError(TransferError):
     """Every failed file failed in a way that trying again with the same links cannot cure: an HTTP
-    error status other than expiry, 429 and 5xx, a checksum mismatch, a URL that cannot be requested."""
+    error status other than expiry, 408, 429 and 5xx, a checksum mismatch, a URL that cannot be requested."""
 
 
 class ChecksumMismatch(TransferError):
@@ -80,7 +80,7 @@ class TransferCancelled(TransferError):
 
 
 class RetryableStatus(TransferError):
-    """A 429/5xx answer or a restart, retried by the retry policy (after Retry-After if the server gave one)."""
+    """A 408/429/5xx answer or a restart, retried by the retry policy (after Retry-After if the server gave one)."""
 
     def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message)

@@ -163,6 +163,19 @@ def test_500_burst_and_429_with_retry_after_are_retried(demo_server: DemoServer,
     assert report.results[0].status == "downloaded"
 
 
+def test_408_request_timeout_is_retried_like_5xx_honouring_retry_after(demo_server: DemoServer, tmp_path: Path
+                                                                       ) -> None:
+    entry = first_entry(fetch_manifest(demo_server))
+    demo_server.faults.fail_with_status(408, times=2, retry_after=0.3, path_contains=url_path(entry))
+
+    started = time.monotonic()
+    report = download_entries([entry], folders(tmp_path), FAST)
+
+    assert time.monotonic() - started >= 0.6
+    assert [r.status for r in requests_for(demo_server, entry)] == [408, 408, 200]
+    assert report.results[0].status == "downloaded"
+
+
 def test_a_retry_after_longer_than_the_backoff_cap_is_waited_out_in_full(
     demo_server: DemoServer, tmp_path: Path
 ) -> None:

@@ -177,7 +177,7 @@ FAULTS: list[Fault] = [
     Fault("drop_mid_file", drop(lambda n: n // 2)),
     Fault("drop_before_last_byte", drop(lambda n: n - 1)),
     Fault("drop_three_times", drop(lambda n: n // 5, times=3)),
-    *[Fault(f"burst_of_{code}", status(code, 2)) for code in (500, 502, 503, 504)],
+    *[Fault(f"burst_of_{code}", status(code, 2)) for code in (408, 500, 502, 503, 504)],
     Fault("429_with_retry_after", status(429, 1, 0.3), min_seconds=0.3),
     Fault("503_retry_after_then_drop", status(503, 1, 0.05) + drop(lambda n: n // 3)),
     Fault("server_ignores_range_after_drop", drop(lambda n: n // 2) + IGNORE_RANGE,
