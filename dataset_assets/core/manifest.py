@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from dataset_assets.core.errors import ManifestError
-from dataset_assets.core.redaction import redact_url
+from dataset_assets.core.redaction import may_be_signed, redact_url
 
 ROOT_KEY = "atek_data_for_all_configs"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}\Z")
@@ -48,6 +48,12 @@ class ManifestEntry:
     @property
     def expires_at(self) -> datetime | None:
         return expiry_from_url(self.url)
+
+    @property
+    def signed(self) -> bool:
+        """Whether the link may be signed, and so may expire and be refreshed: its URL has a query string,
+        which holds any signature and `expires_at` (and which redaction treats as secret)."""
+        return may_be_signed(self.url)
 
     @property
     def redacted_url(self) -> str:

@@ -28,6 +28,15 @@ _SECRET_ASSIGNMENT = re.compile(
 )
 
 
+def may_be_signed(url: str) -> bool:
+    """Whether `url` has a query string, where a signed URL carries its signature and expiry; a URL
+    that cannot be parsed counts as signed."""
+    try:
+        return bool(urlsplit(url).query)
+    except ValueError:
+        return True
+
+
 def redact_url(url: str) -> str:
     """Return `url` without its query string values and without user info."""
     try:
@@ -35,7 +44,7 @@ def redact_url(url: str) -> str:
     except ValueError:
         return REDACTED
     netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
-    query = REDACTED if parts.query else ""
+    query = REDACTED if may_be_signed(url) else ""
     redacted = urlunsplit((parts.scheme, netloc, parts.path, query, ""))
     # Text already redacted ("...?<redacted>") reaches here as "...?"; keep its "?" so it stays stable.
     return redacted + "?" if url.endswith("?") and not parts.query else redacted

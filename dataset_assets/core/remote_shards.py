@@ -21,7 +21,7 @@ import botocore.exceptions
 import httpx
 
 from dataset_assets.core.errors import DatasetAssetsError
-from dataset_assets.core.redaction import redact_text, redact_url
+from dataset_assets.core.redaction import may_be_signed, redact_text, redact_url
 from dataset_assets.core.s3 import make_s3_client
 from dataset_assets.core.tar_lists import URL_SCHEMES
 from dataset_assets.core.transfer import make_client
@@ -85,7 +85,7 @@ def _changed(url: str, offset: int) -> DatasetAssetsError:
 
 
 def _status_error(url: str, status: int) -> DatasetAssetsError:
-    hint = " (a signed link may have expired: refresh the manifest)" if status == 403 else ""
+    hint = " (a signed link may have expired: refresh the manifest)" if status == 403 and may_be_signed(url) else ""
     return DatasetAssetsError(f"{redact_url(url)}: HTTP {status}{hint}")
 
 

@@ -12,7 +12,9 @@ sha1 are verified (sha256 recorded) before the sink publishes atomically, and a 
 complete and verified at the destination is never fetched again.
 
 Signed links expire: an entry whose URL expiry has passed is not requested, and 401/403/410 is not
-retried; both end in `LinkExpired`, which names the files needing fresh links. Given `refresh` (a
+retried; both end in `LinkExpired`, which names the files needing fresh links. An unsigned link (no
+query string: `ManifestEntry.signed`) cannot expire, so its 401/403/410 is `AccessDenied`, a failure
+no later try can cure. Given `refresh` (a
 callable returning a fresh manifest), the engine fetches new links instead, once per wave of
 expiries, and continues from the bytes it already holds.
 """
@@ -30,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -68,7 +71,8 @@ class TransferError(DatasetAssetsError):
 
 class PermanentTransferError(TransferError):
     """Every failed file failed in a way that trying again with the same links cannot cure: an HTTP
-    error status other than expiry, 408, 429 and 5xx, a checksum mismatch, a URL that cannot be requested."""
+    error status other than a signed link's expiry, 408, 429 and 5xx, a checksum mismatch, a URL that
+    cannot be requested."""
 
 
 class ChecksumMismatch(TransferError):
@@ -95,6 +99,16 @@ class RetryAfterTooLong(TransferError):
         super().__init__(f"{error}: the server asked to retry after {math.ceil(error.retry_after or 0)} s, "
                          f"more than the {limit:g} s this run waits (retry_after_max_seconds); try again later")
         self.retry_after = error.retry_after
+
+
+class AccessDenied(TransferError):
+    """An unsigned link was refused (401/403/410): it has no signature that could expire, so a fresh link
+    cannot cure it and neither can trying again."""
+
+    def __init__(self, entry: ManifestEntry, status: int) -> None:
+        refusal = "the file is gone" if status == 410 else "access denied"
+        super().__init__(f"{entry.relative_path}: HTTP {status} {HTTPStatus(status).phrase} from {entry.url}: "
+                         f"{refusal}, not an expired link")
 
 
 class LinkExpired(TransferError):
@@ -576,6 +590,8 @@ class _Engine:
             sink.restart(None, None)
             raise RetryableStatus(f"{entry.relative_path}: range {offset}- not satisfiable; restarting", 0.0)
         if status in EXPIRY_STATUS:
+            if not entry.signed:
+                raise AccessDenied(entry, status)
             raise LinkExpired([f"{entry.config}/{entry.relative_path}"], f"(HTTP {status})")
         if status in RETRYABLE_STATUS:
             raise RetryableStatus(f"{entry.relative_path}: HTTP {status} from {entry.url}",

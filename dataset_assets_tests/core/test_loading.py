@@ -35,6 +35,7 @@ from dataset_assets.core.splits import split_sequences, write_split_yamls
 from dataset_assets.core.tar_lists import missing_tars, split_overlap
 from dataset_assets.demo.server import DemoServer
 from dataset_assets_tests import s3_fixtures
+from dataset_assets_tests.plain_server import PlainServer
 from dataset_assets_tests.s3_fixtures import S3Bucket
 from dataset_assets_tests.tcp_proxy import DroppingProxy
 
@@ -531,6 +532,15 @@ def test_http_error_names_the_redacted_url(demo_server: DemoServer) -> None:
     with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar\?<redacted>: HTTP 403") as caught:
         list(ShardStream([url]))
     assert "forged" not in str(caught.value)
+
+
+def test_a_refused_unsigned_http_url_is_not_called_an_expired_link(plain_server: PlainServer) -> None:
+    plain_server.fail("/open/shards-0000.tar", 403)
+
+    with pytest.raises(DatasetAssetsError) as caught:
+        list(ShardStream([plain_server.url("/open/shards-0000.tar")]))
+
+    assert str(caught.value) == f"{plain_server.url('/open/shards-0000.tar')}: HTTP 403"
 
 
 def test_stream_reads_s3_urls(tmp_path: Path, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:

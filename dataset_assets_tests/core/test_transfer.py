@@ -529,6 +529,34 @@ def test_link_expired_also_lists_the_files_that_failed_for_another_reason(demo_s
     assert "HTTP 503" in str(raised.value) and fine.relative_path not in str(raised.value)
 
 
+@pytest.mark.parametrize(("status", "refusal"), [
+    (401, "Unauthorized from {url}: access denied"),
+    (403, "Forbidden from {url}: access denied"),
+    (410, "Gone from {url}: the file is gone"),
+])
+def test_a_refused_unsigned_link_fails_at_once_as_permanent_access_denied_not_as_an_expired_link(
+    plain_server: PlainServer, tmp_path: Path, status: int, refusal: str
+) -> None:
+    plain_server.serve("/open/shards-0000.tar", b"x" * 1000)
+    plain_server.fail("/open/shards-0000.tar", status, times=10)
+    url = plain_server.url("/open/shards-0000.tar")
+    entry = ManifestEntry("cubercnn", "seq_000", "shards-0000.tar", url)
+    refreshes: list[int] = []
+
+    def refresh() -> UrlManifest:
+        refreshes.append(1)
+        return UrlManifest("refresh", {"cubercnn": {"seq_000": (entry,)}})
+
+    report = transfer_entries([entry], folders(tmp_path), FAST, refresh=refresh)
+
+    why = f"AccessDenied: seq_000/shards-0000.tar: HTTP {status} {refusal.format(url=url)}, not an expired link"
+    assert report.failures == {"cubercnn/seq_000/shards-0000.tar": why}
+    assert report.expired == () and report.permanent == ("cubercnn/seq_000/shards-0000.tar",)
+    assert [r.status for r in plain_server.requests] == [status] and refreshes == []
+    with pytest.raises(PermanentTransferError, match=f"HTTP {status} .*not an expired link"):
+        report.raise_for_failures()
+
+
 def test_only_failures_that_no_later_try_can_cure_make_the_error_permanent(
         demo_server: DemoServer, tmp_path: Path) -> None:
     missing, busy = list(fetch_manifest(demo_server).all_entries())[:2]
