@@ -2,8 +2,9 @@
 
 The demo server signs every link and validates with ETags; providers that do neither exist too.
 This one serves `files` (URL path -> bytes) with `Last-Modified` and no `ETag`, honours one
-`bytes=<first>-` range and an `If-Range` date equal to the file's `Last-Modified`, and answers a
-path with scripted statuses and headers (`fail`) or cuts its next body short (`drop_after`). It
+`bytes=<first>-` range and an `If-Range` date equal to the file's `Last-Modified` (or, scripted,
+ignores If-Range), and answers a path with scripted statuses and headers (`fail`) or cuts its
+next body short (`drop_after`). It
 records each request and counts body bytes written per path, so tests assert what was fetched.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ class PlainRequest:
 class _Script:
     """What the server serves and the faults armed on it; `lock` guards every field."""
 
-    files: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    files: dict[str, tuple[bytes, str, bool]] = field(default_factory=dict)
     failures: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)
     requests: list[PlainRequest] = field(default_factory=list)
@@ -61,20 +62,22 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_file(*served, drop)
 
-    def _send_file(self, data: bytes, last_modified: str, drop: int | None) -> None:
+    def _send_file(self, data: bytes, last_modified: str, honour_if_range: bool, drop: int | None) -> None:
         headers = {"Last-Modified": last_modified, "Accept-Ranges": "bytes"}
-        first = self._range_start(last_modified)
+        first = self._range_start(last_modified if honour_if_range else None)
         if first is None or first >= len(data):
             self._send(200, headers, data, drop)
             return
         headers["Content-Range"] = f"bytes {first}-{len(data) - 1}/{len(data)}"
         self._send(206, headers, data[first:], drop)
 
-    def _range_start(self, last_modified: str) -> int | None:
-        """The first byte of a `bytes=<n>-` range to honour: none if If-Range names another version."""
+    def _range_start(self, last_modified: str | None) -> int | None:
+        """The first byte of a `bytes=<n>-` range to honour: none if If-Range names another version than
+        `last_modified` (None: If-Range is ignored)."""
         asked = self.headers.get("Range", "")
         if_range = self.headers.get("If-Range")
-        if not asked.startswith("bytes=") or not asked.endswith("-") or if_range not in (None, last_modified):
+        stale = last_modified is not None and if_range not in (None, last_modified)
+        if not asked.startswith("bytes=") or not asked.endswith("-") or stale:
             return None
         start = asked[len("bytes="):-1]
         return int(start) if start.isdigit() else None
@@ -120,10 +123,10 @@ class PlainServer:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}{path}"
 
-    def serve(self, path: str, data: bytes, last_modified: str = LAST_MODIFIED) -> None:
+    def serve(self, path: str, data: bytes, last_modified: str = LAST_MODIFIED, honour_if_range: bool = True) -> None:
         """Serve `data` at `path` from now on, last modified at `last_modified` (an HTTP date)."""
         with self._script.lock:
-            self._script.files[path] = (data, last_modified)
+            self._script.files[path] = (data, last_modified, honour_if_range)
 
     def fail(self, path: str, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
         """Answer the next `times` requests for `path` with `status` and `headers`."""

@@ -325,9 +325,10 @@ class StorageError(DatasetAssetsError):
 class FileSink(Protocol):
     """Where one file's bytes go, possibly across several HTTP attempts.
 
-    `held` bytes (the resume offset) were fetched under `validator` (the server's ETag) when the
-    server announced `total` bytes; `restart` drops them. `commit` publishes what was written,
-    atomically; `close` releases the sink, keeping held bytes for a later run where it can.
+    `held` bytes (the resume offset) were fetched under `validator` (the server's ETag, or its
+    Last-Modified date when it sent no ETag) when the server announced `total` bytes; `restart`
+    drops them. `commit` publishes what was written, atomically; `close` releases the sink,
+    keeping held bytes for a later run where it can.
     `published` is the final file, verified, if another run published it while `open` waited
     for the file (a check before `open` may have come just before that run's rename).
     """
@@ -368,8 +369,15 @@ def matches(digest: FileDigest, size: int | None, sha1: str | None) -> bool:
     return (size is None or digest.size == size) and (sha1 is None or digest.sha1 == sha1)
 
 
+def _sidecar_state(validator: str | None, total: int | None) -> dict[str, object]:
+    """The sidecar's JSON: a quoted validator is an ETag (`"x"`, `W/"x"`), any other a Last-Modified
+    date, as If-Range tells them apart (RFC 9110 13.1.5)."""
+    is_etag = validator is not None and validator.startswith(('"', 'W/"'))
+    return {"etag": validator if is_etag else None, "last_modified": None if is_etag else validator, "total": total}
+
+
 class _LocalSink:
-    """`<file>.part` plus `<file>.part.json` ({"etag", "total"}) beside the final path.
+    """`<file>.part` plus `<file>.part.json` ({"etag", "last_modified", "total"}) beside the final path.
 
     The sink holds the file's lock from opening to `close`, so a second process downloading the
     same file waits instead of appending its bytes to the same `.part`.
@@ -385,8 +393,9 @@ class _LocalSink:
         self._handle: BinaryIO | None = None
         try:
             state = self._read_sidecar()
-            etag, total = state.get("etag"), state.get("total")
-            self.validator: str | None = etag if isinstance(etag, str) else None
+            validator = state.get("etag") or state.get("last_modified")
+            total = state.get("total")
+            self.validator: str | None = validator if isinstance(validator, str) else None
             self.total: int | None = total if isinstance(total, int) else None
             self.held = digest_file(self._part, self._digest).size if self._part.exists() else 0
         except BaseException:
@@ -405,7 +414,7 @@ class _LocalSink:
         # Truncate before recording the new validator: a crash in between leaves an empty part.
         self._final.parent.mkdir(parents=True, exist_ok=True)
         self._part.write_bytes(b"")
-        self._sidecar.write_text(json.dumps({"etag": validator, "total": total}))
+        self._sidecar.write_text(json.dumps(_sidecar_state(validator, total)))
         self.validator, self.total, self.held = validator, total, 0
         self._digest = StreamDigest()
 

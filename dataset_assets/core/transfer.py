@@ -6,10 +6,11 @@ every transfer; `settings.workers` files are in flight at once. Each file stream
 `FileSink` of its `Destination` (`core.storage` for folders, `core.s3` for buckets), which holds
 the bytes received so far. After an interruption the next attempt (or the next run, for folders)
 asks for the missing bytes with `Range` + `If-Range` and appends. A server that ignores the range
-or whose content changed (ETag or total size differ from those the held bytes were fetched under)
-answers the whole file, or is asked again, and the transfer restarts cleanly from byte 0. Size and
-sha1 are verified (sha256 recorded) before the sink publishes atomically, and a file already
-complete and verified at the destination is never fetched again.
+or whose content changed (its validator, the ETag or else the Last-Modified date, or the total size
+differ from those the held bytes were fetched under) answers the whole file, or is asked again,
+and the transfer restarts cleanly from byte 0. Size and sha1 are verified (sha256 recorded) before
+the sink publishes atomically, and a file already complete and verified at the destination is
+never fetched again.
 
 Signed links expire: an entry whose URL expiry has passed is not requested, and 401/403/410 is not
 retried; both end in `LinkExpired`, which names the files needing fresh links. An unsigned link (no
@@ -378,6 +379,12 @@ def _check_expiry(entry: ManifestEntry) -> None:
                           f"(link expired at {expires_at.isoformat()}; not requested)")
 
 
+def _validator(response: httpx.Response) -> str | None:
+    """What tells this version of the file from others: the ETag, else the Last-Modified date (which
+    RFC 9110 also allows in If-Range; it misses changes within one second, the size and sha1 checks do not)."""
+    return response.headers.get("ETag") or response.headers.get("Last-Modified")
+
+
 def _announced_total(response: httpx.Response) -> int | None:
     """The full size the server announces: Content-Range's `/total` for 206 and 416, Content-Length for 200."""
     if response.status_code in (206, 416):
@@ -560,18 +567,18 @@ class _Engine:
             if response.status_code == 416 and offset and _announced_total(response) == offset:
                 return False  # the held bytes already are the whole file (a manifest without its size): verify them
             self._check_status(entry, response, offset, sink)
-            etag, total = response.headers.get("ETag"), _announced_total(response)
+            validator, total = _validator(response), _announced_total(response)
             if entry.size is not None and total is not None and total != entry.size:
                 sink.restart(None, None)
                 raise ChecksumMismatch(f"{entry.relative_path}: server announces {total} bytes, "
                                        f"manifest says {entry.size} (content changed upstream?)")
             if response.status_code == 206:
-                self._check_continuation(entry, response, offset, sink, etag, total)
+                self._check_continuation(entry, response, offset, sink, validator, total)
             else:
                 if offset:
                     logger.info("%s: server sent the whole file instead of bytes %d-; restarting from byte 0",
                                 entry.relative_path, offset)
-                sink.restart(etag, total)
+                sink.restart(validator, total)
                 job.appended = False
                 self._progress.start(job.key, entry.size, 0)
             # iter_raw yields bytes as they arrive, so a dropped connection loses nothing already received.
@@ -601,12 +608,12 @@ class _Engine:
 
     @staticmethod
     def _check_continuation(entry: ManifestEntry, response: httpx.Response, offset: int, sink: FileSink,
-                            etag: str | None, total: int | None) -> None:
+                            validator: str | None, total: int | None) -> None:
         """A 206 must continue the held bytes of the same content; otherwise restart from byte 0."""
         starts_right = response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
-        etag_changed = etag is not None and sink.validator is not None and etag != sink.validator
+        version_changed = validator is not None and sink.validator is not None and validator != sink.validator
         size_changed = total is not None and sink.total is not None and total != sink.total
-        if not starts_right or etag_changed or size_changed:
+        if not starts_right or version_changed or size_changed:
             sink.restart(None, None)
             raise RetryableStatus(f"{entry.relative_path}: content changed upstream or unexpected Content-Range; "
                                   "restarting from byte 0", 0.0)

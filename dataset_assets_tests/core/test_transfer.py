@@ -40,6 +40,7 @@ demo_source = fixtures.demo_source
 demo_files = fixtures.demo_files
 demo_server = fixtures.demo_server
 
+OLD_DATE, NEW_DATE = formatdate(1_700_000_000, usegmt=True), formatdate(1_700_086_400, usegmt=True)
 FAST = TransferSettings(workers=8, max_attempts=4, backoff_initial_seconds=0.01, backoff_max_seconds=0.5)
 ONE_ATTEMPT = TransferSettings(workers=8, max_attempts=1)
 
@@ -381,6 +382,39 @@ def test_content_changed_between_runs_restarts_from_byte_zero(demo_server: DemoS
     assert demo_server.stats.body_bytes_sent() == len(new_data)
     assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == new_data
     assert report.results[0].sha1 == hashlib.sha1(new_data).hexdigest()
+
+
+@pytest.mark.parametrize(("changed", "honour_if_range", "expected"), [
+    (False, True, [("bytes={cut}-", OLD_DATE, 206)]),
+    (True, True, [("bytes={cut}-", OLD_DATE, 200)]),
+    (True, False, [("bytes={cut}-", OLD_DATE, 206), (None, None, 200)]),
+], ids=["unchanged_resumes", "changed_if_range_answers_whole", "changed_if_range_ignored_restarts"])
+def test_resume_without_etag_validates_held_bytes_by_last_modified_and_restarts_once_if_changed(
+    plain_server: PlainServer, tmp_path: Path, changed: bool, honour_if_range: bool,
+    expected: list[tuple[str | None, str | None, int]]
+) -> None:
+    """A manifest without size and sha1: nothing but the validator can tell held bytes are stale."""
+    path, old, new = "/files/shards-0000.tar", b"old content " * 5000, b"NEW CONTENT " * 5000
+    cut = len(old) // 3
+    plain_server.serve(path, old, OLD_DATE)
+    plain_server.drop_after(path, cut)
+    entry = ManifestEntry("cubercnn", "seq_000", "shards-0000.tar", plain_server.url(path))
+    with pytest.raises(TransferError):
+        download_entries([entry], folders(tmp_path), ONE_ATTEMPT)
+    sidecar = tmp_path / "cubercnn" / "seq_000" / "shards-0000.tar.part.json"
+    assert json.loads(sidecar.read_text())["last_modified"] == OLD_DATE
+    if changed:
+        plain_server.serve(path, new, NEW_DATE, honour_if_range)
+    first_run = len(plain_server.requests)
+
+    report = download_entries([entry], folders(tmp_path), FAST)
+
+    assert [(r.range_header, r.if_range, r.status) for r in plain_server.requests[first_run:]] == [
+        (None if span is None else span.format(cut=cut), if_range, status) for span, if_range, status in expected]
+    assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == (new if changed else old)
+    assert report.results[0].status == ("downloaded" if changed else "resumed")
+    if honour_if_range:
+        assert plain_server.body_bytes_sent(path) == cut + (len(new) if changed else len(old) - cut)
 
 
 @pytest.mark.parametrize(("replacement", "problem"), [
