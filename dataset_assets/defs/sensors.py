@@ -10,13 +10,18 @@ that is not one yet cannot have been materialized. `<ds>_link_refresh_sensor` re
 `<ds>_refresh_links` once the saved manifest's earliest link expiry is within the margin, and
 re-requests every partition whose `raw_shards` step failed on expired links and has not been
 materialized since; `<ds>_sequence` fetches fresh links before it downloads.
+
+A cursor either sensor cannot read (set by hand with `dagster sensor cursor --set`, or written by
+another version) would otherwise fail every tick: it is ignored with a warning, and the tick runs as
+if the sensor had never ticked. Run keys keep that fresh start from launching a run twice.
 """
 import json
 import os
-from collections.abc import Collection
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TypeVar
 
 from dagster import (
     AssetKey,
@@ -56,6 +61,43 @@ EXPIRED_LINKS_MESSAGE = "signed links expired"
 TRIGGER_TAG = "dataset_assets/trigger"
 FAILED_RUNS_PER_TICK = 100
 MATERIALIZATIONS_PER_QUERY = 500
+Cursor = TypeVar("Cursor")
+
+
+class UnreadableCursor(ValueError):
+    """A sensor cursor of the wrong shape; the message says why without repeating the cursor,
+    which may hold anything that was pasted into it."""
+
+
+def _json_object(text: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise UnreadableCursor("it is not JSON") from None
+    if not isinstance(value, dict):
+        raise UnreadableCursor("it is JSON but not an object")
+    return value
+
+
+def parse_digests(text: str | None) -> dict[str, str]:
+    """The manifest sensor's cursor, `{"<sequence>": "<digest>"}`: the digests it saw last tick."""
+    if not text:
+        return {}
+    value = _json_object(text)
+    digests = {sequence: digest for sequence, digest in value.items() if isinstance(digest, str)}
+    if len(digests) != len(value):
+        raise UnreadableCursor("a sequence's digest is not a string")
+    return digests
+
+
+def read_cursor(context: SensorEvaluationContext, sensor_name: str, parse: Callable[[str | None], Cursor]) -> Cursor:
+    """`parse(context.cursor)`, or the fresh start `parse(None)` with a warning when it cannot be read."""
+    try:
+        return parse(context.cursor)
+    except UnreadableCursor as error:
+        context.log.warning(f"{sensor_name}: cursor ignored ({error}); this tick starts as if the sensor "
+                            "had never ticked")
+        return parse(None)
 
 
 def refresh_margin() -> timedelta:
@@ -137,15 +179,16 @@ def saved_expiry(path: Path) -> datetime | None:
 
 def build_manifest_sensor(spec: DatasetSpec, jobs: DatasetJobs) -> SensorDefinition:
     dataset, sequences = spec.name, sequence_partitions(spec.name)
+    name = f"{dataset}_manifest_sensor"
 
-    @sensor(name=f"{dataset}_manifest_sensor", job=jobs.sequence, minimum_interval_seconds=300,
+    @sensor(name=name, job=jobs.sequence, minimum_interval_seconds=300,
             description=f"Adds new {dataset} sequences as partitions and runs `{jobs.sequence.name}` "
                         "for each new or changed sequence of the published manifest.")
     def manifest_sensor(context: SensorEvaluationContext, transfer: TransferResource) -> SensorResult:
         with make_client(transfer.settings()) as client:
             manifest, _ = fetch_manifest(spec.manifest.location, client)
         digests = sequence_digests(manifest, spec.raw_configs)
-        seen = json.loads(context.cursor) if context.cursor else {}
+        seen = read_cursor(context, name, parse_digests)
         known = set(context.instance.get_dynamic_partitions(sequences.name))
         new = [sequence for sequence in digests if sequence not in known]
         different = [sequence for sequence, digest in digests.items() if seen.get(sequence) != digest]
@@ -213,7 +256,25 @@ class RefreshCursor:
 
     @classmethod
     def parse(cls, text: str | None) -> "RefreshCursor":
-        return cls(**json.loads(text)) if text else cls()
+        """Empty: a fresh start. Else both fields as strings, `failures_until` an ISO 8601 time with offset."""
+        if not text:
+            return cls()
+        strings = {key: item for key, item in _json_object(text).items() if isinstance(item, str)}
+        names = {field.name for field in fields(cls)}
+        if strings.keys() != names:
+            raise UnreadableCursor(f"it must hold exactly the string fields {', '.join(sorted(names))}")
+        cursor = cls(**strings)
+        cursor.failures_after()
+        return cursor
+
+    def failures_after(self) -> datetime:
+        try:
+            after = datetime.fromisoformat(self.failures_until)
+        except ValueError:
+            raise UnreadableCursor("failures_until is not an ISO 8601 time") from None
+        if after.tzinfo is None:
+            raise UnreadableCursor("failures_until has no UTC offset")
+        return after
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -247,14 +308,15 @@ def scan_failures(instance: DagsterInstance, dataset: str, after: datetime) -> F
 
 def build_link_refresh_sensor(spec: DatasetSpec, jobs: DatasetJobs, margin: timedelta) -> SensorDefinition:
     dataset = spec.name
+    name = f"{dataset}_link_refresh_sensor"
 
-    @sensor(name=f"{dataset}_link_refresh_sensor", jobs=[jobs.sequence, jobs.refresh_links],
+    @sensor(name=name, jobs=[jobs.sequence, jobs.refresh_links],
             minimum_interval_seconds=60,
             description=f"Refreshes {dataset}'s signed links {margin} before they expire and re-requests "
                         "the partitions whose download failed on expired links.")
     def link_refresh_sensor(context: SensorEvaluationContext, home: DatasetHome) -> SensorResult:
-        cursor = RefreshCursor.parse(context.cursor)
-        scan = scan_failures(context.instance, dataset, datetime.fromisoformat(cursor.failures_until))
+        cursor = read_cursor(context, name, RefreshCursor.parse)
+        scan = scan_failures(context.instance, dataset, cursor.failures_after())
         requests = [RunRequest(job_name=jobs.sequence.name, partition_key=partition,
                                run_key=f"retry:{run_id}:{partition}", tags={TRIGGER_TAG: "expired_links"})
                     for run_id, partition in scan.retries]

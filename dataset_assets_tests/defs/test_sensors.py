@@ -24,7 +24,10 @@ from dagster import (
     build_sensor_context,
     instance_for_test,
 )
+from dagster._core.definitions.instigation_logger import get_instigation_log_records
 from dagster._core.definitions.partitions.context import partition_loading_context
+from dagster._core.definitions.sensor_definition import SensorExecutionData
+from dagster._grpc.impl import get_external_sensor_execution
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -321,3 +324,71 @@ def test_manifest_sensor_without_cursor_skips_downloaded_sequences_of_a_manifest
 
     assert [partition for _, partition in requested(reset)] == [f"seq_{index:03d}" for index in range(1, 8)]
     assert [partition for _, partition in requested(resized)] == [f"seq_{index:03d}" for index in range(8)]
+
+
+SECRET = "Signature=0123456789abcdef"
+UNREADABLE_CURSORS = [
+    f"https://example.invalid/shards-0000.tar?{SECRET}",  # not JSON
+    "null", "42", f'"{SECRET}"', f'["{SECRET}"]', "[" * 100_000,
+]
+UNREADABLE_DIGESTS = [*UNREADABLE_CURSORS, '{"seq_000": 5}', f'{{"seq_000": ["{SECRET}"]}}']
+NOW = "2026-01-01T00:00:00+00:00"
+UNREADABLE_REFRESH_CURSORS = [
+    *UNREADABLE_CURSORS, "{}", f'{{"failures_until": "{NOW}"}}',
+    f'{{"failures_until": "{SECRET}", "refreshed_expiry": ""}}',
+    '{"failures_until": "2026-01-01T00:00:00", "refreshed_expiry": ""}',  # no UTC offset
+    '{"failures_until": 0, "refreshed_expiry": ""}', f'{{"failures_until": "{NOW}", "refreshed_expiry": 1}}',
+    f'{{"failures_until": "{NOW}", "refreshed_expiry": "", "{SECRET}": ""}}',
+]
+
+
+def daemon_tick(defs: Definitions, instance: DagsterInstance, sensor_name: str, cursor: str | None,
+                log_key: list[str]) -> SensorExecutionData:
+    """One evaluation the way the code server runs it for a daemon tick, its log captured under `log_key`;
+    a sensor that raises comes back as a `SensorExecutionErrorSnap`, a failed tick."""
+    result = get_external_sensor_execution(defs.get_repository_def(), None, instance.get_ref(), sensor_name,
+                                           None, None, cursor, log_key, None)
+    assert isinstance(result, SensorExecutionData), result
+    return result
+
+
+def tick_log(instance: DagsterInstance, log_key: list[str]) -> tuple[list[str], str]:
+    """The warnings a tick logged (as the UI shows them), and its whole captured log."""
+    records = get_instigation_log_records(instance, log_key)
+    warnings = [record["msg"] for record in records if record["levelname"] == "WARNING"]
+    stderr = instance.compute_log_manager.get_log_data(log_key).stderr or b""
+    return warnings, stderr.decode()
+
+
+def assert_ticks_as_if_fresh(defs: Definitions, instance: DagsterInstance, sensor_name: str,
+                             cursors: list[str]) -> None:
+    """Each of `cursors` gives a successful tick requesting what a tick without cursor requests, with one
+    warning that names the sensor and says the cursor was ignored, and nothing of the cursor in the log."""
+    fresh = daemon_tick(defs, instance, sensor_name, None, ["fresh"])
+    for index, cursor in enumerate(cursors):
+        log_key = [sensor_name, f"tick_{index}"]
+        result = daemon_tick(defs, instance, sensor_name, cursor, log_key)
+        warnings, log = tick_log(instance, log_key)
+        assert (result.run_requests, result.dynamic_partitions_requests, result.skip_message) == (
+            fresh.run_requests, fresh.dynamic_partitions_requests, fresh.skip_message), cursor
+        assert result.cursor == fresh.cursor, cursor
+        assert len(warnings) == 1 and sensor_name in warnings[0] and "cursor ignored" in warnings[0], warnings
+        assert SECRET not in log and "example.invalid" not in log
+
+
+def test_manifest_sensor_ignores_an_unreadable_cursor_with_a_warning_and_ticks_as_if_it_had_none(
+    demo_catalog: Catalog, home: Path, instance: DagsterInstance
+) -> None:
+    defs = make_defs(demo_catalog, home)
+
+    assert_ticks_as_if_fresh(defs, instance, MANIFEST_SENSOR, UNREADABLE_DIGESTS)
+
+
+def test_link_refresh_sensor_ignores_an_unreadable_cursor_with_a_warning_and_ticks_as_if_it_had_none(
+    demo_catalog: Catalog, demo_server: DemoServer, home: Path, instance: DagsterInstance
+) -> None:
+    defs = make_defs(demo_catalog, home, max_attempts=1)
+    fail_on_expired_links(defs, instance, demo_server, ["seq_001"])
+    assert requested(tick(defs, instance, REFRESH_SENSOR)) == [(f"{DEMO}_sequence", "seq_001")]
+
+    assert_ticks_as_if_fresh(defs, instance, REFRESH_SENSOR, UNREADABLE_REFRESH_CURSORS)
