@@ -32,7 +32,8 @@ from dataset_assets.core.transfer import (
 
 @dataclass(frozen=True)
 class ManifestSnapshot:
-    """A fetched, validated manifest saved at `path` (it holds live signed URLs: mode 0600)."""
+    """A fetched, validated manifest saved at `path` (it holds live signed URLs: mode 0600);
+    `content_version` covers only the raw configs the dataset reads."""
 
     path: Path
     manifest: UrlManifest
@@ -52,12 +53,15 @@ class ManifestSnapshot:
         }
 
 
-def content_version(manifest: UrlManifest) -> str:
-    """A hash of what the manifest publishes (names, sizes, sha1s), ignoring the links themselves.
+def content_version(manifest: UrlManifest, configs: Sequence[str]) -> str:
+    """A hash of what the manifest publishes in `configs` (names, sizes, sha1s), ignoring the links.
 
-    Refreshing links therefore leaves the data version unchanged and downstream assets fresh.
+    Refreshing links, or a change to a config the dataset does not read, therefore leaves the data
+    version unchanged and downstream assets fresh.
     """
-    listing = [(e.config, e.sequence, e.filename, e.sha1, e.size) for e in manifest.all_entries()]
+    listing = [(e.config, e.sequence, e.filename, e.sha1, e.size)
+               for config in sorted(configs) for sequence in sorted(manifest.configs.get(config, {}))
+               for e in manifest.entries(config, sequence)]
     return hashlib.sha256(json.dumps(listing, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
@@ -79,7 +83,7 @@ def snapshot_manifest(spec: DatasetSpec, dest: Path, settings: TransferSettings)
     with atomic_file(dest) as part:
         os.chmod(part, 0o600)  # before the signed URLs are in it, not after
         part.write_bytes(raw)
-    return ManifestSnapshot(dest, manifest, content_version(manifest), sequences)
+    return ManifestSnapshot(dest, manifest, content_version(manifest, spec.raw_configs), sequences)
 
 
 def read_snapshot(path: Path) -> UrlManifest:

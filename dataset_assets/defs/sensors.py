@@ -114,7 +114,7 @@ def sequence_digests(manifest: UrlManifest, raw_configs: list[str]) -> dict[str,
     """`content_version` of each usable sequence's files: it changes when the files change, not the links."""
     return {
         sequence: content_version(UrlManifest(manifest.source, {
-            config: {sequence: manifest.entries(config, sequence)} for config in raw_configs}))
+            config: {sequence: manifest.entries(config, sequence)} for config in raw_configs}), raw_configs)
         for sequence in usable_sequences(manifest, raw_configs)
     }
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 from dagster import AssetKey, DagsterInstance, instance_for_test
-from dagster._core.definitions.data_version import StaleStatus
+from dagster._core.definitions.data_version import DATA_VERSION_TAG, StaleStatus
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from dataset_assets.core.catalog import Catalog
+from dataset_assets.cli import DEMO_URL_ENV
+from dataset_assets.core.catalog import PACKAGED_CATALOG, Catalog, load_catalog
 from dataset_assets.core.manifest import load_manifest_file
 from dataset_assets.defs.materialize import materialize_dataset
 from dataset_assets.demo.server import DemoServer
@@ -121,3 +124,44 @@ def test_changed_split_settings_make_the_split_manifests_stale_and_nothing_else(
     changed = get_stale_status_resolver(instance, list(make_defs(reseeded, home).resolve_asset_graph().assets_defs))
     assert [changed.get_status(key) for key in splits] == [StaleStatus.STALE] * len(splits)
     assert [changed.get_status(key, "seq_000") for key in shards] == [StaleStatus.FRESH] * len(shards)
+
+
+def manifest_data_version(instance: DagsterInstance) -> str | None:
+    event = instance.get_latest_materialization_event(MANIFEST)
+    assert event is not None and event.asset_materialization is not None
+    return event.asset_materialization.tags.get(DATA_VERSION_TAG)
+
+
+def grow(file: Path) -> None:
+    with open(file, "ab") as handle:
+        handle.write(b"\0" * 512)
+
+
+def test_url_manifest_data_version_follows_only_the_raw_configs_the_dataset_uses(
+    demo_source: Path, home: Path, instance: DagsterInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = Path(shutil.copytree(demo_source, tmp_path / "source"))
+    shutil.copytree(source / "efm", source / "unused")  # published, but no preprocess config reads it
+    with DemoServer(source) as server:
+        monkeypatch.setenv(DEMO_URL_ENV, server.base_url)
+        defs = make_defs(load_catalog(PACKAGED_CATALOG), home)
+        job = defs.resolve_implicit_global_asset_job_def()
+        job.execute_in_process(instance=instance, asset_selection=[MANIFEST])
+        job.execute_in_process(instance=instance, asset_selection=[RAW], partition_key="seq_000")
+        first = manifest_data_version(instance)
+
+        grow(source / "unused" / "seq_000" / "shards-0000.tar")
+        job.execute_in_process(instance=instance, asset_selection=[MANIFEST])
+        unrelated = manifest_data_version(instance)
+        after_unrelated = get_stale_status_resolver(instance, list(defs.resolve_asset_graph().assets_defs))
+        assert after_unrelated.get_status(RAW, "seq_000") == StaleStatus.FRESH
+
+        grow(source / "cubercnn" / "seq_000" / "shards-0000.tar")
+        job.execute_in_process(instance=instance, asset_selection=[MANIFEST])
+        used = manifest_data_version(instance)
+        after_used = get_stale_status_resolver(instance, list(defs.resolve_asset_graph().assets_defs))
+
+    assert len(instance.fetch_materializations(MANIFEST, limit=10).records) == 3
+    assert first is not None and unrelated == first
+    assert used != first
+    assert after_used.get_status(RAW, "seq_000") == StaleStatus.STALE
