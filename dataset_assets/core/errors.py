@@ -40,6 +40,14 @@ class SplitError(InvalidInputError):
     """A train/validation split definition is malformed."""
 
 
+class InputChangedError(DatasetAssetsError):
+    """A file no longer holds the bytes it was verified to hold, so nothing may be derived from it."""
+
+    def __init__(self, path: str, found: str, expected: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: holds {found}, not the {expected} verified when it was downloaded")
+
+
 class UnsafeArchiveError(DatasetAssetsError):
     """An archive member would escape its folder or is not a regular file."""
 

@@ -19,7 +19,7 @@ from dataset_assets.core.manifest import ROOT_KEY, UrlManifest, load_manifest_fi
 from dataset_assets.core.preprocess import PreprocessConfig, PreprocessResult, preprocess_shards
 from dataset_assets.core.shards import count_samples
 from dataset_assets.core.splits import Split, load_split_json, split_sequences, write_split_yamls
-from dataset_assets.core.storage import Destination, atomic_file
+from dataset_assets.core.storage import Destination, FileDigest, atomic_file
 from dataset_assets.core.transfer import (
     DownloadReport,
     ProgressCallback,
@@ -108,18 +108,23 @@ def download_sequence(manifest: UrlManifest, raw_folders: Mapping[str, Path | De
     return download_entries(entries, raw_folders, settings, progress)
 
 
-def preprocess_sequence(manifest: UrlManifest, config: PreprocessConfig, sequence: str, raw_folder: Path,
-                        out_folder: Path, source_version: str | None = None) -> PreprocessResult:
-    """Preprocess one sequence's raw shards (manifest order) into `out_folder` with lineage."""
-    entries = manifest.entries(config.source_config, sequence)
-    raw_paths = [raw_folder / entry.relative_path for entry in entries]
+def preprocess_sequence(downloaded: Mapping[str, FileDigest], config: PreprocessConfig, sequence: str,
+                        raw_folder: Path, out_folder: Path, source_version: str | None = None) -> PreprocessResult:
+    """Preprocess one sequence's raw shards into `out_folder` with lineage.
+
+    `downloaded` maps each `<sequence>/<file>` of `raw_folder` to the digest its download verified:
+    those files, and no others, are read (in name order) and must still have those digests. Not
+    the manifest's: it may list other files or bytes by now, which were never downloaded.
+    """
+    names = sorted(downloaded)
     source = {
         "sequence": sequence,
         "raw_config": config.source_config,
         "raw_data_version": source_version,
-        "raw_files": {entry.relative_path: entry.sha1 for entry in entries},
+        "raw_files": {name: downloaded[name].sha1 for name in names},
     }
-    return preprocess_shards(raw_paths, config, out_folder, source)
+    expected = {raw_folder / name: downloaded[name] for name in names}
+    return preprocess_shards(list(expected), config, out_folder, source, expected)
 
 
 @dataclass(frozen=True)

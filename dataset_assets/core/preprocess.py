@@ -5,9 +5,10 @@ every field except the name, so it can serve as the Dagster code_version of the 
 `preprocess_shards` streams raw WebDataset shards through `transform_sample` (crop, resize and
 re-encode images; cast `npy` tensors; keep selected members) into new deterministic shards that
 are published atomically together with their `_index.json` and a `_lineage.json` recording
-config, source (partition, data version, input sha256), library versions and creation time, so
-"which config produced this shard" is answerable outside Dagster too. Only `_lineage.json`
-carries the time: shards and index are byte-identical across runs.
+config, source (partition, data version, input sha1 and sha256), library versions and creation
+time, so "which config produced this shard" is answerable outside Dagster too. Inputs are hashed
+before they are read and, given the digests their download verified, refused if they changed
+since. Only `_lineage.json` carries the time: shards and index are byte-identical across runs.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import numpy
 from PIL import Image
 
 from dataset_assets.core import storage
-from dataset_assets.core.errors import CatalogError, DatasetAssetsError
+from dataset_assets.core.errors import CatalogError, DatasetAssetsError, InputChangedError
 from dataset_assets.core.index import INDEX_FILE
 from dataset_assets.core.shards import Compression, Sample, ShardInfo, ShardWriter, iter_tar_samples
 
@@ -365,6 +366,7 @@ class PreprocessResult:
     config_hash: str
     index_path: Path
     preview: str
+    source: Mapping[str, object]
 
     @property
     def data_version(self) -> str:
@@ -381,6 +383,7 @@ class PreprocessResult:
             "index_path": str(self.index_path),
             "shard_sha256": {shard.name: shard.sha256 for shard in self.shards},
             "preview": self.preview,
+            "source": dict(self.source),
         }
 
 
@@ -425,9 +428,19 @@ def _write_samples(raw_shards: Sequence[Path], config: PreprocessConfig, folder:
     return _Written(writer, preview)
 
 
-def _inputs(raw_shards: Sequence[Path]) -> list[dict[str, object]]:
-    digests = [(path, storage.digest_file(path)) for path in raw_shards]
-    return [{"name": path.name, "bytes": digest.size, "sha256": digest.sha256} for path, digest in digests]
+def _describe(digest: storage.FileDigest) -> str:
+    return f"{digest.size} bytes with sha256 {digest.sha256}"
+
+
+def _inputs(raw_shards: Sequence[Path], expected: Mapping[Path, storage.FileDigest]) -> list[dict[str, object]]:
+    """Size and digests of each input; `InputChangedError` for one that differs from its `expected` digest."""
+    inputs = []
+    for path in raw_shards:
+        digest = storage.digest_file(path)
+        if path in expected and digest != expected[path]:
+            raise InputChangedError(str(path), _describe(digest), _describe(expected[path]))
+        inputs.append({"name": path.name, "bytes": digest.size, "sha1": digest.sha1, "sha256": digest.sha256})
+    return inputs
 
 
 def _lineage(config: PreprocessConfig, shards: Sequence[ShardInfo], index: bytes,
@@ -452,18 +465,21 @@ def preprocess_shards(
     config: PreprocessConfig,
     out_folder: Path,
     source: Mapping[str, object] | None = None,
+    expected: Mapping[Path, storage.FileDigest] | None = None,
 ) -> PreprocessResult:
     """Transform `raw_shards` (in the given order) into a new shard set published at `out_folder`.
 
+    A raw shard named in `expected` must still have that digest (`InputChangedError` otherwise).
     Shards, `_index.json` and `_lineage.json` are built in a staging folder and swapped in only
     when complete, so on any error `out_folder` keeps whatever it held before.
     """
+    inputs = _inputs(raw_shards, expected or {})
     with storage.atomic_folder(out_folder) as staging:
         written = _write_samples(raw_shards, config, staging)
         shards = tuple(written.writer.shards)
         index = written.writer.index.to_json()
         (staging / INDEX_FILE).write_bytes(index)
-        (staging / LINEAGE_FILE).write_bytes(_lineage(config, shards, index, source, _inputs(raw_shards)))
+        (staging / LINEAGE_FILE).write_bytes(_lineage(config, shards, index, source, inputs))
     return PreprocessResult(
         folder=out_folder,
         shards=shards,
@@ -472,4 +488,5 @@ def preprocess_shards(
         config_hash=config.hash,
         index_path=out_folder / INDEX_FILE,
         preview=preview_markdown(written.preview),
+        source=dict(source or {}),
     )

@@ -50,7 +50,7 @@ from dataset_assets.core.errors import ManifestError
 from dataset_assets.core.manifest import ManifestEntry, UrlManifest
 from dataset_assets.core.pipeline import content_version, read_snapshot, usable_sequences
 from dataset_assets.core.transfer import LinkExpired, fetch_manifest, make_client
-from dataset_assets.defs.assets.signed_url import FILE_SIZES
+from dataset_assets.defs.assets.signed_url import FILE_SIZES, metadata_mapping
 from dataset_assets.defs.jobs import DatasetJobs, raw_key
 from dataset_assets.defs.partitions import sequence_partitions
 from dataset_assets.defs.resources import DatasetHome, TransferResource
@@ -119,11 +119,6 @@ def sequence_digests(manifest: UrlManifest, raw_configs: list[str]) -> dict[str,
     }
 
 
-def _metadata_mapping(materialization: AssetMaterialization | None, name: str) -> dict:
-    value = materialization.metadata.get(name) if materialization is not None else None
-    return value.value if value is not None and isinstance(value.value, dict) else {}
-
-
 def _as_listed(entry: ManifestEntry, sha1: object, size: object) -> bool:
     """The manifest's sha1 identifies a file; where it gives none, its size does, as in the download."""
     if entry.sha1 is not None:
@@ -135,7 +130,7 @@ def verified_manifest_files(materialization: AssetMaterialization | None, manife
                             raw_configs: list[str], sequence: str) -> bool:
     """Whether a `raw_shards` materialization verified exactly the files the manifest lists for `sequence`,
     by its `sha1` and `sizes` metadata (`{"<config>/<path>": value}` of the files it verified)."""
-    sha1s, sizes = _metadata_mapping(materialization, "sha1"), _metadata_mapping(materialization, FILE_SIZES)
+    sha1s, sizes = metadata_mapping(materialization, "sha1"), metadata_mapping(materialization, FILE_SIZES)
     entries = {f"{entry.config}/{entry.relative_path}": entry
                for config in raw_configs for entry in manifest.entries(config, sequence)}
     return sha1s.keys() == entries.keys() and all(

@@ -11,7 +11,7 @@ import pytest
 import webdataset
 from PIL import Image
 
-from dataset_assets.core.errors import CatalogError, DatasetAssetsError
+from dataset_assets.core.errors import CatalogError, DatasetAssetsError, InputChangedError
 from dataset_assets.core.index import read_index
 from dataset_assets.core.preprocess import (
     IMAGE_FORMATS,
@@ -373,8 +373,8 @@ def test_lineage_records_config_source_and_library_versions(raw_shards: list[Pat
     assert lineage["config"] == chosen.to_dict()
     assert (lineage["config_name"], lineage["config_hash"]) == ("small", chosen.hash)
     assert lineage["source"] == source
-    assert lineage["inputs"] == [{"name": path.name, "bytes": path.stat().st_size, "sha256": digest_file(path).sha256}
-                                 for path in raw_shards]
+    assert lineage["inputs"] == [{"name": path.name, "bytes": path.stat().st_size, "sha1": digest_file(path).sha1,
+                                  "sha256": digest_file(path).sha256} for path in raw_shards]
     assert {"python", "pillow", "numpy", "webdataset", "zstandard"} <= set(lineage["library_versions"])
     assert [shard["sha256"] for shard in lineage["shards"]] == [shard.sha256 for shard in result.shards]
     assert lineage["index"] == {"file": "_index.json", "sha256": digest_file(result.index_path).sha256}
@@ -472,3 +472,14 @@ def test_an_image_member_is_decoded_as_jpeg_or_png_only_never_handed_to_ghostscr
     png = io.BytesIO()
     Image.new("RGB", (8, 6)).save(png, format="PNG")
     assert decoded_image(transform_sample("seq_a_f0000", {"jpg": png.getvalue()}, config())["jpg"]).format == "JPEG"
+
+
+def test_an_input_that_differs_from_its_expected_digest_is_refused_before_anything_is_written(
+    raw_shards: list[Path], tmp_path: Path
+) -> None:
+    expected = {path: digest_file(path) for path in raw_shards}
+    raw_shards[-1].write_bytes(raw_shards[-1].read_bytes()[:-1] + b"\1")
+
+    with pytest.raises(InputChangedError, match=f"{raw_shards[-1]}: holds .* not the .* verified when it was"):
+        preprocess_shards(raw_shards, config(), tmp_path / "out", expected=expected)
+    assert not (tmp_path / "out").exists()

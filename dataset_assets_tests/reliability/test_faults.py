@@ -297,18 +297,18 @@ def test_disk_full_mid_download_fails_naming_the_file_then_resumes_from_the_held
 def test_disk_full_while_publishing_a_shard_set_or_yaml_keeps_the_previous_one_and_no_partial_file(
     demo_server: DemoServer, small_disk: Path
 ) -> None:
-    manifest = fetch_manifest(demo_server)
     config = load_catalog(PACKAGED_CATALOG).dataset("demo_aria").preprocess["cubercnn_small"]
     raw = demo_server.root / config.source_config
+    downloaded = {f"{SEQUENCE}/{path.name}": storage.digest_file(path) for path in (raw / SEQUENCE).glob("*.tar")}
     shard_set = small_disk / "shards" / SEQUENCE
-    preprocess_sequence(manifest, config, SEQUENCE, raw, shard_set)
+    preprocess_sequence(downloaded, config, SEQUENCE, raw, shard_set)
     before = {path.name: path.read_bytes() for path in shard_set.iterdir()}
     yaml_path = small_disk / "local_all_tars.yaml"
     storage.write_bytes_atomic(yaml_path, b"tars: {}\n")
     filler = fill(small_disk, keep=4096)
 
     with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: cannot write shard \(No space left on device\)"):
-        preprocess_sequence(manifest, config, SEQUENCE, raw, shard_set)
+        preprocess_sequence(downloaded, config, SEQUENCE, raw, shard_set)
     with pytest.raises(OSError) as yaml_error:
         storage.write_bytes_atomic(yaml_path, b"tars: {seq_000: [a.tar]}\n" * 1000)
 

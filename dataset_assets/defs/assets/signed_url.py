@@ -5,11 +5,13 @@
 `core.pipeline` and reports its metadata.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
     AssetRecordsFilter,
     AssetsDefinition,
     BackfillPolicy,
@@ -21,7 +23,7 @@ from dagster import (
 )
 
 from dataset_assets.core.catalog import DatasetSpec
-from dataset_assets.core.errors import ManifestError
+from dataset_assets.core.errors import InputChangedError, ManifestError
 from dataset_assets.core.manifest import UrlManifest
 from dataset_assets.core.pipeline import (
     download_sequence,
@@ -31,7 +33,7 @@ from dataset_assets.core.pipeline import (
     write_splits,
 )
 from dataset_assets.core.preprocess import PreprocessConfig
-from dataset_assets.core.storage import Destination
+from dataset_assets.core.storage import Destination, FileDigest
 from dataset_assets.core.transfer import DownloadReport, LinkExpired, PermanentTransferError
 from dataset_assets.defs.partitions import sequence_partitions
 from dataset_assets.defs.progress import LoggedProgress
@@ -57,19 +59,52 @@ FILES_VERSION = "files_version"
 FILE_SIZES = "sizes"
 
 
-def latest_files_version(context: AssetExecutionContext, key: AssetKey, partition: str) -> str | None:
-    """The version of one sequence's verified raw files, as its newest materialization recorded it.
+def metadata_mapping(materialization: AssetMaterialization | None, name: str) -> dict:
+    value = materialization.metadata.get(name) if materialization is not None else None
+    return value.value if value is not None and isinstance(value.value, dict) else {}
 
-    Not Dagster's data version tag: a run over a range of partitions stamps one data version, that
-    of the whole range, on every partition it materializes (dagster-io/dagster#18649), while a shard
-    set's lineage must name the files of its own sequence.
+
+@dataclass(frozen=True)
+class VerifiedDownload:
+    """What one sequence's newest `raw_shards` materialization verified: the version of its files, and
+    each file's digest keyed `<config>/<sequence>/<file>`.
+
+    `files_version`, not Dagster's data version tag: a run over a range of partitions stamps one data
+    version, that of the whole range, on every partition it materializes (dagster-io/dagster#18649),
+    while a shard set's lineage must name the files of its own sequence.
     """
+
+    files_version: str | None
+    files: dict[str, FileDigest]
+
+    def of_config(self, config: str) -> dict[str, FileDigest]:
+        """The digests of raw config `config`'s files, keyed `<sequence>/<file>`."""
+        prefix = f"{config}/"
+        return {key[len(prefix):]: digest for key, digest in self.files.items() if key.startswith(prefix)}
+
+
+def _recorded_digests(materialization: AssetMaterialization) -> dict[str, FileDigest] | None:
+    """Every file's size, sha1 and sha256 as `download_partition` recorded them; None if any is missing
+    (a materialization of an older version, which recorded no sizes)."""
+    sha1s, sha256s, sizes = (metadata_mapping(materialization, name) for name in ("sha1", "sha256", FILE_SIZES))
+    if not sha1s.keys() == sha256s.keys() == sizes.keys():
+        return None
+    return {key: FileDigest(sizes[key], sha1s[key], sha256s[key]) for key in sha1s}
+
+
+def verified_download(context: AssetExecutionContext, key: AssetKey, partition: str) -> VerifiedDownload:
+    """The newest materialization of `key`'s `partition`; `Failure` when there is none that says which
+    bytes it verified, since no other record of them can be trusted to match the files on disk."""
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    version = records[0].asset_materialization.metadata.get(FILES_VERSION)
-    return None if version is None else str(version.value)
+    materialization = records[0].asset_materialization if records else None
+    files = _recorded_digests(materialization) if materialization is not None else None
+    if materialization is None or files is None:
+        raise Failure(f"{key.to_user_string()} partition {partition} has no materialization recording the "
+                      "digests of its files: materialize it (verified files are not downloaded again)",
+                      allow_retries=False)
+    version = materialization.metadata.get(FILES_VERSION)
+    return VerifiedDownload(None if version is None else str(version.value), files)
 
 
 def download_partition(context: AssetExecutionContext, manifest: UrlManifest, folders: dict[str, Path | Destination],
@@ -141,12 +176,16 @@ def build_signed_url_assets(spec: DatasetSpec) -> list[AssetsDefinition]:
                            f"(source config {config.source_config}); code version = config hash.")
         def shards(context: AssetExecutionContext, home: DatasetHome) -> MaterializeResult:
             sequence = context.partition_key
-            manifest = read_snapshot(home.manifest_path(dataset))
-            result = preprocess_sequence(
-                manifest, config, sequence, home.raw_folder(dataset, config.source_config),
-                home.shard_set_folder(dataset, config.name) / sequence,
-                latest_files_version(context, raw_key, sequence),
-            )
+            download = verified_download(context, raw_key, sequence)
+            try:
+                result = preprocess_sequence(
+                    download.of_config(config.source_config), config, sequence,
+                    home.raw_folder(dataset, config.source_config),
+                    home.shard_set_folder(dataset, config.name) / sequence, download.files_version,
+                )
+            except InputChangedError as error:  # a step retry would read the same bytes
+                raise Failure(f"{error}: re-materialize {raw_key.to_user_string()} partition {sequence}",
+                              allow_retries=False) from error
             metadata = {**result.metadata(), "config": config.to_dict(), "folder": result.folder}
             return MaterializeResult(metadata=_metadata(metadata), data_version=DataVersion(result.data_version))
 
