@@ -320,12 +320,12 @@ def test_ctrl_c_stops_promptly_summarises_exits_130_and_a_rerun_fetches_only_the
         wait_until(lambda: any(p.stat().st_size for p in out.glob("*/*.tar.part")), process, "bytes held")
         interrupted_at = time.monotonic()
         process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=10)
+        stdout, stderr = process.communicate(timeout=20)
     finally:
         process.kill()
         process.wait()
 
-    assert time.monotonic() - interrupted_at < 3
+    assert time.monotonic() - interrupted_at < 10  # not the 30 s Retry-After: a loaded machine has margin
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     summary = re.search(r"16 file\(s\): (\d+) downloaded, 0 resumed, 0 skipped, 0 failed, (\d+) interrupted", stdout)

@@ -206,7 +206,7 @@ def test_a_retry_after_beyond_its_cap_fails_the_file_at_once_naming_the_wait_and
                                             r"than the 300 s this run waits") as raised:
         download_entries([entry], folders(tmp_path), FAST)
 
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # not the 600 s asked for
     assert not isinstance(raised.value, PermanentTransferError)
     assert [r.status for r in plain_server.requests] == [503]
 
@@ -747,7 +747,7 @@ def test_stopping_a_transfer_waiting_for_another_process_lock_returns_at_once_le
         worker.start()
         assert lock_waits.wait(10)
         stop.set()
-        worker.join(timeout=2)
+        worker.join(timeout=10)
 
         assert not worker.is_alive(), "the transfer still waits for the other process's lock"
         assert holder.poll() is None
