@@ -44,7 +44,8 @@ def check_zip_member(artifact: str, info: zipfile.ZipInfo) -> None:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise ArtifactError(artifact, name, "symlink members are not allowed")
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    # No file type at all (permission bits only, as `ZipFile.writestr(name, ...)` writes) is a regular file.
+    if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
         raise ArtifactError(artifact, name, "device or special file members are not allowed")
     if info.flag_bits & 0x1:
         raise ArtifactError(artifact, name, "encrypted members are not allowed")

@@ -152,3 +152,24 @@ def test_a_failed_first_conversion_publishes_nothing(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="member 'images/Train_9.jpg'"):
         build(handler, artifacts, tmp_path / "records", workers=2)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["artifacts"]
+
+
+def repack_with_writestr(path: Path) -> None:
+    """Rewrite a zip as `ZipFile.writestr(name, data)` does: modes hold permission bits only (0o600)."""
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+@pytest.mark.parametrize("name", ["coco2017_multilabel", "plant_pathology_2020"])
+def test_zips_whose_members_carry_permission_bits_only_convert_like_the_fixture(name: str, tmp_path: Path) -> None:
+    handler = get_handler(name)
+    fixture = handler.write_fixture(tmp_path / "artifacts")
+    for artifact in handler.artifacts:
+        repack_with_writestr(fixture.folder / artifact.filename)
+    records = tmp_path / "records"
+    build(handler, fixture.folder, records)
+    for split, examples in expected_splits(fixture, SPLIT.ratio, SPLIT.seed).items():
+        assert_samples_match(read_with_webdataset(shard_paths(records, split)), examples, handler.features)
