@@ -48,13 +48,19 @@ def _label(row: Mapping[str, str], line: int) -> int:
 
 
 def _rows(text: str) -> Iterator[tuple[int, dict[str, str]]]:
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [name for name in ("image_id",) + CLASSES if name not in (reader.fieldnames or [])]
-    if missing:
-        raise ArtifactError(ARCHIVE, LABELS_MEMBER, f"lacks column(s) {', '.join(missing)} "
-                                                    f"(header: {reader.fieldnames})")
-    for row in reader:
-        yield reader.line_num, row
+    """(line, row by column name) of each non-blank row; a row must have as many fields as the header."""
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    missing = [name for name in ("image_id",) + CLASSES if name not in (header or [])]
+    if header is None or missing:
+        raise ArtifactError(ARCHIVE, LABELS_MEMBER, f"lacks column(s) {', '.join(missing)} (header: {header})")
+    for values in reader:
+        if not values:
+            continue
+        if len(values) != len(header):
+            raise ArtifactError(ARCHIVE, LABELS_MEMBER, f"line {reader.line_num}: has {len(values)} fields, "
+                                                        f"the header has {len(header)}")
+        yield reader.line_num, dict(zip(header, values))
 
 
 class PlantPathologyHandler(Handler):

@@ -119,6 +119,14 @@ BAD_ARTIFACTS = {
         "plant_pathology_2020", lambda folder: rewrite_zip(folder / "plant-pathology-2020-fgvc7.zip", {
             "train.csv": b"image_id,healthy,multiple_diseases,rust,scab\nTrain_0,0,0,2,0\n"}),
         "artifact 'archive', member 'train.csv': line 2: label out of range"),
+    "plant row with an extra value": (
+        "plant_pathology_2020", lambda folder: rewrite_zip(folder / "plant-pathology-2020-fgvc7.zip", {
+            "train.csv": b"image_id,healthy,multiple_diseases,rust,scab\nTrain_0,0,0,1,0\nTrain_1,0,0,1,0,1\n"}),
+        "artifact 'archive', member 'train.csv': line 3: has 6 fields, the header has 5"),
+    "plant row missing a value": (
+        "plant_pathology_2020", lambda folder: rewrite_zip(folder / "plant-pathology-2020-fgvc7.zip", {
+            "train.csv": b"image_id,healthy,multiple_diseases,rust,scab\nTrain_0,0,0,1\n"}),
+        "artifact 'archive', member 'train.csv': line 2: has 4 fields, the header has 5"),
     "coco category out of range": (
         "coco2017_multilabel", corrupt_coco_category,
         "member 'annotations/instances_val2017.json': annotation 19: label out of range: category_id 999"),
