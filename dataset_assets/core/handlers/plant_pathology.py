@@ -54,6 +54,10 @@ def _rows(text: str) -> Iterator[tuple[int, dict[str, str]]]:
     missing = [name for name in ("image_id",) + CLASSES if name not in (header or [])]
     if header is None or missing:
         raise ArtifactError(ARCHIVE, LABELS_MEMBER, f"lacks column(s) {', '.join(missing)} (header: {header})")
+    repeated = [name for name in ("image_id",) + CLASSES if header.count(name) > 1]
+    if repeated:
+        raise ArtifactError(ARCHIVE, LABELS_MEMBER, f"the header names column(s) {', '.join(repeated)} more than "
+                                                    f"once, so their values are ambiguous (header: {header})")
     for values in reader:
         if not values:
             continue

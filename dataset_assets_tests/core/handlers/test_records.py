@@ -127,6 +127,10 @@ BAD_ARTIFACTS = {
         "plant_pathology_2020", lambda folder: rewrite_zip(folder / "plant-pathology-2020-fgvc7.zip", {
             "train.csv": b"image_id,healthy,multiple_diseases,rust,scab\nTrain_0,0,0,1\n"}),
         "artifact 'archive', member 'train.csv': line 2: has 4 fields, the header has 5"),
+    "plant header names a column twice": (
+        "plant_pathology_2020", lambda folder: rewrite_zip(folder / "plant-pathology-2020-fgvc7.zip", {
+            "train.csv": b"image_id,healthy,multiple_diseases,rust,scab,healthy\nTrain_0,1,0,0,0,0\n"}),
+        "artifact 'archive', member 'train.csv': the header names column(s) healthy more than once"),
     "coco category out of range": (
         "coco2017_multilabel", corrupt_coco_category,
         "member 'annotations/instances_val2017.json': annotation 19: label out of range: category_id 999"),
