@@ -1,7 +1,8 @@
 """Safe reading of artifact archives and images: nothing escapes, nothing explodes, nothing is unpickled.
 
 Zip members follow the rules `core.shards.check_member` applies to tar members (regular files
-only, relative names without '..'; directories are skipped), and encrypted members are refused.
+only, relative names without '..'; directories are skipped), and encrypted members and names
+held twice are refused.
 Against decompression bombs, a member's declared size is capped (`MAX_DOCUMENT_BYTES` for any
 member, a caller-given limit per read), reads stop one byte past the cap, and members over 1 MiB
 may not compress better than `MAX_RATIO`:1. Gzip streams are read under the same cap. Images are
@@ -70,8 +71,12 @@ class SafeZip:
         try:
             for info in self._zip.infolist():
                 check_zip_member(artifact, info)
-                if not info.is_dir():
-                    self._members[info.filename] = info
+                if info.is_dir():
+                    continue
+                if info.filename in self._members:
+                    raise ArtifactError(artifact, info.filename, "appears more than once in the archive, "
+                                                                 "so which one is meant is ambiguous")
+                self._members[info.filename] = info
         except ArtifactError:
             self._zip.close()
             raise

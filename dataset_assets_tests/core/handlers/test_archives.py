@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -70,6 +71,20 @@ def test_a_member_whose_local_header_name_is_not_utf8_is_named_with_the_reason(t
             ArtifactError, match=r"member 'images/a\.jpg': cannot be read: the archive is truncated or corrupt "
                                  r"\(UnicodeDecodeError"):
         archive.read("images/a.jpg")
+
+
+def test_a_member_name_the_archive_holds_twice_is_refused_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "a.zip"
+    info = zipfile.ZipInfo("train.csv", (1980, 1, 1, 0, 0, 0))
+    info.external_attr = 0o100644 << 16
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as archive:
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name, and writes it
+        archive.writestr(info, b"image_id,healthy\nTrain_0,1\n")
+        archive.writestr(info, b"image_id,healthy\nTrain_0,0\n")
+    with pytest.raises(ArtifactError) as raised:
+        SafeZip(path, "archive")
+    assert str(raised.value) == ("artifact 'archive', member 'train.csv': appears more than once in the archive, "
+                                 "so which one is meant is ambiguous")
 
 
 def test_a_zip_bomb_member_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
