@@ -23,6 +23,7 @@ from dataset_assets_tests.core.handlers.helpers import (
     expected_splits,
     handler_dataset,
     read_with_webdataset,
+    shard_paths,
     write_catalog,
 )
 from dataset_assets_tests.defs.conftest import make_defs
@@ -190,3 +191,19 @@ def test_an_empty_validation_split_passes_the_record_checks_and_the_splits_are_w
     assert result.success
     splits = latest_metadata(instance, "splits")
     assert (splits["train_examples"], splits["validation_examples"]) == (len(fixture.examples), 0)
+
+
+def test_rematerializing_records_alone_leaves_split_yamls_that_list_the_new_shards(
+        static_server: StaticServer, tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
+    handler = get_handler("mnist")
+    fixture, catalog, defs = setup(handler, static_server, tmp_path, home)
+    assert run(defs, instance, "artifacts", "records", "splits").success
+    body = handler_dataset(handler, fixture, static_server.base_url, samples_per_shard=2)
+    assert run(make_defs(write_catalog(tmp_path, {DS: body}), home, max_attempts=1), instance, "records").success
+
+    records, split = home / DS / "records", catalog.dataset(DS).split
+    for part, examples in expected_splits(fixture, split.ratio, split.seed).items():
+        tars = load_yaml_and_extract_tar_list(records / f"local_{part}_tars.yaml")
+        assert tars == shard_paths(records, part) and len(tars) == (len(examples) + 1) // 2
+        indexed = IndexedShardDataset(tars)
+        assert_decoded_samples_match((indexed[i] for i in range(len(indexed))), examples)

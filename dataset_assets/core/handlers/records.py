@@ -9,8 +9,9 @@ identical shard bytes whatever the number of workers. Everything is built in a s
 published with `storage.atomic_folder`: a failure leaves the previous record set (or none).
 
 Layout: `<records>/{train,validation}/shards-NNNN.tar` + `_index.json` per split, then
-`features.json` (what an example holds, counts) and `_lineage.json` (which artifacts and settings
-produced it); `write_record_splits` adds `local_{train,validation,all}_tars.yaml`.
+`features.json` (what an example holds, counts), `_lineage.json` (which artifacts and settings
+produced it) and `local_{train,validation,all}_tars.yaml` (`write_record_splits`, which the splits
+asset runs again to report the split).
 """
 from __future__ import annotations
 
@@ -187,6 +188,8 @@ def build_records(dataset: str, handler: Handler, source: HandlerSource, split: 
         features = _features(dataset, handler, by_split, shards)
         write_bytes_atomic(staging / FEATURES_FILE, _json(features))
         write_bytes_atomic(staging / LINEAGE_FILE, _json(_lineage(handler, artifacts, source, split, records)))
+        # The swap replaces the whole folder: publish the split lists with the shards they list, never without.
+        write_record_splits(staging)
     return RecordSet(records_folder, shards, features)
 
 
