@@ -87,8 +87,13 @@ class PlantPathologyHandler(Handler):
                 raise ArtifactError(ARCHIVE, LABELS_MEMBER, f"is not UTF-8 text ({error})") from None
             members = set(archive.names())
         records: list[Record] = []
+        lines: dict[str, int] = {}
         for line, row in _rows(text):
             key = example_key(row["image_id"] or "", ARCHIVE, f"{LABELS_MEMBER} line {line}")
+            if key in lines:
+                raise ArtifactError(ARCHIVE, LABELS_MEMBER, f"line {line}: image_id {key!r} is already listed "
+                                                            f"on line {lines[key]}")
+            lines[key] = line
             member = f"images/{key}.jpg"
             if member not in members:
                 raise ArtifactError(ARCHIVE, member, f"is listed on line {line} of {LABELS_MEMBER} "

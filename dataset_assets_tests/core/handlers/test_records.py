@@ -131,6 +131,11 @@ BAD_ARTIFACTS = {
         "plant_pathology_2020", lambda folder: rewrite_zip(folder / "plant-pathology-2020-fgvc7.zip", {
             "train.csv": b"image_id,healthy,multiple_diseases,rust,scab,healthy\nTrain_0,1,0,0,0,0\n"}),
         "artifact 'archive', member 'train.csv': the header names column(s) healthy more than once"),
+    "plant image id listed twice": (
+        "plant_pathology_2020", lambda folder: rewrite_zip(folder / "plant-pathology-2020-fgvc7.zip", {
+            "train.csv": b"image_id,healthy,multiple_diseases,rust,scab\nTrain_0,0,0,1,0\nTrain_1,1,0,0,0\n"
+                         b"Train_0,1,0,0,0\n"}),
+        "artifact 'archive', member 'train.csv': line 4: image_id 'Train_0' is already listed on line 2"),
     "coco category out of range": (
         "coco2017_multilabel", corrupt_coco_category,
         "member 'annotations/instances_val2017.json': annotation 19: label out of range: category_id 999"),
