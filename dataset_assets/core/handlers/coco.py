@@ -96,19 +96,29 @@ def _labels_by_image(document: Any, member: str, image_ids: set[int]) -> dict[in
     return labels
 
 
+def _stem(file_name: Any, image_id: int, member: str) -> str:
+    """The example key part of an image's `file_name`, which must be a plain `<key>.jpg` (or .jpeg, .png)."""
+    stem, dot, extension = str(file_name).rpartition(".")
+    if not isinstance(file_name, str) or not dot or extension.lower() not in ("jpg", "jpeg", "png"):
+        raise ArtifactError(ANNOTATIONS, member, f"image {image_id}: file_name {file_name!r} is not an image name")
+    return example_key(stem, ANNOTATIONS, member)
+
+
 def _images(document: Any, member: str) -> dict[int, str]:
-    """image id -> file name, each name checked to be a plain `<key>.jpg`."""
+    """image id -> file name, each name checked to be a plain `<key>.jpg` that no other image's name shares."""
     images: dict[int, str] = {}
+    by_stem: dict[str, int] = {}
     for image in _items(document, "images", member):
         image_id = _integer(image, "id", member, "image")
         file_name = image.get("file_name")
-        stem, dot, extension = str(file_name).rpartition(".")
-        if not isinstance(file_name, str) or not dot or extension.lower() not in ("jpg", "jpeg", "png"):
-            raise ArtifactError(ANNOTATIONS, member, f"image {image_id}: file_name {file_name!r} is not an image name")
-        example_key(stem, ANNOTATIONS, member)
+        stem = _stem(file_name, image_id, member)
         if image_id in images:
             raise ArtifactError(ANNOTATIONS, member, f"image id {image_id} is listed twice")
-        images[image_id] = file_name
+        if stem in by_stem:
+            other = by_stem[stem]
+            raise ArtifactError(ANNOTATIONS, member, f"image {image_id}: file_name {file_name!r} gives the example "
+                                                     f"key of image {other} (file_name {images[other]!r})")
+        images[image_id], by_stem[stem] = file_name, image_id
     return images
 
 

@@ -102,6 +102,14 @@ def corrupt_coco_category(folder: Path) -> None:
     rewrite_zip(path, {instances_member("val2017"): json.dumps(document).encode()})
 
 
+def duplicate_coco_file_name(folder: Path) -> None:
+    path = folder / "annotations_trainval2017.zip"
+    with zipfile.ZipFile(path) as archive:
+        document = json.loads(archive.read(instances_member("val2017")))
+    document["images"].append(dict(document["images"][1], id=777))
+    rewrite_zip(path, {instances_member("val2017"): json.dumps(document).encode()})
+
+
 BAD_ARTIFACTS = {
     "mnist label out of range": (
         "mnist", corrupt_mnist_label, "artifact 'train_labels', member 'item 3': label 12 is out of range"),
@@ -139,6 +147,10 @@ BAD_ARTIFACTS = {
     "coco category out of range": (
         "coco2017_multilabel", corrupt_coco_category,
         "member 'annotations/instances_val2017.json': annotation 19: label out of range: category_id 999"),
+    "coco file name listed twice": (
+        "coco2017_multilabel", duplicate_coco_file_name,
+        "member 'annotations/instances_val2017.json': image 777: file_name '000000000016.jpg' gives the "
+        "example key of image 16 (file_name '000000000016.jpg')"),
     "coco image does not decode": (
         "coco2017_multilabel", lambda folder: rewrite_zip(folder / "val2017.zip",
                                                           {"val2017/000000000017.jpg": b"GIF89a truncated"}),
