@@ -103,8 +103,10 @@ def _unpinned(dataset: str, item: ResolvedArtifact) -> ArtifactError:
 
 
 def _missing_manual(item: ResolvedArtifact) -> ArtifactError:
-    return ArtifactError(item.artifact.name, None, f"must be placed by hand: {item.artifact.instructions}; then put "
-                                                   f"the file at {item.path} (sha256 {item.sha256})")
+    # An artifact the catalog (not the handler) made manual has no instructions, but the handler's URL says where.
+    how = item.artifact.instructions or f"download {item.artifact.url}"
+    return ArtifactError(item.artifact.name, None, f"must be placed by hand: {how}; then put the file at "
+                                                   f"{item.path} (sha256 {item.sha256})")
 
 
 def _existing(dataset: str, item: ResolvedArtifact) -> ArtifactFile | None:

@@ -85,6 +85,17 @@ def test_a_missing_manual_artifact_says_exactly_where_to_put_it(tmp_path: Path) 
     assert f"put the file at {folder / 'plant-pathology-2020-fgvc7.zip'} (sha256 {'a' * 64})" in message
 
 
+def test_an_artifact_the_catalog_makes_manual_says_where_to_download_it_and_where_to_put_it(tmp_path: Path) -> None:
+    folder = tmp_path / "artifacts"
+    source = HandlerSource(name="mnist", artifacts={artifact.name: ArtifactPin(url="manual")
+                                                    for artifact in MNIST.artifacts})
+    with pytest.raises(ArtifactFetchError) as raised:
+        fetch_artifacts("digits", MNIST, source, folder, FAST)
+    labels = MNIST.artifact("train_labels")
+    assert (f"artifact 'train_labels': must be placed by hand: download {labels.url}; then put the file at "
+            f"{folder / labels.filename} (sha256 {labels.sha256})") in str(raised.value)
+
+
 def test_a_manual_artifact_placed_by_hand_is_verified_and_kept(tmp_path: Path) -> None:
     fixture = PLANTS.write_fixture(tmp_path / "artifacts")
     report = fetch_artifacts("plants", PLANTS, source_for(dict(fixture.sha256), None, name=PLANTS.name),
