@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from dataset_assets.core.catalog import HandlerSource
 from dataset_assets.core.errors import DatasetAssetsError
@@ -80,6 +81,12 @@ class ArtifactReport:
         }
 
 
+def _url_under(base_url: str, filename: str) -> str:
+    """`filename` appended to the path of `base_url`; a query (a container's SAS token, say) stays at the end."""
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{filename}"))
+
+
 def resolve_artifacts(handler: Handler, source: HandlerSource, folder: Path) -> tuple[ResolvedArtifact, ...]:
     """Apply the catalog: a per-artifact URL beats `base_url/<filename>`, which beats the handler's URL."""
     resolved = []
@@ -87,7 +94,7 @@ def resolve_artifacts(handler: Handler, source: HandlerSource, folder: Path) -> 
         pin = source.artifacts.get(artifact.name)
         url = artifact.url
         if source.base_url is not None:
-            url = f"{source.base_url.rstrip('/')}/{artifact.filename}"
+            url = _url_under(source.base_url, artifact.filename)
         if pin is not None and pin.url is not None:
             url = pin.url
         sha256 = pin.sha256 if pin is not None and pin.sha256 is not None else artifact.sha256

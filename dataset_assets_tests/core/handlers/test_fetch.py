@@ -9,6 +9,7 @@ from dataset_assets.core.catalog import ArtifactPin, HandlerSource
 from dataset_assets.core.handlers.fetch import ArtifactFetchError, fetch_artifacts, resolve_artifacts, verify_artifacts
 from dataset_assets.core.handlers.registry import get_handler
 from dataset_assets.core.transfer import TransferSettings
+from dataset_assets_tests.plain_server import PlainServer
 from dataset_assets_tests.static_server import StaticServer
 
 FAST = TransferSettings(max_attempts=2, backoff_initial_seconds=0.01, backoff_max_seconds=0.05)
@@ -111,6 +112,18 @@ def test_an_artifact_without_a_published_checksum_must_be_pinned(tmp_path: Path)
     assert ("artifact 'archive': has no known sha256 (the provider publishes none): pin it in the catalog as "
             f"'datasets.plants.artifacts.archive.sha256'; the file now at {folder / 'plant-pathology-2020-fgvc7.zip'} "
             f"has sha256 {fixture.sha256['archive']}") in str(raised.value)
+
+
+def test_a_base_url_with_a_query_gets_each_filename_in_its_path_and_keeps_the_query(
+        plain_server: PlainServer, tmp_path: Path) -> None:
+    fixture = MNIST.write_fixture(tmp_path / "served")
+    token = "sv=2022-11-02&sr=c&sig=c2lnbmF0dXJl"  # an Azure SAS for a whole container
+    for artifact in MNIST.artifacts:
+        plain_server.serve(f"/mnist/{artifact.filename}?{token}", (fixture.folder / artifact.filename).read_bytes())
+    source = source_for(dict(fixture.sha256), plain_server.url(f"/mnist/?{token}"))
+    report = fetch_artifacts("digits", MNIST, source, tmp_path / "artifacts", FAST)
+    assert set(report.metadata()["status"].values()) == {"downloaded"}
+    assert report.metadata()["sha256"] == dict(fixture.sha256)
 
 
 def test_catalog_url_beats_base_url_which_beats_the_handlers_url(tmp_path: Path) -> None:
