@@ -47,10 +47,24 @@ def _label(row: Mapping[str, str], line: int) -> int:
     return values.index("1")
 
 
+def _csv_lines(text: str) -> Iterator[tuple[int, list[str]]]:
+    """(line, fields) of each CSV row; a row the csv module cannot read fails naming its line."""
+    reader = csv.reader(io.StringIO(text))
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ArtifactError(ARCHIVE, LABELS_MEMBER, f"line {reader.line_num}: is not readable CSV "
+                                                        f"({error})") from None
+        yield reader.line_num, values
+
+
 def _rows(text: str) -> Iterator[tuple[int, dict[str, str]]]:
     """(line, row by column name) of each non-blank row; a row must have as many fields as the header."""
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
+    reader = _csv_lines(text)
+    header = next(reader, (0, None))[1]
     missing = [name for name in ("image_id",) + CLASSES if name not in (header or [])]
     if header is None or missing:
         raise ArtifactError(ARCHIVE, LABELS_MEMBER, f"lacks column(s) {', '.join(missing)} (header: {header})")
@@ -58,13 +72,13 @@ def _rows(text: str) -> Iterator[tuple[int, dict[str, str]]]:
     if repeated:
         raise ArtifactError(ARCHIVE, LABELS_MEMBER, f"the header names column(s) {', '.join(repeated)} more than "
                                                     f"once, so their values are ambiguous (header: {header})")
-    for values in reader:
+    for line, values in reader:
         if not values:
             continue
         if len(values) != len(header):
-            raise ArtifactError(ARCHIVE, LABELS_MEMBER, f"line {reader.line_num}: has {len(values)} fields, "
+            raise ArtifactError(ARCHIVE, LABELS_MEMBER, f"line {line}: has {len(values)} fields, "
                                                         f"the header has {len(header)}")
-        yield reader.line_num, dict(zip(header, values))
+        yield line, dict(zip(header, values))
 
 
 class PlantPathologyHandler(Handler):

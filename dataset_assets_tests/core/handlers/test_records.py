@@ -144,6 +144,11 @@ BAD_ARTIFACTS = {
             "train.csv": b"image_id,healthy,multiple_diseases,rust,scab\nTrain_0,0,0,1,0\nTrain_1,1,0,0,0\n"
                          b"Train_0,1,0,0,0\n"}),
         "artifact 'archive', member 'train.csv': line 4: image_id 'Train_0' is already listed on line 2"),
+    "plant field over the csv module's limit": (
+        "plant_pathology_2020", lambda folder: rewrite_zip(folder / "plant-pathology-2020-fgvc7.zip", {
+            "train.csv": b"image_id,healthy,multiple_diseases,rust,scab\nTrain_0,0,0,1,0\n\"" + b"x" * 200_000
+                         + b"\",0,0,1,0\n"}),
+        "artifact 'archive', member 'train.csv': line 3: is not readable CSV (field larger than field limit"),
     "coco category out of range": (
         "coco2017_multilabel", corrupt_coco_category,
         "member 'annotations/instances_val2017.json': annotation 19: label out of range: category_id 999"),
