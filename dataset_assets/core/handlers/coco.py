@@ -127,6 +127,9 @@ def _read_json(archive: SafeZip, member: str) -> Any:
         return json.loads(archive.read(member, MAX_DOCUMENT_BYTES))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ArtifactError(ANNOTATIONS, member, f"is not valid JSON ({error})") from None
+    except RecursionError:
+        raise ArtifactError(ANNOTATIONS, member, "is not valid JSON (nested deeper than Python's JSON parser "
+                                                 "goes)") from None
 
 
 class CocoMultiLabelHandler(Handler):

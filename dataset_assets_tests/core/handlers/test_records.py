@@ -156,6 +156,11 @@ BAD_ARTIFACTS = {
         "coco2017_multilabel", duplicate_coco_file_name,
         "member 'annotations/instances_val2017.json': image 777: file_name '000000000016.jpg' gives the "
         "example key of image 16 (file_name '000000000016.jpg')"),
+    "coco annotations nested too deep": (
+        "coco2017_multilabel", lambda folder: rewrite_zip(folder / "annotations_trainval2017.zip", {
+            instances_member("val2017"): b"[" * 100_000 + b"]" * 100_000}),
+        "artifact 'annotations', member 'annotations/instances_val2017.json': is not valid JSON (nested deeper "
+        "than Python's JSON parser goes"),
     "coco image does not decode": (
         "coco2017_multilabel", lambda folder: rewrite_zip(folder / "val2017.zip",
                                                           {"val2017/000000000017.jpg": b"GIF89a truncated"}),
