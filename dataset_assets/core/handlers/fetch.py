@@ -20,7 +20,7 @@ from dataset_assets.core.handlers.base import MANUAL, Artifact, ArtifactError, H
 from dataset_assets.core.manifest import ManifestEntry
 from dataset_assets.core.redaction import get_logger, redact_url
 from dataset_assets.core.storage import digest_file
-from dataset_assets.core.transfer import TransferError, TransferSettings, download_entries
+from dataset_assets.core.transfer import TransferSettings, transfer_entries
 
 logger = get_logger(__name__)
 
@@ -137,16 +137,21 @@ def _existing(dataset: str, item: ResolvedArtifact) -> ArtifactFile | None:
 
 def _download(dataset: str, items: list[ResolvedArtifact], folder: Path,
               settings: TransferSettings) -> tuple[list[ArtifactFile], list[str]]:
-    """Download `items` concurrently through core.transfer, then check each file's sha256."""
+    """Download `items` concurrently through core.transfer, then check the sha256 of each file that arrived.
+
+    A failed download does not skip the others' checks: a file that arrived with the wrong sha256 is
+    deleted and reported beside the failures, never left at its final path.
+    """
     entries = [ManifestEntry(dataset, folder.name, item.artifact.filename, item.url) for item in items]
-    try:
-        report = download_entries(entries, {dataset: folder.parent}, settings)
-    except TransferError as error:
-        return [], [f"download failed: {error}"]
+    report = transfer_entries(entries, {dataset: folder.parent}, settings)
+    problems = [f"download failed: {path}: {why}" for path, why in report.failures.items()]
+    problems += [f"download interrupted: {path} (held bytes are kept for the next run)" for path in report.interrupted]
     by_filename = {result.relative_path.rpartition("/")[2]: result for result in report.results}
-    files, problems = [], []
+    files = []
     for item in items:
-        result = by_filename[item.artifact.filename]
+        result = by_filename.get(item.artifact.filename)
+        if result is None:
+            continue
         if result.sha256 != item.sha256:
             item.path.unlink(missing_ok=True)
             problems.append(str(ArtifactError(item.artifact.name, None, f"downloaded from {redact_url(item.url)} "

@@ -76,6 +76,22 @@ def test_an_artifact_the_provider_lacks_fails_naming_its_file(
                         tmp_path / "artifacts", FAST)
 
 
+def test_a_checksum_mismatch_is_reported_and_deleted_when_another_artifact_fails_to_download(
+        static_folder: Path, static_server: StaticServer, tmp_path: Path) -> None:
+    fixture = MNIST.write_fixture(static_folder)
+    (static_folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    source = source_for(dict(fixture.sha256) | {"train_labels": "0" * 64}, static_server.base_url)
+    folder = tmp_path / "artifacts"
+    with pytest.raises(ArtifactFetchError) as raised:
+        fetch_artifacts("digits", MNIST, source, folder, FAST)
+    message = str(raised.value)
+    assert message.startswith("digits: 2 artifact problem(s): ")
+    assert f"artifact 'train_labels': downloaded from {static_server.base_url}/train-labels-idx1-ubyte.gz " \
+           f"has sha256 {fixture.sha256['train_labels']}, expected {'0' * 64}; the file was deleted" in message
+    assert "artifacts/t10k-labels-idx1-ubyte.gz: " in message and "HTTP 404" in message
+    assert sorted(path.name for path in folder.iterdir()) == ["t10k-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz"]
+
+
 def test_a_missing_manual_artifact_says_exactly_where_to_put_it(tmp_path: Path) -> None:
     folder = tmp_path / "home" / "plants" / "artifacts"
     source = source_for({"archive": "a" * 64}, None, name=PLANTS.name)
