@@ -135,30 +135,51 @@ def _existing(dataset: str, item: ResolvedArtifact) -> ArtifactFile | None:
     return None
 
 
-def _download(dataset: str, items: list[ResolvedArtifact], folder: Path,
-              settings: TransferSettings) -> tuple[list[ArtifactFile], list[str]]:
-    """Download `items` concurrently through core.transfer, then check the sha256 of each file that arrived.
+def _mismatch(item: ResolvedArtifact, sha256: str) -> str:
+    return str(ArtifactError(item.artifact.name, None, f"downloaded from {redact_url(item.url)} has sha256 {sha256}, "
+                                                       f"expected {item.sha256}; the file was deleted"))
 
-    A failed download does not skip the others' checks: a file that arrived with the wrong sha256 is
-    deleted and reported beside the failures, never left at its final path.
+
+def _transfer_and_check(dataset: str, items: list[ResolvedArtifact], folder: Path, settings: TransferSettings
+                        ) -> tuple[list[ArtifactFile], list[str], list[tuple[ResolvedArtifact, str]]]:
+    """Transfer `items` concurrently through core.transfer, then check the sha256 of each file that arrived.
+
+    Returns the verified files, the problems (failed downloads; fresh downloads with the wrong sha256,
+    deleted) and the resumed items with the sha256 they had instead (deleted too: their held bytes were bad).
     """
     entries = [ManifestEntry(dataset, folder.name, item.artifact.filename, item.url) for item in items]
     report = transfer_entries(entries, {dataset: folder.parent}, settings)
     problems = [f"download failed: {path}: {why}" for path, why in report.failures.items()]
     problems += [f"download interrupted: {path} (held bytes are kept for the next run)" for path in report.interrupted]
     by_filename = {result.relative_path.rpartition("/")[2]: result for result in report.results}
-    files = []
+    files, stale = [], []
     for item in items:
         result = by_filename.get(item.artifact.filename)
         if result is None:
             continue
-        if result.sha256 != item.sha256:
-            item.path.unlink(missing_ok=True)
-            problems.append(str(ArtifactError(item.artifact.name, None, f"downloaded from {redact_url(item.url)} "
-                                                                        f"has sha256 {result.sha256}, expected "
-                                                                        f"{item.sha256}; the file was deleted")))
-        else:
+        if result.sha256 == item.sha256:
             files.append(ArtifactFile(item.artifact.name, item.path, result.sha256, result.size, result.status))
+            continue
+        item.path.unlink(missing_ok=True)
+        if result.status == "resumed":
+            stale.append((item, result.sha256))
+        else:
+            problems.append(_mismatch(item, result.sha256))
+    return files, problems, stale
+
+
+def _download(dataset: str, items: list[ResolvedArtifact], folder: Path,
+              settings: TransferSettings) -> tuple[list[ArtifactFile], list[str]]:
+    """Download `items`, checking each file that arrives: a failed download does not skip the others' checks,
+    and a file with the wrong sha256 is deleted and reported, never left at its final path.
+
+    A resumed file with the wrong sha256 is downloaded once more from byte 0: the bytes held from an
+    earlier run may be damaged (a crash) or predate a change upstream the server did not signal.
+    """
+    files, problems, stale = _transfer_and_check(dataset, items, folder, settings)
+    if stale:
+        again, more, still_wrong = _transfer_and_check(dataset, [item for item, _ in stale], folder, settings)
+        files, problems = files + again, problems + more + [_mismatch(item, sha256) for item, sha256 in still_wrong]
     return files, problems
 
 

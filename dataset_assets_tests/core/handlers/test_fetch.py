@@ -1,6 +1,7 @@
 """Fetching artifacts from a loopback provider: once, sha256 verified, manual and unpinned artifacts explained."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,25 @@ def test_a_base_url_with_a_query_gets_each_filename_in_its_path_and_keeps_the_qu
     report = fetch_artifacts("digits", MNIST, source, tmp_path / "artifacts", FAST)
     assert set(report.metadata()["status"].values()) == {"downloaded"}
     assert report.metadata()["sha256"] == dict(fixture.sha256)
+
+
+def test_held_bytes_that_do_not_add_up_to_the_pinned_file_are_dropped_and_fetched_once_more(
+        plain_server: PlainServer, tmp_path: Path) -> None:
+    fixture = MNIST.write_fixture(tmp_path / "served")
+    for artifact in MNIST.artifacts:
+        plain_server.serve(f"/mnist/{artifact.filename}", (fixture.folder / artifact.filename).read_bytes())
+    source, folder = source_for(dict(fixture.sha256), plain_server.url("/mnist")), tmp_path / "artifacts"
+    plain_server.drop_after("/mnist/train-images-idx3-ubyte.gz", 2000)
+    with pytest.raises(ArtifactFetchError, match="train-images-idx3-ubyte.gz: RemoteProtocolError"):
+        fetch_artifacts("digits", MNIST, source, folder, replace(FAST, max_attempts=1))
+    held = folder / "train-images-idx3-ubyte.gz.part"
+    held.write_bytes(bytes(held.stat().st_size))  # a crash left zeros where the held bytes were
+
+    report = fetch_artifacts("digits", MNIST, source, folder, FAST)
+    assert report.metadata()["sha256"] == dict(fixture.sha256)
+    assert report.metadata()["status"]["train_images"] == "downloaded"
+    assert [(request.range_header, request.status) for request in plain_server.requests
+            if request.path.startswith("/mnist/train-images")] == [(None, 200), ("bytes=2000-", 206), (None, 200)]
 
 
 def test_catalog_url_beats_base_url_which_beats_the_handlers_url(tmp_path: Path) -> None:
