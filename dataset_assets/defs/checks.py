@@ -24,6 +24,7 @@ from dagster import (
 
 from dataset_assets.core.catalog import DatasetSpec
 from dataset_assets.core.errors import DatasetAssetsError
+from dataset_assets.core.handlers.base import SPLITS
 from dataset_assets.core.index import INDEX_FILE
 from dataset_assets.core.preprocess import PreprocessConfig
 from dataset_assets.core.publish import publish_mismatches, version_destination
@@ -58,9 +59,12 @@ def _counts_agree(report: ShardSetCheck) -> bool:
     return report.index_rows == report.samples and (report.index_rows > 0 or not report.problems)
 
 
-def _shard_set_checks(key: AssetKey, root: Callable[[DatasetHome], Path],
-                      partitions: PartitionsDefinition | None) -> AssetChecksDefinition:
-    """`sample_count_matches_index` and `index_entries_resolve` of the shard sets below `root(home)`."""
+def _shard_set_checks(key: AssetKey, root: Callable[[DatasetHome], Path], partitions: PartitionsDefinition | None,
+                      required: tuple[str, ...] = ()) -> AssetChecksDefinition:
+    """`sample_count_matches_index` and `index_entries_resolve` of the shard sets below `root(home)`.
+
+    `required` names shard sets that must be there (a record set's splits): one that is gone fails both checks.
+    """
     specs = [
         AssetCheckSpec("sample_count_matches_index", asset=key, blocking=True, partitions_def=partitions,
                        description="Samples found in the shard files equal the rows of the set's _index.json."),
@@ -71,7 +75,8 @@ def _shard_set_checks(key: AssetKey, root: Callable[[DatasetHome], Path],
 
     @multi_asset_check(specs=specs, name=f"{'_'.join(key.path)}_checks")
     def shard_checks(context: AssetCheckExecutionContext, home: DatasetHome) -> Iterator[AssetCheckResult]:
-        reports = {folder.name: _verify(folder) for folder in _shard_set_folders(context, root(home))}
+        folders = set(_shard_set_folders(context, root(home))) | {root(home) / name for name in required}
+        reports = {folder.name: _verify(folder) for folder in sorted(folders)}
         counts = {name: {"index_rows": r.index_rows, "samples": r.samples} for name, r in reports.items()}
         mismatched = sorted(name for name, report in reports.items() if not _counts_agree(report))
         yield AssetCheckResult(
@@ -143,7 +148,7 @@ def build_handler_checks(spec: DatasetSpec) -> list[AssetChecksDefinition]:
     def records(home: DatasetHome) -> Path:
         return records_folder(home, spec.name)
 
-    return [_shard_set_checks(AssetKey([spec.name, "records"]), records, None),
+    return [_shard_set_checks(AssetKey([spec.name, "records"]), records, None, required=SPLITS),
             _split_checks(AssetKey([spec.name, "splits"]), records, ("local",))]
 
 

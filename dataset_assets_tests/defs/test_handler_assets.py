@@ -5,6 +5,7 @@ and its map-style `IndexedShardDataset` (through each split's `_index.json`).
 """
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -207,3 +208,14 @@ def test_rematerializing_records_alone_leaves_split_yamls_that_list_the_new_shar
         assert tars == shard_paths(records, part) and len(tars) == (len(examples) + 1) // 2
         indexed = IndexedShardDataset(tars)
         assert_decoded_samples_match((indexed[i] for i in range(len(indexed))), examples)
+
+
+def test_the_record_checks_fail_when_a_split_folder_of_the_record_set_is_gone(
+        static_server: StaticServer, tmp_path: Path, home: Path, instance: DagsterInstance) -> None:
+    _, _, defs = setup(get_handler("mnist"), static_server, tmp_path, home)
+    assert run(defs, instance, "artifacts", "records").success
+    shutil.rmtree(home / DS / "records" / "validation")
+
+    checks = run_checks(defs, instance)
+    assert checks[("records", "sample_count_matches_index")] is False
+    assert checks[("records", "index_entries_resolve")] is False
