@@ -171,8 +171,11 @@ def _lineage(handler: Handler, artifacts: ArtifactReport, source: HandlerSource,
 
 
 def default_workers() -> int:
-    """The CPU cores this process may run on (not the machine's, which a container may not grant)."""
-    return len(os.sched_getaffinity(0))
+    """The CPU cores this process may run on (not the machine's, which a container may not grant);
+    the machine's where the OS cannot tell (macOS has no `sched_getaffinity`)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def build_records(dataset: str, handler: Handler, source: HandlerSource, split: SplitSpec,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -210,5 +211,17 @@ def test_zips_whose_members_carry_permission_bits_only_convert_like_the_fixture(
         repack_with_writestr(fixture.folder / artifact.filename)
     records = tmp_path / "records"
     build(handler, fixture.folder, records)
+    for split, examples in expected_splits(fixture, SPLIT.ratio, SPLIT.seed).items():
+        assert_samples_match(read_with_webdataset(shard_paths(records, split)), examples, handler.features)
+
+
+def test_records_build_on_every_core_where_the_os_cannot_tell_the_process_affinity(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS, which has no such call
+    handler = get_handler("mnist")
+    fixture = handler.write_fixture(tmp_path / "artifacts")
+    records = tmp_path / "records"
+    build_records("ds", handler, pinned_source(handler, fixture.folder, samples_per_shard=3), SPLIT, fixture.folder,
+                  records)
     for split, examples in expected_splits(fixture, SPLIT.ratio, SPLIT.seed).items():
         assert_samples_match(read_with_webdataset(shard_paths(records, split)), examples, handler.features)
