@@ -268,7 +268,16 @@ def _files_to_pack(assets_dir: Path, excludes: Sequence[str], root: str) -> Iter
         if path.is_symlink():
             raise UnsafeArchiveError(str(assets_dir), relative, "symlinks are not packed")
         if path.is_file():
+            _check_packable(assets_dir, relative)
             yield f"{root}/{relative}", path
+
+
+def _check_packable(assets_dir: Path, relative: str) -> None:
+    """Refuse a name the safe extractor refuses below the top-level folder (`d:x` reads as a drive,
+    `a\\..` as a parent): packed, it would make the whole version undownloadable."""
+    reason = escape_reason(relative)
+    if reason is not None:
+        raise UnsafeArchiveError(str(assets_dir), relative, f"would be refused on download: {reason}")
 
 
 def _deterministic_info(name: str, size: int) -> tarfile.TarInfo:

@@ -232,6 +232,25 @@ def test_gzip_bomb_style_compressed_tar_is_bounded(tmp_path: Path) -> None:
         extract_tar_safely(archive, tmp_path / "out", max_bytes=1 << 20)
 
 
+@pytest.mark.parametrize("name", ["d:x/annotations.json", "obj000/..\\mesh.glb", "\\obj/mesh.glb"])
+def test_pack_refuses_a_file_the_download_would_refuse_to_extract_and_writes_nothing(
+        tmp_path: Path, name: str) -> None:
+    """A name like `d:x` reads as a drive letter to the safe extractor: packed, the version could not be
+    downloaded by anyone, so packing fails naming the file instead."""
+    crafted = crafted_tar(tmp_path / "crafted.tar", _member(f"assets/{name}"), b"x")
+    with pytest.raises(UnsafeArchiveError):
+        extract_tar_safely(crafted, tmp_path / "out", strip_root=True)
+    root = make_assets(tmp_path)
+    (root / "assets" / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / "assets" / name).write_text("{}")
+
+    with pytest.raises(UnsafeArchiveError, match=re.escape(f"{root / 'assets'}: member {name!r} rejected")):
+        pack_assets(root / "assets", tmp_path / "assets.tar")
+
+    assert not (tmp_path / "assets.tar").exists()
+    assert not list(tmp_path.glob(".assets.tar.*"))
+
+
 def test_pack_of_empty_tree_fails_and_writes_nothing(tmp_path: Path) -> None:
     (tmp_path / "assets").mkdir()
     (tmp_path / "assets" / ".DS_Store").write_bytes(b"x")
