@@ -345,9 +345,15 @@ def _checked_members(tar: tarfile.TarFile, archive: str, max_bytes: int, max_mem
 
 
 def _below_root(archive: str, member: tarfile.TarInfo, root: str | None) -> tuple[str, tarfile.TarInfo]:
-    """The member renamed relative to its top-level folder, which must be `root` (once known)."""
-    top, _, rest = member.name.partition("/")
-    if not rest:
+    """The member renamed relative to its top-level folder, which must be `root` (once known).
+
+    Leading `./` is no folder: `tar -C <version> -cf assets.tar ./assets` names members `./assets/...`.
+    """
+    name = member.name
+    while name.startswith("./"):
+        name = name[2:]
+    top, _, rest = name.partition("/")
+    if not top or not rest:
         raise UnsafeArchiveError(archive, member.name, "is not inside a top-level folder "
                                                        "(a component tarball holds exactly one folder)")
     if root is not None and top != root:

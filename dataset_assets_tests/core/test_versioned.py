@@ -401,7 +401,24 @@ def test_strip_root_makes_the_single_top_folder_the_destination(tmp_path: Path) 
     assert tree(tmp_path / "out") == packed_tree(root / "assets")
 
 
-@pytest.mark.parametrize("name", ["other/x.txt", "top.txt"])
+def test_a_tarball_made_with_tar_dash_c_dot_slash_assets_lands_in_assets_not_assets_assets(
+        static_server: StaticServer, tmp_path: Path) -> None:
+    """`tar -C <version> -cf assets.tar ./assets` names members `./assets/...`: `.` is no folder of its own."""
+    producer = make_assets(tmp_path / "producer")
+    (static_server.folder / V1).mkdir()
+    with tarfile.open(static_server.folder / V1 / "assets.tar", "w") as tar:
+        tar.add(producer / "assets", arcname="./assets")
+    source = write_catalog(tmp_path, {DS: versioned_body(static_server.base_url)}).dataset(DS).versioned
+    assert source is not None
+
+    [result] = download_components(DS, source, V1, tmp_path / "cache", ["assets"], FAST)
+
+    assert result.folder == tmp_path / "cache" / DS / V1 / "assets"
+    assert tree(result.folder) == tree(producer / "assets")
+    assert result.members == len(tree(producer / "assets"))
+
+
+@pytest.mark.parametrize("name", ["other/x.txt", "top.txt", "./top.txt", ".//x.txt"])
 def test_strip_root_rejects_a_second_top_folder_or_a_top_level_file(tmp_path: Path, name: str) -> None:
     archive = crafted_tar(tmp_path / "two.tar", _member(name), b"x")
     with pytest.raises(UnsafeArchiveError, match="exactly one folder"):
