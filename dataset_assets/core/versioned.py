@@ -457,7 +457,12 @@ def _tree_change(folder: Path, listing: Mapping[str, list[int]]) -> str | None:
 
 def _extract_once(tar_path: Path, folder: Path, sha256: str) -> int:
     """Extract `tar_path` into `folder` unless its marker says this very tarball was and every file it
-    extracted is still as extracted; the member count."""
+    extracted is still as extracted; the member count.
+
+    A folder without a marker was not extracted here (it may be the tree the tarball was packed from,
+    with files pack leaves out): it is never replaced. The marker is written before the swap, so a run
+    killed after it still owns the folder.
+    """
     marker = folder.with_name(f".{folder.name}.extracted.json")
     if folder.is_dir() and marker.is_file():
         recorded = json.loads(marker.read_text())
@@ -467,6 +472,11 @@ def _extract_once(tar_path: Path, folder: Path, sha256: str) -> int:
             if change is None:
                 return int(recorded["members"])
             logger.warning("%s: %s since %s was extracted; extracting again", folder, change, tar_path.name)
+    elif folder.exists():
+        raise DatasetAssetsError(f"{folder}: exists but was not extracted from {tar_path.name} here "
+                                 f"(no {marker.name}); it may be the tree {tar_path.name} was packed from, "
+                                 "which extracting would replace: move it away and run again")
+    write_bytes_atomic(marker, json.dumps({"sha256": sha256}).encode())
     names = extract_tar_safely(tar_path, folder, strip_root=True)
     record = {"sha256": sha256, "members": len(names), "files": _listing(folder, names)}
     write_bytes_atomic(marker, json.dumps(record).encode())

@@ -521,6 +521,42 @@ def test_a_kept_file_that_no_longer_matches_its_pin_is_fetched_again(
     assert result.status == "downloaded" and target.read_bytes() == (producer / "annotations.json.gz").read_bytes()
 
 
+def test_a_download_into_the_folder_a_tarball_was_packed_from_leaves_that_tree_and_names_it(
+        static_server: StaticServer, tmp_path: Path) -> None:
+    """The producer's `assets/` holds files pack leaves out (thor_metadata.json, .DS_Store): swapping the
+    extracted tarball in would delete them."""
+    producer = serve_version(static_server.folder, tmp_path / "cache" / DS, V1)
+    before = tree(producer / "assets")
+    source = write_catalog(tmp_path, {DS: versioned_body(static_server.base_url)}).dataset(DS).versioned
+    assert source is not None
+
+    with pytest.raises(DatasetAssetsError, match=rf"{re.escape(str(producer / 'assets'))}: exists but was not "
+                                                 r"extracted from assets\.tar"):
+        download_components(DS, source, V1, tmp_path / "cache", ["assets"], FAST)
+
+    assert tree(producer / "assets") == before
+    assert "obj000/thor_metadata.json" in before
+
+
+def test_a_run_that_died_after_swapping_the_extracted_folder_in_is_extracted_again(
+        static_server: StaticServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    producer = serve_version(static_server.folder, tmp_path / "producer", V1)
+    source = write_catalog(tmp_path, {DS: versioned_body(static_server.base_url)}).dataset(DS).versioned
+    assert source is not None
+
+    def die(*args: object) -> None:
+        raise SystemExit("killed after the swap, before the record of what was extracted")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("dataset_assets.core.versioned._listing", die)
+        with pytest.raises(SystemExit):
+            download_components(DS, source, V1, tmp_path / "cache", ["assets"], FAST)
+    [result] = download_components(DS, source, V1, tmp_path / "cache", ["assets"], FAST)
+
+    assert result.status == "skipped" and result.folder is not None
+    assert tree(result.folder) == packed_tree(producer / "assets")
+
+
 def test_a_crafted_assets_tar_is_rejected_on_download_and_nothing_extracted(static_server: StaticServer,
                                                                             tmp_path: Path) -> None:
     serve_version(static_server.folder, tmp_path / "producer", V1)
