@@ -30,6 +30,7 @@ from datetime import date
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -105,7 +106,10 @@ class Component:
     sha256: Mapping[str, str] = field(default_factory=dict)
 
     def url(self, base_url: str, version: str) -> str:
-        return f"{base_url.rstrip('/')}/{self.path.replace('{version}', version)}"
+        """The path goes below the base URL's path: a query (an Azure container SAS token, say) stays last."""
+        parts = urlsplit(base_url)
+        path = f"{parts.path.rstrip('/')}/{self.path.replace('{version}', version)}"
+        return urlunsplit(parts._replace(path=path))
 
 
 @dataclass(frozen=True)

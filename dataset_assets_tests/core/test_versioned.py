@@ -457,6 +457,22 @@ def test_versions_download_into_their_own_folders_laid_out_like_the_seed(
     assert tree(root / DS / V1 / "assets") != tree(root / DS / V2 / "assets")
 
 
+def test_a_base_url_with_a_query_token_gets_the_component_path_before_the_query(
+        static_server: StaticServer, tmp_path: Path) -> None:
+    """Like an Azure container SAS URL: `<container>?sv=..&sig=..` signs every blob below it."""
+    producer = serve_version(static_server.folder, tmp_path / "producer", V1)
+    base_url = f"{static_server.base_url}/?sv=2024&sig=s3cr3t"
+    source = write_catalog(tmp_path, {DS: versioned_body(base_url, annotations={}, assets={})}).dataset(DS).versioned
+    assert source is not None
+
+    results = download_components(DS, source, V1, tmp_path / "cache", ["annotations", "assets"], FAST)
+
+    assert sorted(static_server.requests) == [f"/{V1}/annotations.json.gz?sv=2024&sig=s3cr3t",
+                                              f"/{V1}/assets.tar?sv=2024&sig=s3cr3t"]
+    assert results[0].path.read_bytes() == (producer / "annotations.json.gz").read_bytes()
+    assert results[1].folder is not None and tree(results[1].folder) == packed_tree(producer / "assets")
+
+
 def test_a_second_download_fetches_nothing_and_keeps_the_extracted_tree(static_server: StaticServer,
                                                                         tmp_path: Path) -> None:
     serve_version(static_server.folder, tmp_path / "producer", V1)

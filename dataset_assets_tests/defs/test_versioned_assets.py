@@ -153,3 +153,14 @@ def test_asset_descriptions_name_the_source_without_its_credentials(tmp_path: Pa
 
     assert all("https://downloads.example/objathor/" in text for text in descriptions.values())
     assert not any(secret in text or "mirror:" in text for text in descriptions.values())
+
+
+def test_asset_descriptions_put_the_component_path_before_a_redacted_query_token(tmp_path: Path) -> None:
+    secret = "s3cr3t-t0ken"
+    catalog = write_catalog(tmp_path, {DS: versioned_body(f"https://downloads.example/objathor?sig={secret}")})
+    defs = make_defs(catalog, tmp_path)
+
+    description = defs.resolve_assets_def(AssetKey([DS, "assets"])).descriptions_by_key[AssetKey([DS, "assets"])]
+
+    assert "https://downloads.example/objathor/{version}/assets.tar?<redacted>" in description
+    assert secret not in description

@@ -50,7 +50,8 @@ def _component_asset(spec: DatasetSpec, component: Component, partitions: Partit
 
     @asset(key=AssetKey([dataset, kind.name]), partitions_def=partitions, group_name=dataset,
            owners=list(spec.owners) or None, kinds={"tar" if kind.folder else "json"},
-           description=f"{kind.filename} of one {dataset} version from {redact_url(source.base_url)}/{component.path}, "
+           description=f"{kind.filename} of one {dataset} version from "
+                       f"{redact_url(component.url(source.base_url, '{version}'))}, "
                        f"verified{extracted}; each version in its own folder.")
     def fetched(context: AssetExecutionContext, home: DatasetHome, transfer: TransferResource) -> MaterializeResult:
         version = context.partition_key
