@@ -164,3 +164,16 @@ def test_asset_descriptions_put_the_component_path_before_a_redacted_query_token
 
     assert "https://downloads.example/objathor/{version}/assets.tar?<redacted>" in description
     assert secret not in description
+
+
+def test_publish_descriptions_name_the_real_key_prefix_when_the_catalog_has_none(tmp_path: Path) -> None:
+    publish = {"bucket": "releases", "endpoint_url": "http://127.0.0.1:1"}
+    catalog = write_catalog(tmp_path, {DS: versioned_body("https://downloads.example/objathor", "dynamic", publish)})
+    defs = make_defs(catalog, tmp_path)
+
+    published = defs.resolve_assets_def(AssetKey([DS, "published"])).descriptions_by_key[AssetKey([DS, "published"])]
+    sensor = defs.resolve_sensor_def(f"{DS}_versions_sensor").description or ""
+
+    assert f"s3://releases/{DS}/<version>/" in published
+    assert f"s3://releases/{DS}/," in sensor
+    assert "//" + DS not in published + sensor

@@ -26,7 +26,8 @@ from dagster import (
 from dataset_assets.core.catalog import DatasetSpec
 from dataset_assets.core.publish import list_published_versions, publish_folder, version_destination
 from dataset_assets.core.redaction import redact_url
-from dataset_assets.core.versioned import Component, VersionedSource, download_components
+from dataset_assets.core.s3 import S3Url
+from dataset_assets.core.versioned import Component, PublishSpec, VersionedSource, download_components
 from dataset_assets.defs.assets.signed_url import _metadata
 from dataset_assets.defs.resources import DatasetHome, TransferResource
 
@@ -62,6 +63,11 @@ def _component_asset(spec: DatasetSpec, component: Component, partitions: Partit
     return fetched
 
 
+def _published_root(publish: PublishSpec, dataset: str) -> str:
+    """`s3://<bucket>/<prefix>/<dataset>`, without an empty segment when the catalog gives no prefix."""
+    return f"s3://{publish.bucket}/{S3Url(publish.bucket, publish.prefix).key(dataset)}"
+
+
 def _published_asset(spec: DatasetSpec, partitions: PartitionsDefinition) -> AssetsDefinition:
     dataset, source = spec.name, _source(spec)
     publish = source.publish
@@ -73,7 +79,7 @@ def _published_asset(spec: DatasetSpec, partitions: PartitionsDefinition) -> Ass
     @asset(key=AssetKey([dataset, "published"]), deps=deps, partitions_def=partitions, group_name=dataset,
            owners=list(spec.owners) or None, kinds={"s3"},
            description=f"One {dataset} version ({', '.join(files)}) published to "
-                       f"s3://{publish.bucket}/{publish.prefix}/{dataset}/<version>/ by parallel multipart upload "
+                       f"{_published_root(publish, dataset)}/<version>/ by parallel multipart upload "
                        f"({publish.part_size_mib} MiB parts, {publish.concurrency} at once), verified by HEAD; "
                        "objects already there and identical are skipped.")
     def published(context: AssetExecutionContext, home: DatasetHome) -> MaterializeResult:
@@ -102,7 +108,7 @@ def build_versions_sensor(spec: DatasetSpec) -> SensorDefinition:
     downloads = [AssetKey([dataset, name]) for name in source.components]
 
     @sensor(name=f"{dataset}_versions_sensor", asset_selection=downloads, minimum_interval_seconds=300,
-            description=f"Lists the {dataset} versions published in s3://{publish.bucket}/{publish.prefix}/{dataset}/, "
+            description=f"Lists the {dataset} versions published in {_published_root(publish, dataset)}/, "
                         f"adds new ones to partitions {partitions.name} and requests their download.")
     def versions_sensor(context: SensorEvaluationContext) -> SensorResult:
         published = list_published_versions(publish, dataset)
