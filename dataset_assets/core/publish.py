@@ -19,7 +19,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dataset_assets.core.errors import DatasetAssetsError, InvalidInputError
-from dataset_assets.core.redaction import get_logger
+from dataset_assets.core.redaction import get_logger, redact_text
 from dataset_assets.core.s3 import MIB, MultipartSettings, S3Destination, S3Url, make_s3_client
 from dataset_assets.core.storage import CHUNK_BYTES, StorageError, digest_file
 from dataset_assets.core.versioned import ANNOTATIONS_FILE, PublishSpec, check_version
@@ -131,7 +131,7 @@ def _published_keys(client: Any, bucket: str, prefix: str) -> list[str]:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return [item["Key"] for page in pages for item in page.get("Contents", [])]
     except (BotoCoreError, ClientError) as error:
-        raise StorageError(f"s3://{bucket}/{prefix}: S3 list_objects_v2 failed: {error}") from error
+        raise StorageError(redact_text(f"s3://{bucket}/{prefix}: S3 list_objects_v2 failed: {error}")) from error
 
 
 def list_published_versions(spec: PublishSpec, dataset: str, client: Any | None = None) -> list[str]:

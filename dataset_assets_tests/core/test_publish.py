@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore.config import Config
 from botocore.exceptions import EndpointConnectionError
 
 from dataset_assets.core.errors import DatasetAssetsError
@@ -136,6 +139,22 @@ def test_published_versions_are_those_whose_annotations_exist(s3_bucket: S3Bucke
                 "public/other/2024_01_01/annotations.json.gz"):
         s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=key, Body=b"x")
     assert list_published_versions(spec_for(s3_bucket), DS, s3_bucket.client) == [V1]
+
+
+def test_listing_versions_at_an_unreachable_endpoint_names_it_without_its_credentials(
+        moto_endpoint: str) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://minio:s3cr3t@127.0.0.1:{port}"
+    client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                                            config=Config(retries={"max_attempts": 1}))
+
+    with pytest.raises(StorageError, match=f"s3://releases/public/{DS}/: S3 list_objects_v2 failed") as raised:
+        list_published_versions(PublishSpec("releases", "public", endpoint_url=endpoint), DS, client)
+
+    assert f"127.0.0.1:{port}" in str(raised.value)
+    assert "s3cr3t" not in str(raised.value)
 
 
 def test_prepare_pack_publish_then_download_gives_the_same_tree_and_annotations(
