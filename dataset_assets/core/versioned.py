@@ -64,6 +64,10 @@ class AnnotationError(InvalidInputError):
     """A per-object annotation file is malformed."""
 
 
+class UnreadableArchiveError(DatasetAssetsError):
+    """A tarball is truncated, corrupt or no tar at all (unlike a readable one with an unsafe member)."""
+
+
 def check_version(value: object, source: str, field: str) -> str:
     """A version is a real calendar date written `YYYY_MM_DD`."""
     match = VERSION_PATTERN.match(value) if isinstance(value, str) else None
@@ -394,7 +398,7 @@ def extract_tar_safely(tar_path: Path, dest: Path, max_bytes: int = DEFAULT_MAX_
                 names.append(member.name)
             _check_end_of_archive(tar, archive)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as error:
-        raise DatasetAssetsError(f"{archive}: not a readable tar archive ({error})") from error
+        raise UnreadableArchiveError(f"{archive}: not a readable tar archive ({error})") from error
     return names
 
 
@@ -404,8 +408,8 @@ def _check_end_of_archive(tar: tarfile.TarFile, archive: str) -> None:
     assert tar.fileobj is not None
     tar.fileobj.seek(tar.offset)
     if tar.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
-        raise DatasetAssetsError(f"{archive}: not a readable tar archive (truncated or corrupt at byte "
-                                 f"{tar.offset}: no end-of-archive block after the last whole member)")
+        raise UnreadableArchiveError(f"{archive}: not a readable tar archive (truncated or corrupt at byte "
+                                     f"{tar.offset}: no end-of-archive block after the last whole member)")
 
 
 def member_digests(manifest_path: Path) -> Mapping[str, str]:
@@ -495,9 +499,13 @@ def _verified(component: Component, version: str, folder: Path, result: FileResu
         path.unlink(missing_ok=True)
         raise ChecksumMismatch(f"{path}: sha256 {result.sha256} differs from the catalog's pin "
                                f"components.{kind.name}.sha256.{version} ({expected}); the file was deleted")
-    objects = len(load_annotations(path)) if kind.name == "annotations" else None
     extracted = folder / kind.folder if kind.folder else None
-    members = _extract_once(path, extracted, result.sha256) if extracted else None
+    try:
+        objects = len(load_annotations(path)) if kind.name == "annotations" else None
+        members = _extract_once(path, extracted, result.sha256) if extracted else None
+    except (AnnotationError, UnreadableArchiveError) as error:  # kept, it would fail every run without a fetch
+        path.unlink(missing_ok=True)
+        raise DatasetAssetsError(f"{error}; the file was deleted, so the next run fetches it again") from error
     return ComponentResult(kind.name, path, result.status, result.size, result.sha256, extracted, members, objects)
 
 

@@ -573,6 +573,26 @@ def test_a_run_that_died_after_swapping_the_extracted_folder_in_is_extracted_aga
     assert tree(result.folder) == packed_tree(producer / "assets")
 
 
+@pytest.mark.parametrize("name", ["annotations.json.gz", "assets.tar"])
+def test_a_downloaded_file_that_cannot_be_read_is_deleted_so_the_next_run_fetches_it_again(
+        static_server: StaticServer, tmp_path: Path, name: str) -> None:
+    """A CDN answering 200 with an error page: kept, the page would fail every later run without a fetch."""
+    producer = serve_version(static_server.folder, tmp_path / "producer", V1)
+    (static_server.folder / V1 / name).write_bytes(b"<html><body>503 Service Unavailable</body></html>" * 20)
+    source = write_catalog(tmp_path, {DS: versioned_body(static_server.base_url)}).dataset(DS).versioned
+    assert source is not None
+    component = name.split(".")[0]
+    target = tmp_path / "cache" / DS / V1 / name
+
+    with pytest.raises(DatasetAssetsError, match=rf"(?s){re.escape(str(target))}: .*; the file was deleted"):
+        download_components(DS, source, V1, tmp_path / "cache", [component], FAST)
+    assert not target.exists()
+
+    shutil.copy(producer / name, static_server.folder / V1 / name)
+    [result] = download_components(DS, source, V1, tmp_path / "cache", [component], FAST)
+    assert result.status == "downloaded" and target.read_bytes() == (producer / name).read_bytes()
+
+
 def test_a_crafted_assets_tar_is_rejected_on_download_and_nothing_extracted(static_server: StaticServer,
                                                                             tmp_path: Path) -> None:
     serve_version(static_server.folder, tmp_path / "producer", V1)
