@@ -1,11 +1,13 @@
 """`dataset-assets versioned prepare|pack|publish|download` end to end against moto's standalone S3 server."""
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dataset_assets.cli import main
 from dataset_assets.core.catalog import CATALOG_ENV
@@ -135,3 +137,25 @@ def test_publish_to_an_unusable_s3_endpoint_exits_2_naming_it(catalog_for: S3Buc
     assert main([*versioned("publish", tmp_path), "--s3-endpoint-url", "notaurl"]) == 2
 
     assert "field 'endpoint_url' is not a usable S3 endpoint (Invalid endpoint: notaurl)" in capsys.readouterr().err
+
+
+def test_publish_of_a_file_that_misses_its_catalog_pin_exits_2_and_uploads_nothing(
+        catalog_for: S3Bucket, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Published, a file other than the pinned one would be downloaded, refused and deleted by every consumer."""
+    folder = produce(tmp_path / "producer", V1)
+    for action in ("prepare", "pack"):
+        assert main(versioned(action, tmp_path / "producer")) == 0
+    pinned = hashlib.sha256((folder / "assets.tar").read_bytes()).hexdigest()
+    catalog = yaml.safe_load((tmp_path / "catalog.yaml").read_text())
+    catalog["datasets"][DS]["components"]["assets"] = {"sha256": {V1: pinned}}
+    write_catalog(tmp_path, catalog["datasets"])
+    (folder / "assets" / "obj000" / "albedo.jpg").write_bytes(b"retouched after the pin")
+    assert main(versioned("pack", tmp_path / "producer")) == 0
+    repacked = hashlib.sha256((folder / "assets.tar").read_bytes()).hexdigest()
+    capsys.readouterr()
+
+    assert main(versioned("publish", tmp_path / "producer")) == 2
+
+    assert (f"error: {folder / 'assets.tar'}: sha256 {repacked} differs from the catalog's pin "
+            f"components.assets.sha256.{V1} ({pinned}); nothing was published") in capsys.readouterr().err
+    assert catalog_for.keys() == []

@@ -124,7 +124,8 @@ def _publish_spec(args: argparse.Namespace, source: VersionedSource) -> PublishS
 
 def _publish(args: argparse.Namespace, source: VersionedSource, folder: Path) -> int:
     spec = _publish_spec(args, source)
-    report = publish_folder(folder, source.published_files(), version_destination(spec, args.dataset, args.version))
+    report = publish_folder(folder, source.published_files(), version_destination(spec, args.dataset, args.version),
+                            source.published_pins(args.version))
     for file in report.files:
         print(f"{file.status} {file.uri} ({file.size} bytes, sha256 {file.sha256})")
     print(report.summary())

@@ -11,7 +11,7 @@ as complete.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from dataset_assets.core.errors import DatasetAssetsError, InvalidInputError
 from dataset_assets.core.redaction import get_logger, redact_text
 from dataset_assets.core.s3 import MIB, MultipartSettings, S3Destination, S3Url, make_s3_client
-from dataset_assets.core.storage import CHUNK_BYTES, StorageError, digest_file
+from dataset_assets.core.storage import CHUNK_BYTES, FileDigest, StorageError, digest_file
 from dataset_assets.core.versioned import ANNOTATIONS_FILE, PublishSpec, check_version
 
 logger = get_logger(__name__)
@@ -78,9 +78,13 @@ def version_destination(spec: PublishSpec, dataset: str, version: str, client: A
     return root.child(f"{dataset}/{version}")
 
 
-def publish_file(path: Path, destination: S3Destination, name: str) -> PublishedFile:
-    """Upload `path` as `name` below `destination` unless an identical object (size + sha1) is there."""
-    digest = digest_file(path)
+def publish_file(path: Path, destination: S3Destination, name: str, digest: FileDigest | None = None
+                 ) -> PublishedFile:
+    """Upload `path` as `name` below `destination` unless an identical object (size + sha1) is there.
+
+    `digest` is the file's, when the caller already read it.
+    """
+    digest = digest or digest_file(path)
     uri = destination.describe(name)
     if destination.verified(name, digest.size, digest.sha1) is not None:
         return PublishedFile(name, uri, "skipped", digest.size, digest.sha1, digest.sha256)
@@ -99,15 +103,29 @@ def publish_file(path: Path, destination: S3Destination, name: str) -> Published
     return PublishedFile(name, uri, "uploaded", digest.size, digest.sha1, digest.sha256)
 
 
-def publish_folder(folder: Path, names: Sequence[str], destination: S3Destination) -> PublishReport:
-    """Publish `folder/<name>` for each name, in order; every file must exist."""
+def publish_folder(folder: Path, names: Sequence[str], destination: S3Destination,
+                   pins: Mapping[str, tuple[str, str]] | None = None) -> PublishReport:
+    """Publish `folder/<name>` for each name, in order; every file must exist and match its pin.
+
+    `pins` maps a name to the catalog field pinning its sha256 and that sha256: a file that misses its
+    pin would be refused (and deleted) by every download, so nothing is published then.
+    """
     missing = [str(folder / name) for name in names if not (folder / name).is_file()]
     if missing:
         raise DatasetAssetsError(f"cannot publish {destination.describe()}: missing {', '.join(missing)} "
                                  "(download the version, or prepare and pack it, first)")
     started = time.monotonic()
-    files = tuple(publish_file(folder / name, destination, name) for name in names)
+    digests = {name: _pinned_digest(folder / name, (pins or {}).get(name)) for name in names}
+    files = tuple(publish_file(folder / name, destination, name, digests[name]) for name in names)
     return PublishReport(files, time.monotonic() - started)
+
+
+def _pinned_digest(path: Path, pin: tuple[str, str] | None) -> FileDigest:
+    digest = digest_file(path)
+    if pin is not None and digest.sha256 != pin[1]:
+        raise DatasetAssetsError(f"{path}: sha256 {digest.sha256} differs from the catalog's pin {pin[0]} "
+                                 f"({pin[1]}); nothing was published")
+    return digest
 
 
 def publish_mismatches(folder: Path, names: Sequence[str], destination: S3Destination) -> list[str]:

@@ -154,6 +154,12 @@ class VersionedSource:
                                                               f"(components: {', '.join(self.components)})")
         return self.components[name]
 
+    def published_pins(self, version: str) -> dict[str, tuple[str, str]]:
+        """`{file: (catalog field, sha256)}` of the published files `version` pins."""
+        return {component.kind.filename: (f"components.{name}.sha256.{version}", component.sha256[version])
+                for name, component in self.components.items()
+                if component.kind.published and version in component.sha256}
+
     def published_files(self) -> list[str]:
         """Files a version publishes, annotations last: its object marks the version complete."""
         kinds = [component.kind for component in self.components.values() if component.kind.published]

@@ -85,7 +85,7 @@ def _published_asset(spec: DatasetSpec, partitions: PartitionsDefinition) -> Ass
     def published(context: AssetExecutionContext, home: DatasetHome) -> MaterializeResult:
         version = context.partition_key
         report = publish_folder(home.version_folder(dataset, version), files,
-                                version_destination(publish, dataset, version))
+                                version_destination(publish, dataset, version), source.published_pins(version))
         context.log.info(report.summary())
         return MaterializeResult(metadata=_metadata(report.metadata()))
 
