@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from dataset_assets.core.errors import DatasetAssetsError, InvalidInputError
 from dataset_assets.core.redaction import get_logger, redact_text
 from dataset_assets.core.s3 import MIB, MultipartSettings, S3Destination, S3Url, make_s3_client
-from dataset_assets.core.storage import CHUNK_BYTES, FileDigest, StorageError, digest_file
+from dataset_assets.core.storage import CHUNK_BYTES, FileDigest, FileSink, StorageError, digest_file
 from dataset_assets.core.versioned import ANNOTATIONS_FILE, PublishSpec, check_version
 
 logger = get_logger(__name__)
@@ -90,17 +90,37 @@ def publish_file(path: Path, destination: S3Destination, name: str, digest: File
         return PublishedFile(name, uri, "skipped", digest.size, digest.sha1, digest.sha256)
     sink = destination.open(name, digest.sha1)
     try:
-        sink.restart(None, digest.size)  # the known size lets the sink keep within S3's 10,000 parts
-        with open(path, "rb") as handle:
-            while chunk := handle.read(CHUNK_BYTES):
-                sink.write(chunk)
-        if sink.digest() != digest:
-            raise StorageError(f"{path}: changed while it was uploaded to {uri}; nothing was published")
-        sink.commit()
+        _upload(path, sink, digest, uri)
+    except StorageError:
+        # S3 has no locks: a concurrent run of the same version may have published the object meanwhile
+        # and aborted this run's upload as stale (`abort_stale_uploads`); its verified copy is as good.
+        if not _published_meanwhile(path, destination, name, digest):
+            raise
+        return PublishedFile(name, uri, "skipped", digest.size, digest.sha1, digest.sha256)
     finally:
         sink.close()
     logger.info("published %s (%d bytes)", uri, digest.size)
     return PublishedFile(name, uri, "uploaded", digest.size, digest.sha1, digest.sha256)
+
+
+def _upload(path: Path, sink: FileSink, digest: FileDigest, uri: str) -> None:
+    sink.restart(None, digest.size)  # the known size lets the sink keep within S3's 10,000 parts
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            sink.write(chunk)
+    if sink.digest() != digest:
+        raise StorageError(f"{path}: changed while it was uploaded to {uri}; nothing was published")
+    sink.commit()
+
+
+def _published_meanwhile(path: Path, destination: S3Destination, name: str, digest: FileDigest) -> bool:
+    """True if the object is now there with the file's size and sha1, and the file still has them."""
+    try:
+        if destination.verified(name, digest.size, digest.sha1) is None:
+            return False
+    except StorageError:
+        return False
+    return digest_file(path) == digest
 
 
 def publish_folder(folder: Path, names: Sequence[str], destination: S3Destination,

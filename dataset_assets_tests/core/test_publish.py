@@ -14,7 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import EndpointConnectionError
 
 from dataset_assets.core.errors import DatasetAssetsError
-from dataset_assets.core.publish import list_published_versions, publish_folder, version_destination
+from dataset_assets.core.publish import PublishReport, list_published_versions, publish_folder, version_destination
 from dataset_assets.core.s3 import MIB
 from dataset_assets.core.storage import StorageError
 from dataset_assets.core.versioned import PublishSpec, download_components, load_annotations, pack_assets
@@ -112,6 +112,29 @@ def test_republish_uploads_nothing_and_a_changed_file_is_uploaded_again(tmp_path
     pack_assets(folder / "assets", folder / "assets.tar")
     changed = publish_folder(folder, FILES, destination)
     assert [file.status for file in changed.files] == ["uploaded", "skipped", "skipped"]
+
+
+def test_a_concurrent_publish_of_the_same_version_that_aborts_our_upload_counts_as_published(
+        tmp_path: Path, s3_bucket: S3Bucket) -> None:
+    """Two runs of one partition (a backfill and a manual run): the first to complete aborts the other's
+    multipart upload as stale, and the other then finds the object published and verified."""
+    folder = big_version(tmp_path / V1)
+    client = boto3.session.Session().client("s3", endpoint_url=s3_bucket.endpoint_url, region_name="us-east-1",
+                                            config=Config(retries={"max_attempts": 1}))
+    others: list[PublishReport] = []
+
+    def other_run_finishes_first(**kwargs: Any) -> None:
+        if not others:
+            others.append(publish_folder(folder, FILES, version_destination(spec_for(s3_bucket), DS, V1,
+                                                                            s3_bucket.client)))
+
+    client.meta.events.register("before-call.s3.CompleteMultipartUpload", other_run_finishes_first)
+    report = publish_folder(folder, FILES, version_destination(spec_for(s3_bucket), DS, V1, client))
+
+    assert [file.status for file in others[0].files] == ["uploaded"] * 3
+    assert [file.status for file in report.files] == ["skipped"] * 3
+    assert s3_bucket.read(f"public/{DS}/{V1}/assets.tar") == (folder / "assets.tar").read_bytes()
+    assert s3_bucket.multipart_uploads() == []
 
 
 def test_a_failed_part_aborts_the_upload_and_nothing_becomes_visible(tmp_path: Path, s3_bucket: S3Bucket) -> None:
