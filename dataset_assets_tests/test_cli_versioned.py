@@ -159,3 +159,15 @@ def test_publish_of_a_file_that_misses_its_catalog_pin_exits_2_and_uploads_nothi
     assert (f"error: {folder / 'assets.tar'}: sha256 {repacked} differs from the catalog's pin "
             f"components.assets.sha256.{V1} ({pinned}); nothing was published") in capsys.readouterr().err
     assert catalog_for.keys() == []
+
+
+def test_an_exclude_with_a_slash_matches_the_path_below_the_packed_folder(catalog_for: S3Bucket,
+                                                                          tmp_path: Path) -> None:
+    folder = produce(tmp_path, V1)
+
+    assert main(versioned("pack", tmp_path, "--exclude", "obj001/*.jpg")) == 0
+
+    with tarfile.open(folder / "assets.tar") as tar:
+        names = tar.getnames()
+    assert "assets/obj001/albedo.jpg" not in names
+    assert {"assets/obj000/albedo.jpg", "assets/obj002/albedo.jpg", "assets/obj001/obj001.glb"} <= set(names)

@@ -57,7 +57,9 @@ def add_versioned_commands(commands: argparse._SubParsersAction) -> None:  # typ
     _common(actions.add_parser("prepare", help="merge assets/<uid>/annotations.json into annotations.json.gz"))
     pack = actions.add_parser("pack", help="pack assets/ (and features/) into reproducible tarballs")
     _common(pack)
-    pack.add_argument("--exclude", action="append", default=[], help="another exclude pattern (repeatable)")
+    pack.add_argument("--exclude", action="append", default=[],
+                      help="another exclude pattern, matching any path component, or with a '/' the path "
+                           "below assets/ (repeatable)")
     pack.add_argument("--no-default-excludes", action="store_true",
                       help=f"do not exclude the seed's list ({', '.join(DEFAULT_EXCLUDES)})")
     publish = actions.add_parser("publish", help="upload one version to the bucket (parallel multipart, verified)")

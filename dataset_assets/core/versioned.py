@@ -172,8 +172,11 @@ def version_folder(root: str | Path, dataset: str, version: str) -> Path:
 
 
 def is_excluded(relative: str, excludes: Sequence[str]) -> bool:
-    """True when any path component of `relative` matches an exclude pattern."""
-    return any(fnmatch.fnmatchcase(part, pattern) for part in relative.split("/") for pattern in excludes)
+    """True when an exclude pattern matches a path component of `relative` or, for a pattern with a `/`
+    (no component can match it), the whole of `relative`."""
+    parts = relative.split("/")
+    return any(fnmatch.fnmatchcase(relative, pattern) if "/" in pattern
+               else any(fnmatch.fnmatchcase(part, pattern) for part in parts) for pattern in excludes)
 
 
 def _validated_annotation(path: Path, uid: str) -> dict[str, Any]:
