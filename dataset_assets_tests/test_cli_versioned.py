@@ -171,3 +171,12 @@ def test_an_exclude_with_a_slash_matches_the_path_below_the_packed_folder(catalo
         names = tar.getnames()
     assert "assets/obj001/albedo.jpg" not in names
     assert {"assets/obj000/albedo.jpg", "assets/obj002/albedo.jpg", "assets/obj001/obj001.glb"} <= set(names)
+
+
+def test_pack_without_an_assets_folder_exits_2_naming_it_and_creates_nothing(
+        catalog_for: S3Bucket, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(versioned("pack", tmp_path / "producer")) == 2
+
+    assert f"error: {tmp_path / 'producer' / DS / V1 / 'assets'}: folder to pack does not exist" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "producer").exists()

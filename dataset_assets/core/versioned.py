@@ -321,6 +321,8 @@ class _HashingReader:
 def pack_assets(assets_dir: Path, out_tar: Path, excludes: Sequence[str] = DEFAULT_EXCLUDES,
                 root: str = "assets") -> PackResult:
     """Pack `assets_dir` as `<root>/...` into a reproducible tar plus `<tar>.manifest.json`."""
+    if not assets_dir.is_dir():
+        raise DatasetAssetsError(f"{assets_dir}: folder to pack does not exist")
     members: list[PackedMember] = []
     with atomic_file(out_tar) as part:
         with tarfile.open(part, mode="w", format=tarfile.PAX_FORMAT) as tar:
