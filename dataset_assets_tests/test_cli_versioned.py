@@ -113,8 +113,8 @@ def test_download_of_a_component_the_dataset_lacks_exits_2(catalog_for: S3Bucket
             "(components: annotations, assets, features) (got 'base_data')") in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--part-size-mib", "1"), ("--concurrency", "0"),
-                                             ("--destination", "bucket/prefix")])
+@pytest.mark.parametrize(("flag", "value"), [("--part-size-mib", "1"), ("--part-size-mib", "5121"),
+                                             ("--concurrency", "0"), ("--destination", "bucket/prefix")])
 def test_bad_publish_flags_exit_2_naming_the_flag(catalog_for: S3Bucket, tmp_path: Path, flag: str, value: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     produce(tmp_path, V1)

@@ -23,6 +23,7 @@ from dataset_assets.core.handlers.registry import get_handler, handler_names
 from dataset_assets.core.paths import escape_reason
 from dataset_assets.core.preprocess import PreprocessConfig
 from dataset_assets.core.redaction import redact_url
+from dataset_assets.core.s3 import MAX_PART_SIZE, MIB, MIN_PART_SIZE
 from dataset_assets.core.versioned import (
     COMPONENT_KINDS,
     REQUIRED_COMPONENTS,
@@ -325,10 +326,13 @@ def _read_components(reader: _Reader, value: Any, field_path: str, versions: tup
             for name, component in body.items()}
 
 
-def _read_int(reader: _Reader, body: Mapping[str, Any], key: str, default: int, minimum: int, field_path: str) -> int:
+def _read_int(reader: _Reader, body: Mapping[str, Any], key: str, default: int, minimum: int, field_path: str,
+              maximum: int | None = None) -> int:
     value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise reader.fail(f"{field_path}.{key}", value, f"must be an integer of at least {minimum}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
+            or (maximum is not None and value > maximum):
+        most = "" if maximum is None else f" and at most {maximum}"
+        raise reader.fail(f"{field_path}.{key}", value, f"must be an integer of at least {minimum}{most}")
     return value
 
 
@@ -340,7 +344,7 @@ def _read_prefix(reader: _Reader, value: Any, field_path: str) -> str:
 
 
 def _read_publish(reader: _Reader, value: Any, field_path: str) -> PublishSpec:
-    """`bucket`, `prefix`, `part_size_mib` (at least 5, the S3 minimum), `concurrency`, `endpoint_url`."""
+    """`bucket`, `prefix`, `part_size_mib` (5 to 5120, the S3 limits), `concurrency`, `endpoint_url`."""
     body = reader.mapping(value, field_path)
     reader.known_keys(body, field_path, PUBLISH_FIELDS)
     bucket = reader.string(body.get("bucket"), f"{field_path}.bucket")
@@ -354,7 +358,8 @@ def _read_publish(reader: _Reader, value: Any, field_path: str) -> PublishSpec:
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise reader.fail(f"{field_path}.endpoint_url", endpoint, "must be an http(s) URL (or empty: AWS's own)")
     return PublishSpec(bucket=bucket, prefix=prefix,
-                       part_size_mib=_read_int(reader, body, "part_size_mib", PublishSpec.part_size_mib, 5, field_path),
+                       part_size_mib=_read_int(reader, body, "part_size_mib", PublishSpec.part_size_mib,
+                                               MIN_PART_SIZE // MIB, field_path, MAX_PART_SIZE // MIB),
                        concurrency=_read_int(reader, body, "concurrency", PublishSpec.concurrency, 1, field_path),
                        endpoint_url=endpoint or None)
 

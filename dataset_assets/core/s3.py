@@ -32,6 +32,7 @@ from dataset_assets.core.storage import FileDigest, FileSink, StorageError, Stre
 logger = get_logger(__name__)
 MIB = 1 << 20
 MIN_PART_SIZE = 5 * MIB
+MAX_PART_SIZE = 5 << 30  # S3 refuses larger parts, and each part in flight is held in memory
 MAX_PARTS = 10_000
 DIGEST_NAMES = ("sha1", "sha256")  # object metadata keys, and tags of multipart objects
 DEFAULT_PART_SIZE = 8 * MIB
@@ -76,7 +77,7 @@ def make_s3_client(endpoint_url: str | None = None, region_name: str | None = No
 
 @dataclass(frozen=True)
 class MultipartSettings:
-    """Part size in bytes (S3 needs at least 5 MiB) and parts uploaded at once per destination."""
+    """Part size in bytes (S3 needs 5 MiB to 5 GiB) and parts uploaded at once per destination."""
 
     part_size: int = DEFAULT_PART_SIZE
     concurrency: int = DEFAULT_PART_CONCURRENCY
@@ -85,6 +86,9 @@ class MultipartSettings:
         if self.part_size < MIN_PART_SIZE:
             raise InvalidInputError("multipart settings", "part_size", self.part_size,
                                     f"must be at least {MIN_PART_SIZE} bytes (5 MiB, the S3 minimum)")
+        if self.part_size > MAX_PART_SIZE:
+            raise InvalidInputError("multipart settings", "part_size", self.part_size,
+                                    f"must be at most {MAX_PART_SIZE} bytes (5 GiB, the S3 maximum)")
         if self.concurrency < 1:
             raise InvalidInputError("multipart settings", "concurrency", self.concurrency, "must be at least 1")
 

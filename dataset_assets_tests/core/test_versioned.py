@@ -350,6 +350,7 @@ def test_publish_settings_take_the_endpoint_from_the_environment(tmp_path: Path,
      ({"components": {"annotations": {}, "assets": {"sha256": {V1: "abc"}}}}, f"components.assets.sha256.{V1}",
       "64 lowercase hex"),
      ({"publish": {"bucket": "b", "part_size_mib": 4}}, "publish.part_size_mib", "at least 5"),
+     ({"publish": {"bucket": "b", "part_size_mib": 5121}}, "publish.part_size_mib", "at most 5120"),
      ({"publish": {"prefix": "p"}}, "publish.bucket", "non-empty string"),
      ({"base_url": "ftp://example.com"}, "base_url", "http(s) URL")],
 )
