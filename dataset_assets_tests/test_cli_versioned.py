@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,6 +23,7 @@ from dataset_assets_tests.core.handlers.helpers import write_catalog
 from dataset_assets_tests.core.test_publish import FILES, make_public
 from dataset_assets_tests.core.test_versioned import DS, V1, V2, make_assets, packed_tree, tree, versioned_body
 from dataset_assets_tests.s3_fixtures import S3Bucket
+from dataset_assets_tests.test_cli_download import wait_until
 
 moto_endpoint = s3_fixtures.moto_endpoint
 moto_client = s3_fixtures.moto_client
@@ -180,3 +188,54 @@ def test_pack_without_an_assets_folder_exits_2_naming_it_and_creates_nothing(
     assert f"error: {tmp_path / 'producer' / DS / V1 / 'assets'}: folder to pack does not exist" in \
         capsys.readouterr().err
     assert not (tmp_path / "producer").exists()
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """Announces 10 MiB and sends 1 KiB every 10 ms: a download that is still running when interrupted."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(10 << 20))
+        self.end_headers()
+        try:
+            for _ in range(10 << 10):
+                self.wfile.write(bytes(1024))
+                time.sleep(0.01)
+        except OSError:  # the client went away
+            return
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep test output clean."""
+
+
+@pytest.fixture
+def trickle_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_ctrl_c_during_a_download_exits_130_without_a_traceback_keeping_the_bytes_held(
+        trickle_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_catalog(tmp_path, {DS: versioned_body(trickle_url, annotations={}, assets={})})
+    monkeypatch.setenv(CATALOG_ENV, str(tmp_path / "catalog.yaml"))
+    folder = tmp_path / "cache" / DS / V1
+    process = subprocess.Popen([sys.executable, "-m", "dataset_assets.cli",
+                                *versioned("download", tmp_path / "cache", "--component", "assets")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: any(path.stat().st_size for path in folder.glob("*.part")), process, "bytes held")
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        process.kill()
+        process.wait()
+
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted: run the same command again to resume" in stderr
+    assert any(path.stat().st_size for path in folder.glob("*.part"))
+    assert not (folder / "assets.tar").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from dataset_assets.cli.flags import COMMAND_LINE, check_multipart_flags
@@ -137,6 +138,15 @@ def _publish(args: argparse.Namespace, source: VersionedSource, folder: Path) ->
 def run_versioned(args: argparse.Namespace) -> int:
     source = _source(args)
     folder = version_folder(args.path, args.dataset, args.version)
+    try:
+        return _run(args, source, folder)
+    except KeyboardInterrupt:  # files are written atomically and multipart uploads aborted: nothing is half-done
+        print("interrupted: run the same command again to resume (bytes held in .part files are kept, "
+              "verified files and published objects are not transferred again)", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace, source: VersionedSource, folder: Path) -> int:
     if args.action == "download":
         return _download(args, source)
     if args.action == "prepare":
