@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,6 +23,7 @@ from dataset_assets.core.splits import split_sequences
 from dataset_assets.demo.generate import DemoFile
 from dataset_assets.demo.server import DemoServer
 from dataset_assets_tests import s3_fixtures
+from dataset_assets_tests.cli_interrupt import interrupt_cli
 from dataset_assets_tests.demo import fixtures
 from dataset_assets_tests.s3_fixtures import S3Bucket
 
@@ -294,15 +294,6 @@ def test_an_unusable_s3_endpoint_exits_2_naming_it(demo_server: DemoServer, tmp_
     assert demo_server.stats.body_bytes_sent() == 0
 
 
-def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str], what: str, timeout: float = 20) -> None:
-    """Poll `condition` until true; fail naming `what` if `process` ends first or time runs out."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"the download ended (exit {process.returncode}) before {what}"
-        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s"
-        time.sleep(0.01)
-
-
 def test_ctrl_c_stops_promptly_summarises_exits_130_and_a_rerun_fetches_only_the_missing_bytes(
     demo_server: DemoServer, demo_files: list[DemoFile], tmp_path: Path
 ) -> None:
@@ -312,28 +303,21 @@ def test_ctrl_c_stops_promptly_summarises_exits_130_and_a_rerun_fetches_only_the
     demo_server.faults.trickle(10_000)
     demo_server.faults.fail_with_status(503, times=100, retry_after=30, path_contains=f"/{waiting.relative_path}")
     out = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "-m", "dataset_assets.cli",
-                                *download_args(manifest_path, out, "--download-wds-to-local", "--workers", "2")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: any(r.status == 503 for r in demo_server.stats.requests), process, "503 answered")
-        wait_until(lambda: any(p.stat().st_size for p in out.glob("*/*.tar.part")), process, "bytes held")
-        interrupted_at = time.monotonic()
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=20)
-    finally:
-        process.kill()
-        process.wait()
 
-    assert time.monotonic() - interrupted_at < 10  # not the 30 s Retry-After: a loaded machine has margin
-    assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr
-    summary = re.search(r"16 file\(s\): (\d+) downloaded, 0 resumed, 0 skipped, 0 failed, (\d+) interrupted", stdout)
-    assert summary, stdout
+    ended = interrupt_cli(download_args(manifest_path, out, "--download-wds-to-local", "--workers", "2"), [
+        (lambda: any(r.status == 503 for r in demo_server.stats.requests), "503 answered"),
+        (lambda: any(p.stat().st_size for p in out.glob("*/*.tar.part")), "bytes held")])
+
+    assert ended.seconds_to_exit < 10  # not the 30 s Retry-After: a loaded machine has margin
+    assert ended.returncode == 130, ended.stderr
+    assert "Traceback" not in ended.stderr
+    summary = re.search(r"16 file\(s\): (\d+) downloaded, 0 resumed, 0 skipped, 0 failed, (\d+) interrupted",
+                        ended.stdout)
+    assert summary, ended.stdout
     files = config_files(demo_files)
     complete = [f for f in files if (out / f.sequence / f.filename).exists()]
     assert int(summary[1]) == len(complete) and int(summary[2]) == len(files) - len(complete)
-    assert "interrupted: run the same command again to resume" in stdout
+    assert "interrupted: run the same command again to resume" in ended.stdout
     assert not list(out.glob("*.yaml")) and not list(out.glob(".*"))
     held = sum(path.stat().st_size for path in out.glob("*/*.tar.part"))
     assert held
@@ -353,17 +337,10 @@ def test_ctrl_c_while_the_manifest_is_fetched_exits_130_without_a_traceback(
 ) -> None:
     demo_server.faults.trickle(1_000, path_contains="/manifest.json")
     out = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "-m", "dataset_assets.cli",
-                                *download_args(demo_server.manifest_url, out, "--download-wds-to-local")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: demo_server.stats.body_bytes_sent("/manifest.json") > 0, process, "manifest bytes sent")
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=10)
-    finally:
-        process.kill()
-        process.wait()
 
-    assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr and "interrupted: run the same command again to resume" in stderr
+    ended = interrupt_cli(download_args(demo_server.manifest_url, out, "--download-wds-to-local"), [
+        (lambda: demo_server.stats.body_bytes_sent("/manifest.json") > 0, "manifest bytes sent")])
+
+    assert ended.returncode == 130, ended.stderr
+    assert "Traceback" not in ended.stderr and "interrupted: run the same command again to resume" in ended.stderr
     assert not out.exists()

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
-import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -19,11 +16,11 @@ import yaml
 from dataset_assets.cli import main
 from dataset_assets.core.catalog import CATALOG_ENV
 from dataset_assets_tests import s3_fixtures
+from dataset_assets_tests.cli_interrupt import interrupt_cli
 from dataset_assets_tests.core.handlers.helpers import write_catalog
 from dataset_assets_tests.core.test_publish import FILES, make_public
 from dataset_assets_tests.core.test_versioned import DS, V1, V2, make_assets, packed_tree, tree, versioned_body
 from dataset_assets_tests.s3_fixtures import S3Bucket
-from dataset_assets_tests.test_cli_download import wait_until
 
 moto_endpoint = s3_fixtures.moto_endpoint
 moto_client = s3_fixtures.moto_client
@@ -224,18 +221,11 @@ def test_ctrl_c_during_a_download_exits_130_without_a_traceback_keeping_the_byte
     write_catalog(tmp_path, {DS: versioned_body(trickle_url, annotations={}, assets={})})
     monkeypatch.setenv(CATALOG_ENV, str(tmp_path / "catalog.yaml"))
     folder = tmp_path / "cache" / DS / V1
-    process = subprocess.Popen([sys.executable, "-m", "dataset_assets.cli",
-                                *versioned("download", tmp_path / "cache", "--component", "assets")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: any(path.stat().st_size for path in folder.glob("*.part")), process, "bytes held")
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=20)
-    finally:
-        process.kill()
-        process.wait()
 
-    assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr and "interrupted: run the same command again to resume" in stderr
+    ended = interrupt_cli(versioned("download", tmp_path / "cache", "--component", "assets"),
+                          [(lambda: any(path.stat().st_size for path in folder.glob("*.part")), "bytes held")])
+
+    assert ended.returncode == 130, ended.stderr
+    assert "Traceback" not in ended.stderr and "interrupted: run the same command again to resume" in ended.stderr
     assert any(path.stat().st_size for path in folder.glob("*.part"))
     assert not (folder / "assets.tar").exists()
