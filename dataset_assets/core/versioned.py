@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -474,6 +474,21 @@ def _tree_change(folder: Path, listing: Mapping[str, list[int]]) -> str | None:
     return None
 
 
+def _read_marker(marker: Path) -> dict[str, Any]:
+    """An extraction marker's record; empty if it cannot be read (the folder is then extracted again)."""
+    try:
+        recorded = json.loads(marker.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _is_listing(value: object) -> TypeGuard[dict[str, list[int]]]:
+    return isinstance(value, dict) and all(
+        isinstance(entry, list) and len(entry) == 2 and all(type(number) is int for number in entry)
+        for entry in value.values())
+
+
 def _extract_once(tar_path: Path, folder: Path, sha256: str) -> int:
     """Extract `tar_path` into `folder` unless its marker says this very tarball was and every file it
     extracted is still as extracted; the member count.
@@ -484,12 +499,12 @@ def _extract_once(tar_path: Path, folder: Path, sha256: str) -> int:
     """
     marker = folder.with_name(f".{folder.name}.extracted.json")
     if folder.is_dir() and marker.is_file():
-        recorded = json.loads(marker.read_text())
-        listing = recorded.get("files")
-        if recorded.get("sha256") == sha256 and isinstance(listing, dict):
+        recorded = _read_marker(marker)
+        listing = recorded.get("files") if recorded.get("sha256") == sha256 else None
+        if _is_listing(listing) and isinstance(recorded.get("members"), int):
             change = _tree_change(folder, listing)
             if change is None:
-                return int(recorded["members"])
+                return recorded["members"]
             logger.warning("%s: %s since %s was extracted; extracting again", folder, change, tar_path.name)
     elif folder.exists():
         raise DatasetAssetsError(f"{folder}: exists but was not extracted from {tar_path.name} here "

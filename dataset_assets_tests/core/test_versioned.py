@@ -511,6 +511,24 @@ def test_an_extracted_file_removed_or_edited_since_is_extracted_again(static_ser
     assert f"{victim.relative_to(extracted)}" in caplog.text and "extracting again" in caplog.text
 
 
+@pytest.mark.parametrize("marker", [b"\x00garbled", b"[]", b'{"sha256": "%s", "files": {"a": "b"}, "members": 1}'],
+                         ids=["not json", "not an object", "malformed listing"])
+def test_an_unreadable_extraction_marker_means_extracting_again(static_server: StaticServer, tmp_path: Path,
+                                                                marker: bytes) -> None:
+    producer = serve_version(static_server.folder, tmp_path / "producer", V1)
+    source = write_catalog(tmp_path, {DS: versioned_body(static_server.base_url)}).dataset(DS).versioned
+    assert source is not None
+    root = tmp_path / "cache"
+    [first] = download_components(DS, source, V1, root, ["assets"], FAST)
+    (root / DS / V1 / ".assets.extracted.json").write_bytes(marker.replace(b"%s", first.sha256.encode()))
+
+    [result] = download_components(DS, source, V1, root, ["assets"], FAST)
+
+    assert result.status == "skipped" and result.members == len(packed_tree(producer / "assets"))
+    assert tree(root / DS / V1 / "assets") == packed_tree(producer / "assets")
+    assert json.loads((root / DS / V1 / ".assets.extracted.json").read_text())["members"] == result.members
+
+
 def test_a_pinned_sha256_mismatch_fails_naming_the_file_and_deletes_it(
         static_server: StaticServer, tmp_path: Path) -> None:
     serve_version(static_server.folder, tmp_path / "producer", V1)
