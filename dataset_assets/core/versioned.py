@@ -30,7 +30,6 @@ from datetime import date
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any, TypeGuard
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -40,6 +39,7 @@ from dataset_assets.core.paths import escape_reason
 from dataset_assets.core.shards import check_member
 from dataset_assets.core.storage import atomic_file, atomic_folder, digest_file, write_bytes_atomic
 from dataset_assets.core.transfer import ChecksumMismatch, FileResult, TransferSettings, download_entries
+from dataset_assets.core.urls import url_below
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +110,7 @@ class Component:
     sha256: Mapping[str, str] = field(default_factory=dict)
 
     def url(self, base_url: str, version: str) -> str:
-        """The path goes below the base URL's path: a query (an Azure container SAS token, say) stays last."""
-        parts = urlsplit(base_url)
-        path = f"{parts.path.rstrip('/')}/{self.path.replace('{version}', version)}"
-        return urlunsplit(parts._replace(path=path))
+        return url_below(base_url, self.path.replace("{version}", version))
 
 
 @dataclass(frozen=True)

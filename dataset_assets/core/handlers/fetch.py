@@ -12,7 +12,6 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from dataset_assets.core.catalog import HandlerSource
 from dataset_assets.core.errors import DatasetAssetsError
@@ -21,6 +20,7 @@ from dataset_assets.core.manifest import ManifestEntry
 from dataset_assets.core.redaction import get_logger, redact_url
 from dataset_assets.core.storage import digest_file
 from dataset_assets.core.transfer import TransferSettings, transfer_entries
+from dataset_assets.core.urls import url_below
 
 logger = get_logger(__name__)
 
@@ -81,12 +81,6 @@ class ArtifactReport:
         }
 
 
-def _url_under(base_url: str, filename: str) -> str:
-    """`filename` appended to the path of `base_url`; a query (a container's SAS token, say) stays at the end."""
-    parts = urlsplit(base_url)
-    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{filename}"))
-
-
 def resolve_artifacts(handler: Handler, source: HandlerSource, folder: Path) -> tuple[ResolvedArtifact, ...]:
     """Apply the catalog: a per-artifact URL beats `base_url/<filename>`, which beats the handler's URL."""
     resolved = []
@@ -94,7 +88,7 @@ def resolve_artifacts(handler: Handler, source: HandlerSource, folder: Path) -> 
         pin = source.artifacts.get(artifact.name)
         url = artifact.url
         if source.base_url is not None:
-            url = _url_under(source.base_url, artifact.filename)
+            url = url_below(source.base_url, artifact.filename)
         if pin is not None and pin.url is not None:
             url = pin.url
         sha256 = pin.sha256 if pin is not None and pin.sha256 is not None else artifact.sha256
