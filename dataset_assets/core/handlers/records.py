@@ -26,7 +26,7 @@ from pathlib import Path
 
 from dataset_assets.core.catalog import HandlerSource, SplitSpec
 from dataset_assets.core.errors import DatasetAssetsError
-from dataset_assets.core.handlers.base import SPLITS, Example, Handler, Record
+from dataset_assets.core.handlers.base import SPLITS, ArtifactError, Example, Handler, Record
 from dataset_assets.core.handlers.fetch import ArtifactReport, verify_artifacts
 from dataset_assets.core.index import ShardIndex, ShardInfo, write_index
 from dataset_assets.core.shards import ShardWriter
@@ -183,6 +183,8 @@ def build_records(dataset: str, handler: Handler, source: HandlerSource, split: 
     """Convert the verified artifacts in `artifacts_folder` into the record set at `records_folder`."""
     artifacts = verify_artifacts(dataset, handler, source, artifacts_folder)
     records = handler.plan(artifacts.paths())
+    if not records:  # a header-only CSV, an empty image list: not a dataset, whatever the checks would say
+        raise ArtifactError(", ".join(sorted(artifacts.paths())), None, "hold no examples: nothing to convert")
     check_unique_keys(records)
     by_split = assign_splits(records, split.ratio, split.seed)
     with atomic_folder(records_folder) as staging:

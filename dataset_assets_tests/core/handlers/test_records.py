@@ -150,6 +150,10 @@ BAD_ARTIFACTS = {
             "train.csv": b"image_id,healthy,multiple_diseases,rust,scab\nTrain_0,0,0,1,0\n\"" + b"x" * 200_000
                          + b"\",0,0,1,0\n"}),
         "artifact 'archive', member 'train.csv': line 3: is not readable CSV (field larger than field limit"),
+    "plant train.csv without rows": (
+        "plant_pathology_2020", lambda folder: rewrite_zip(folder / "plant-pathology-2020-fgvc7.zip", {
+            "train.csv": b"image_id,healthy,multiple_diseases,rust,scab\n"}),
+        "artifact 'archive': hold no examples: nothing to convert"),
     "coco category out of range": (
         "coco2017_multilabel", corrupt_coco_category,
         "member 'annotations/instances_val2017.json': annotation 19: label out of range: category_id 999"),
