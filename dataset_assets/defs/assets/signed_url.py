@@ -192,7 +192,10 @@ def build_signed_url_assets(spec: DatasetSpec) -> list[AssetsDefinition]:
         return shards
 
     def build_splits(config: PreprocessConfig, shards_key: AssetKey) -> AssetsDefinition:
-        @asset(key=AssetKey([dataset, f"splits__{config.name}"]), deps=[shards_key], code_version=spec.split.hash,
+        # url_manifest is a dep because the splits read the saved manifest: it orders the steps of a run
+        # that selects both but not the shards (`<ds>_refresh_links`), so the splits see the fresh links.
+        @asset(key=AssetKey([dataset, f"splits__{config.name}"]), deps=[shards_key, manifest_key],
+               code_version=spec.split.hash,
                kinds={"yaml"}, **common,
                description=f"Train/validation/all split manifests of {dataset} config '{config.name}': "
                            "local_*_tars.yaml (preprocessed shards) and streamable_*_tars.yaml (signed URLs); "
