@@ -7,7 +7,8 @@ sequence gets one `<ds>_sequence` run, unless its newest `raw_shards` materializ
 verified exactly those files. Those materializations are read in batches (a few instance queries
 per tick, not one per sequence), and only for sequences that already are partitions: a sequence
 that is not one yet cannot have been materialized. `<ds>_link_refresh_sensor` requests
-`<ds>_refresh_links` once the saved manifest's earliest link expiry is within the margin, and
+`<ds>_refresh_links` once the saved manifest's earliest link expiry is within the margin (and again
+while the newest refresh run failed or was canceled, since those links are still the saved ones), and
 re-requests every partition whose `raw_shards` step failed on expired links and has not been
 materialized since; `<ds>_sequence` fetches fresh links before it downloads.
 
@@ -301,6 +302,21 @@ def scan_failures(instance: DagsterInstance, dataset: str, after: datetime) -> F
     return FailureScan(retries, records[-1].update_timestamp if records else None)
 
 
+def failed_refresh(instance: DagsterInstance, job_name: str) -> str | None:
+    """The id of the newest run of `job_name` if it failed or was canceled: the links it was to refresh are not."""
+    records = instance.get_run_records(RunsFilter(job_name=job_name), limit=1)
+    ended = (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+    return records[0].dagster_run.run_id if records and records[0].dagster_run.status in ended else None
+
+
+def refresh_run_key(expiry: datetime, refreshed_expiry: str, failed_run_id: str | None) -> str | None:
+    """The run key of a refresh of links expiring at `expiry`: the first request for that expiry, or another
+    once the newest refresh run failed (the saved links still expire then); None while neither applies."""
+    if expiry.isoformat() != refreshed_expiry:
+        return f"refresh:{expiry.isoformat()}"
+    return f"refresh:{expiry.isoformat()}:after:{failed_run_id}" if failed_run_id else None
+
+
 def build_link_refresh_sensor(spec: DatasetSpec, jobs: DatasetJobs, margin: timedelta) -> SensorDefinition:
     dataset = spec.name
     name = f"{dataset}_link_refresh_sensor"
@@ -318,10 +334,13 @@ def build_link_refresh_sensor(spec: DatasetSpec, jobs: DatasetJobs, margin: time
         failures_until = scan.until.isoformat() if scan.until else cursor.failures_until
         expiry = saved_expiry(home.manifest_path(dataset))
         refreshed_expiry = cursor.refreshed_expiry
-        if expiry is not None and links_expiring(expiry, margin) and expiry.isoformat() != refreshed_expiry:
-            refreshed_expiry = expiry.isoformat()
-            requests.append(RunRequest(job_name=jobs.refresh_links.name, run_key=f"refresh:{refreshed_expiry}",
-                                       tags={TRIGGER_TAG: "links_expiring"}))
+        if expiry is not None and links_expiring(expiry, margin):
+            run_key = refresh_run_key(expiry, refreshed_expiry,
+                                      failed_refresh(context.instance, jobs.refresh_links.name))
+            if run_key is not None:
+                refreshed_expiry = expiry.isoformat()
+                requests.append(RunRequest(job_name=jobs.refresh_links.name, run_key=run_key,
+                                           tags={TRIGGER_TAG: "links_expiring"}))
         next_cursor = RefreshCursor(failures_until, refreshed_expiry).dumps()
         if not requests:
             until = expiry.isoformat() if expiry else "no expiry recorded"

@@ -226,6 +226,33 @@ def test_link_refresh_sensor_requests_one_manifest_refresh_once_links_are_within
         assert refreshed == {MANIFEST, AssetKey([DEMO, "splits__cubercnn_small"]), AssetKey([DEMO, "splits__efm_png"])}
 
 
+def test_link_refresh_sensor_requests_the_refresh_again_once_the_refresh_it_requested_has_failed(
+    demo_source: Path, home: Path, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with DemoServer(demo_source, link_ttl_seconds=600) as server:
+        monkeypatch.setenv(REFRESH_MARGIN_ENV, "900")
+        defs = make_defs(demo_catalog_at(server, monkeypatch), home, max_attempts=1)
+        assert materialize(defs, instance, MANIFEST).success
+        first = tick(defs, instance, REFRESH_SENSOR)
+        assert requested(first) == [(f"{DEMO}_refresh_links", None)]
+        # the requested run's worker dies: run monitoring marks it failed (a failing step would first
+        # wait out the job's step retries, 10 s and more)
+        run = instance.create_run_for_job(defs.resolve_job_def(f"{DEMO}_refresh_links"),
+                                          tags=(first.run_requests or [])[0].tags)
+        instance.report_run_failed(run)
+
+        second = tick(defs, instance, REFRESH_SENSOR, first.cursor)
+        assert requested(second) == [(f"{DEMO}_refresh_links", None)]
+        again = (second.run_requests or [])[0]
+        assert again.run_key != (first.run_requests or [])[0].run_key
+        assert [request.run_key for request in tick(defs, instance, REFRESH_SENSOR, second.cursor).run_requests
+                or []] == [again.run_key]  # until that run is launched, the same run key: launched once
+        before = (home / DEMO / "url_manifest.json").read_bytes()
+        server.advance_clock(60)
+        assert execute(defs, instance, again).success
+        assert (home / DEMO / "url_manifest.json").read_bytes() != before
+
+
 def test_link_refresh_sensor_re_requests_only_partitions_that_failed_on_expired_links(
     demo_catalog: Catalog, demo_server: DemoServer, home: Path, instance: DagsterInstance
 ) -> None:
