@@ -9,17 +9,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from dataset_assets.core.catalog import DatasetSpec, SplitSpec
 from dataset_assets.core.errors import DatasetAssetsError, ManifestError
-from dataset_assets.core.manifest import ROOT_KEY, UrlManifest, load_manifest_file
+from dataset_assets.core.manifest import ROOT_KEY, UrlManifest, expiry_from_url, load_manifest_file
 from dataset_assets.core.preprocess import PreprocessConfig, PreprocessResult, preprocess_shards
 from dataset_assets.core.shards import count_samples
 from dataset_assets.core.splits import Split, load_split_json, split_sequences, write_split_yamls
 from dataset_assets.core.storage import Destination, FileDigest, atomic_file
+from dataset_assets.core.tar_lists import load_tars_by_sequence
 from dataset_assets.core.transfer import (
     DownloadReport,
     ProgressCallback,
@@ -177,3 +179,20 @@ def write_splits(manifest: UrlManifest, spec: DatasetSpec, config: PreprocessCon
         for name, seqs in (("train", split.train), ("validation", split.validation))
     }
     return SplitResult(split, yamls, samples, missing)
+
+
+def split_links_expiry(shard_set_folders: Iterable[Path]) -> datetime | None:
+    """The earliest expiry of the links in the `streamable_all_tars.yaml` of `shard_set_folders`, or None.
+
+    They are the links of the manifest saved when the splits were last written, which may expire
+    before those saved since (url_manifest materialized alone). A missing or unreadable YAML is skipped.
+    """
+    expiries = []
+    for folder in shard_set_folders:
+        path = folder / "streamable_all_tars.yaml"
+        try:
+            tars = load_tars_by_sequence(path) if path.is_file() else {}
+        except DatasetAssetsError:
+            continue
+        expiries += [expiry for urls in tars.values() for expiry in map(expiry_from_url, urls) if expiry is not None]
+    return min(expiries, default=None)

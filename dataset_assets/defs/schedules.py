@@ -1,8 +1,8 @@
 """Schedules of a signed-URL dataset: a link-refresh backstop and a periodic verification.
 
-`<ds>_link_refresh_schedule` runs `<ds>_refresh_links` whenever the saved manifest's links expire
-before the next tick plus the margin, or carry no expiry this code can read (then links are simply
-rotated every tick); it works even while the sensors are off. `<ds>_verify_schedule` runs
+`<ds>_link_refresh_schedule` runs `<ds>_refresh_links` whenever the saved links (the manifest's and the
+streamable split YAMLs') expire before the next tick plus the margin, or carry no expiry this code can
+read (then links are simply rotated every tick); it works even while the sensors are off. `<ds>_verify_schedule` runs
 `<ds>_verify` daily: one run of the checks of `url_manifest` and `raw_shards` (file count, sizes
 and sha1 of every downloaded sequence against the saved manifest); failures show on the asset.
 """
@@ -13,7 +13,7 @@ from dagster import RunRequest, ScheduleDefinition, ScheduleEvaluationContext, S
 from dataset_assets.core.catalog import DatasetSpec
 from dataset_assets.defs.jobs import DatasetJobs, raw_key
 from dataset_assets.defs.resources import DatasetHome
-from dataset_assets.defs.sensors import TRIGGER_TAG, links_expiring, refresh_margin, saved_expiry
+from dataset_assets.defs.sensors import TRIGGER_TAG, links_expiring, links_expiry, refresh_margin
 
 REFRESH_CRON = "*/30 * * * *"
 REFRESH_INTERVAL = timedelta(minutes=30)
@@ -30,7 +30,7 @@ def build_link_refresh_schedule(spec: DatasetSpec, jobs: DatasetJobs, margin: ti
         path = home.manifest_path(dataset)
         if not path.exists():
             return SkipReason(f"{dataset}: no manifest saved yet; materialize url_manifest first")
-        expiry = saved_expiry(path)
+        expiry = links_expiry(home, spec)
         if expiry is not None and not links_expiring(expiry, margin + REFRESH_INTERVAL):
             return SkipReason(f"{dataset}: links valid until {expiry.isoformat()}")
         return RunRequest(tags={TRIGGER_TAG: "scheduled_link_refresh"})

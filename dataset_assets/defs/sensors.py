@@ -7,7 +7,8 @@ sequence gets one `<ds>_sequence` run, unless its newest `raw_shards` materializ
 verified exactly those files. Those materializations are read in batches (a few instance queries
 per tick, not one per sequence), and only for sequences that already are partitions: a sequence
 that is not one yet cannot have been materialized. `<ds>_link_refresh_sensor` requests
-`<ds>_refresh_links` once the saved manifest's earliest link expiry is within the margin (and again
+`<ds>_refresh_links` once the earliest expiry of the saved links (the manifest's, and the streamable split
+YAMLs', which keep older ones after `url_manifest` ran alone) is within the margin (and again
 while the newest refresh run failed or was canceled, since those links are still the saved ones), and
 re-requests every partition whose `raw_shards` step failed on expired links and has not been
 materialized since; `<ds>_sequence` fetches fresh links before it downloads.
@@ -49,7 +50,7 @@ from dagster._utils.error import SerializableErrorInfo
 from dataset_assets.core.catalog import DatasetSpec
 from dataset_assets.core.errors import ManifestError
 from dataset_assets.core.manifest import ManifestEntry, UrlManifest
-from dataset_assets.core.pipeline import content_version, read_snapshot, usable_sequences
+from dataset_assets.core.pipeline import content_version, read_snapshot, split_links_expiry, usable_sequences
 from dataset_assets.core.transfer import LinkExpired, fetch_manifest, make_client
 from dataset_assets.defs.assets.signed_url import FILE_SIZES, metadata_mapping
 from dataset_assets.defs.jobs import DatasetJobs, raw_key
@@ -171,6 +172,14 @@ def saved_expiry(path: Path) -> datetime | None:
         return read_snapshot(path).earliest_expiry() if path.exists() else None
     except ManifestError:
         return None
+
+
+def links_expiry(home: DatasetHome, spec: DatasetSpec) -> datetime | None:
+    """The earliest expiry of the links saved in the manifest and in the streamable split YAMLs, which keep
+    older links when `url_manifest` was materialized without the splits; None if neither has one."""
+    folders = [home.shard_set_folder(spec.name, config) for config in sorted(spec.preprocess)]
+    expiries = [saved_expiry(home.manifest_path(spec.name)), split_links_expiry(folders)]
+    return min((expiry for expiry in expiries if expiry is not None), default=None)
 
 
 def build_manifest_sensor(spec: DatasetSpec, jobs: DatasetJobs) -> SensorDefinition:
@@ -332,7 +341,7 @@ def build_link_refresh_sensor(spec: DatasetSpec, jobs: DatasetJobs, margin: time
                                run_key=f"retry:{run_id}:{partition}", tags={TRIGGER_TAG: "expired_links"})
                     for run_id, partition in scan.retries]
         failures_until = scan.until.isoformat() if scan.until else cursor.failures_until
-        expiry = saved_expiry(home.manifest_path(dataset))
+        expiry = links_expiry(home, spec)
         refreshed_expiry = cursor.refreshed_expiry
         if expiry is not None and links_expiring(expiry, margin):
             run_key = refresh_run_key(expiry, refreshed_expiry,

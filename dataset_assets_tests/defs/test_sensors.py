@@ -34,6 +34,7 @@ from sqlalchemy.engine import Engine
 from dataset_assets.cli import DEMO_URL_ENV
 from dataset_assets.core.catalog import PACKAGED_CATALOG, Catalog, ManifestSource, load_catalog
 from dataset_assets.core.transfer import fetch_manifest
+from dataset_assets.defs.materialize import materialize_dataset
 from dataset_assets.defs.sensors import REFRESH_MARGIN_ENV, TRIGGER_TAG
 from dataset_assets.demo.server import DemoServer
 from dataset_assets_tests.defs.conftest import DEMO, make_defs
@@ -251,6 +252,22 @@ def test_link_refresh_sensor_requests_the_refresh_again_once_the_refresh_it_requ
         server.advance_clock(60)
         assert execute(defs, instance, again).success
         assert (home / DEMO / "url_manifest.json").read_bytes() != before
+
+
+def test_link_refresh_sensor_refreshes_split_links_that_expire_after_url_manifest_alone_got_fresh_links(
+    demo_source: Path, home: Path, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with DemoServer(demo_source, link_ttl_seconds=600) as server:  # the split YAMLs' links: within the margin
+        monkeypatch.setenv(REFRESH_MARGIN_ENV, "900")
+        defs = make_defs(demo_catalog_at(server, monkeypatch), home)
+        materialize_dataset(defs, instance, DEMO, ["seq_000", "seq_001"])
+        server.advance_clock(3000)  # links issued from now on expire in 3,600 s by the sensor's clock
+        assert materialize(defs, instance, MANIFEST).success  # fresh links for the manifest only, as from the CLI
+        first = tick(defs, instance, REFRESH_SENSOR)
+        assert requested(first) == [(f"{DEMO}_refresh_links", None)]
+
+        assert execute(defs, instance, (first.run_requests or [])[0]).success
+        assert requested(tick(defs, instance, REFRESH_SENSOR, first.cursor)) == []
 
 
 def test_link_refresh_sensor_re_requests_only_partitions_that_failed_on_expired_links(
