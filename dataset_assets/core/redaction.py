@@ -15,11 +15,14 @@ REDACTED = "<redacted>"
 # Both patterns try each run of the characters they scan once, not once per position in it: errors redact
 # whatever a user file holds, and retrying a scan at every position is quadratic in a long token or path.
 # A URL's scheme begins at the first letter of its run (`prefix` keeps what precedes it).
+# User info and query may hold `'`, `(` and `)` unencoded (RFC 3986 sub-delims), so neither ends at them: user info
+# runs to its `@`, a query to whitespace, `"`, `<` or `>`. Quotes or brackets closing a URL-with-query are redacted too.
 _URL_IN_TEXT = re.compile(
-    r"(?<![a-zA-Z0-9+.-])(?P<prefix>[0-9+.-]*)(?P<url>[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()\[\]{}]+)")
+    r"(?<![a-zA-Z0-9+.-])(?P<prefix>[0-9+.-]*)"
+    r"(?P<url>[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^\s/?#@\"<>]*@)?[^\s'\"<>()\[\]{}?]+(?:\?[^\s\"<>]*)?)")
 # A request target without scheme and host, as HTTP libraries log it: `"GET /p?Expires=1&Signature=abc HTTP/1.1"`.
 # A path without a query matches too (and is kept as it is), so the scan resumes after it.
-_TARGET_QUERY = re.compile(r"(?<![\w.~-])(?P<path>/[^\s?'\"<>]*)(?P<query>\?[^\s'\"<>]+)?")
+_TARGET_QUERY = re.compile(r"(?<![\w.~-])(?P<path>/[^\s?'\"<>]*)(?P<query>\?[^\s\"<>]+)?")
 # Names count after any non-alphanumeric (so `access_token`, `client_secret`), and may be quoted (dict reprs, JSON);
 # values may be bytes reprs, as in botocore's logged headers (`'X-Amz-Security-Token': b'...'`).
 _SECRET_ASSIGNMENT = re.compile(

@@ -4,12 +4,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 import boto3
 import pytest
 
+from dataset_assets.core.manifest import ManifestEntry
 from dataset_assets.core.redaction import get_logger, redact_text, redact_url
+from dataset_assets.core.transfer import TransferError, TransferSettings, download_entries
 from dataset_assets_tests import s3_fixtures
+from dataset_assets_tests.plain_server import PlainServer
 from dataset_assets_tests.s3_fixtures import S3Bucket
 
 moto_endpoint = s3_fixtures.moto_endpoint
@@ -86,3 +90,22 @@ def test_s3_client_debug_logs_keep_credentials_and_signatures_out(
     assert "x-amz-security-token" in caplog.text.lower()
     assert "SESSIONTOKEN1234567" not in caplog.text and "SECRETKEY1234567" not in caplog.text
     assert "Signature=<redacted>" in caplog.text
+
+
+@pytest.mark.parametrize("secret_part", ["user:pa(ss)word@", "user:it's-a-secret@"], ids=["paren", "quote"])
+def test_url_credentials_holding_legal_sub_delimiters_never_reach_errors_or_logs(
+    plain_server: PlainServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, secret_part: str
+) -> None:
+    """RFC 3986 allows `'()` unencoded in user info and queries; redaction must not stop at them."""
+    base = plain_server.url("/missing.tar")
+    with_password = base.replace("://", f"://{secret_part}", 1)
+    entries = [ManifestEntry("cubercnn", "seq_000", "a.tar", with_password),
+               ManifestEntry("cubercnn", "seq_001", "b.tar", f"{base}?Expires=4102444800&Signature=ab'cd(ef)SECRETSIG")]
+
+    with caplog.at_level(logging.DEBUG), pytest.raises(TransferError) as raised:
+        download_entries(entries, {"cubercnn": tmp_path}, TransferSettings(max_attempts=1))
+
+    shown = f"{raised.value}\n{caplog.text}"
+    assert "HTTP 404" in str(raised.value)
+    for secret in ("ss)word", "-a-secret", "SECRETSIG", "ef)"):
+        assert secret not in shown
