@@ -194,6 +194,8 @@ def load_manifest_file(path: Path) -> UrlManifest:
                             f"is not valid JSON: {error.msg}") from error
     except UnicodeDecodeError as error:
         raise ManifestError(str(path), "<root>", f"byte {error.start}", "is not UTF-8 text") from error
+    except RecursionError:  # valid JSON nested deeper than the parser recurses
+        raise ManifestError(str(path), "<root>", None, "is not valid JSON: nested too deeply") from None
     return parse_manifest(data, str(path))
 
 

@@ -369,6 +369,8 @@ def fetch_manifest(location: str, client: httpx.Client | None = None) -> tuple[U
         decoded = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise TransferError(f"{location}: manifest is not valid JSON ({error})") from error
+    except RecursionError:  # valid JSON nested deeper than the parser recurses: a hostile server's answer
+        raise TransferError(f"{location}: manifest is not valid JSON (nested too deeply)") from None
     return parse_manifest(decoded, location), data
 
 

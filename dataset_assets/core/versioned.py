@@ -185,6 +185,8 @@ def _validated_annotation(path: Path, uid: str) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise AnnotationError(source, "<root>", f"line {error.lineno} column {error.colno}",
                               f"is not valid JSON: {error.msg}") from error
+    except RecursionError:  # valid JSON nested deeper than the parser recurses
+        raise AnnotationError(source, "<root>", None, "is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise AnnotationError(source, "<root>", data, "must be an object")
     if data.get("uid", uid) != uid:
@@ -246,6 +248,9 @@ def load_annotations(path: Path, max_bytes: int = DEFAULT_MAX_ANNOTATION_BYTES) 
         data = json.loads(_gunzip(path, max_bytes).decode("utf-8"))
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise AnnotationError(str(path), "<root>", path.name, f"is not gzip-compressed JSON ({error})") from error
+    except RecursionError:  # valid JSON nested deeper than the parser recurses
+        raise AnnotationError(str(path), "<root>", path.name,
+                              "is not gzip-compressed JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise AnnotationError(str(path), "<root>", type(data).__name__, "must map object uids to annotations")
     for uid, annotation in data.items():

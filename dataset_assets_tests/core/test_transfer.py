@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from dataset_assets.core import storage, transfer
+from dataset_assets.core.errors import ManifestError
 from dataset_assets.core.manifest import ManifestEntry, UrlManifest, parse_manifest
 from dataset_assets.core.storage import FileDigest, LocalDestination
 from dataset_assets.core.transfer import (
@@ -784,3 +785,21 @@ def test_signed_query_strings_never_reach_logs_errors_or_metadata(
     for text in texts:
         assert "Signature=" not in text
         assert not any(signature in text for signature in signatures)
+
+
+NESTED_JSON = b'{"atek_data_for_all_configs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+def test_a_manifest_nested_too_deeply_is_refused_naming_its_source_not_a_recursion_error(
+    plain_server: PlainServer, tmp_path: Path
+) -> None:
+    """JSON nesting is bounded only by the parser's recursion limit; a hostile manifest must not crash callers."""
+    plain_server.serve("/manifest.json?token=SECRETTOKEN1", NESTED_JSON)
+    url = plain_server.url("/manifest.json?token=SECRETTOKEN1")
+    with pytest.raises(TransferError, match=r"manifest\.json\?<redacted>:? manifest is not valid JSON \(nested"):
+        transfer.fetch_manifest(url)
+
+    path = tmp_path / "manifest.json"
+    path.write_bytes(NESTED_JSON)
+    with pytest.raises(ManifestError, match=rf"{path}: field '<root>' is not valid JSON: nested"):
+        transfer.fetch_manifest(str(path))

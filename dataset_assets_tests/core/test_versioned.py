@@ -632,3 +632,11 @@ def test_a_version_outside_the_catalog_list_is_refused_before_any_request(static
         with pytest.raises(InvalidInputError, match=rf"field 'version' {problem}"):
             download_components(DS, source, bad, tmp_path / "cache", ["annotations"], FAST)
     assert static_server.requests == []
+
+
+def test_annotations_nested_too_deeply_are_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "annotations.json.gz"
+    path.write_bytes(gzip.compress(b'{"obj000": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"))
+
+    with pytest.raises(AnnotationError, match=rf"{path}: field '<root>' is not gzip-compressed JSON \(nested"):
+        load_annotations(path)
