@@ -28,6 +28,7 @@ import math
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ logger = get_logger(__name__)
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 EXPIRY_STATUS = frozenset({401, 403, 410})
 MIB = 1 << 20
+MAX_MANIFEST_BYTES = 256 * MIB
+_DOCUMENT_ENCODINGS = frozenset({"identity", "gzip", "x-gzip", "deflate"})
 ProgressCallback = Callable[[int], None]
 Refresh = Callable[[], UrlManifest]
 T = TypeVar("T")
@@ -336,30 +339,50 @@ def _retrying(settings: TransferSettings, sleep: Callable[[float], object] = tim
     return decorate
 
 
-def fetch_bytes(client: httpx.Client, url: str, settings: TransferSettings = TransferSettings()) -> bytes:
-    """GET a small document (a manifest) under the retry policy."""
+def _read_document(response: httpx.Response, url: str, max_bytes: int) -> bytes:
+    """The body, inflated here (gzip or deflate) so that neither it nor a decompression bomb passes `max_bytes`:
+    httpx would inflate each received chunk whole, up to ~1000 times its size."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in _DOCUMENT_ENCODINGS:
+        raise TransferError(f"{url}: manifest sent with unsupported Content-Encoding {encoding!r}")
+    inflate = None if encoding == "identity" else zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
+    data = bytearray()
+    try:
+        for chunk in response.iter_raw():
+            data += chunk if inflate is None else inflate.decompress(chunk, max_bytes + 1 - len(data))
+            if len(data) > max_bytes:
+                raise TransferError(f"{url}: manifest is larger than the {max_bytes}-byte limit")
+    except zlib.error as error:
+        raise TransferError(f"{url}: manifest is not valid {encoding} data ({error})") from None
+    return bytes(data)
+
+
+def fetch_bytes(client: httpx.Client, url: str, settings: TransferSettings = TransferSettings(),
+                max_bytes: int = MAX_MANIFEST_BYTES) -> bytes:
+    """GET a small document (a manifest) of at most `max_bytes` under the retry policy."""
 
     @_retrying(settings)
     def attempt() -> bytes:
-        response = client.get(url)
-        if response.status_code in RETRYABLE_STATUS:
-            raise RetryableStatus(f"{url}: HTTP {response.status_code}", _retry_after_seconds(response))
-        if response.status_code != 200:
-            raise TransferError(f"{url}: HTTP {response.status_code}")
-        return response.content
+        with client.stream("GET", url, headers={"Accept-Encoding": "gzip, deflate"}) as response:
+            if response.status_code in RETRYABLE_STATUS:
+                raise RetryableStatus(f"{url}: HTTP {response.status_code}", _retry_after_seconds(response))
+            if response.status_code != 200:
+                raise TransferError(f"{url}: HTTP {response.status_code}")
+            return _read_document(response, url, max_bytes)
 
     return attempt()
 
 
-def fetch_manifest(location: str, client: httpx.Client | None = None) -> tuple[UrlManifest, bytes]:
-    """Read the manifest at an http(s) URL or a local path; return it and its raw bytes."""
+def fetch_manifest(location: str, client: httpx.Client | None = None,
+                   max_bytes: int = MAX_MANIFEST_BYTES) -> tuple[UrlManifest, bytes]:
+    """Read the manifest at an http(s) URL (at most `max_bytes`) or a local path; return it and its raw bytes."""
     if not location.startswith(("http://", "https://")):
         path = Path(location)
         return load_manifest_file(path), path.read_bytes()
     owned = client is None
     client = client or make_client()
     try:
-        data = fetch_bytes(client, location)
+        data = fetch_bytes(client, location, max_bytes=max_bytes)
     except (httpx.HTTPError, httpx.InvalidURL) as error:
         raise TransferError(f"{location}: could not fetch the manifest: {type(error).__name__}: {error}") from None
     finally:

@@ -1,8 +1,10 @@
 """The transfer engine against the fault-injecting demo server on 127.0.0.1, into local folders."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
+import gzip
 import hashlib
 import json
 import logging
@@ -803,3 +805,50 @@ def test_a_manifest_nested_too_deeply_is_refused_naming_its_source_not_a_recursi
     path.write_bytes(NESTED_JSON)
     with pytest.raises(ManifestError, match=rf"{path}: field '<root>' is not valid JSON: nested"):
         transfer.fetch_manifest(str(path))
+
+
+class _EncodedManifestHandler(BaseHTTPRequestHandler):
+    """Answers every GET with the server's `body` and `headers`, as a server that gzips its manifest does."""
+
+    server: _EncodedManifestServer
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        for name, value in {"Content-Length": str(len(self.server.body)), **self.server.headers}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(self.server.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+class _EncodedManifestServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, body: bytes, headers: dict[str, str]) -> None:
+        super().__init__(("127.0.0.1", 0), _EncodedManifestHandler)
+        self.body, self.headers = body, headers
+
+
+@contextlib.contextmanager
+def _serving(body: bytes, headers: dict[str, str]) -> Iterator[str]:
+    server = _EncodedManifestServer(body, headers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/manifest.json?token=SECRETTOKEN1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_a_manifest_past_the_size_limit_is_refused_before_it_is_held_whole(encoding: str) -> None:
+    """A manifest is a small document; a hostile server may send gigabytes, or a gzip bomb that inflates to them."""
+    payload = b'{"atek_data_for_all_configs": {"' + b" " * (64 << 20) + b'": {}}}'
+    body = gzip.compress(payload, mtime=0) if encoding == "gzip" else payload
+    with _serving(body, {"Content-Encoding": encoding}) as url:
+        with pytest.raises(TransferError, match=rf"manifest\.json\?<redacted>:? manifest is larger than the "
+                                                rf"{1 << 20}-byte limit"):
+            transfer.fetch_manifest(url, max_bytes=1 << 20)
