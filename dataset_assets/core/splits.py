@@ -123,7 +123,8 @@ def write_split_yamls(
 ) -> dict[str, Path]:
     """Atomically write `<prefix>_{train,validation,all}_tars.yaml` into `folder`.
 
-    `prefix` is "local" (entries are paths relative to `folder`) or "streamable" (entries are URLs).
+    `prefix` is "local" (entries are paths relative to `folder`) or "streamable" (entries are URLs, signed
+    ones being live credentials: those files are owner-only, as the manifest snapshot is).
     Each file is replaced atomically, and the train and validation files on disk are disjoint at
     every moment, even if the process dies between two replacements: each is first shrunk to the
     sequences it keeps (old and new split), then grown to the new split. With a disjoint old split,
@@ -135,13 +136,14 @@ def write_split_yamls(
     # Render all three before writing any, so a missing tar list leaves no partial set behind.
     contents = {part: _tars_yaml(sequences, tars_by_sequence) for part, sequences in parts.items()}
     written = {part: folder / f"{prefix}_{part}_tars.yaml" for part in parts}
+    private = prefix == "streamable"
     for part in ("train", "validation"):
         published = _published_sequences(written[part])
         if published is None:
             continue
         kept = [sequence for sequence in parts[part] if sequence in published]
         if len(kept) < len(published):
-            storage.write_bytes_atomic(written[part], _tars_yaml(kept, tars_by_sequence))
+            storage.write_bytes_atomic(written[part], _tars_yaml(kept, tars_by_sequence), private)
     for part, data in contents.items():
-        storage.write_bytes_atomic(written[part], data)
+        storage.write_bytes_atomic(written[part], data, private)
     return written

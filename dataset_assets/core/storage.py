@@ -280,8 +280,11 @@ def atomic_file(final: Path) -> Iterator[Path]:
         os.close(owner)
 
 
-def write_bytes_atomic(final: Path, data: bytes) -> None:
+def write_bytes_atomic(final: Path, data: bytes, private: bool = False) -> None:
+    """Write `data` to `final` atomically; `private` makes it owner-only before any byte is in it."""
     with atomic_file(final) as part:
+        if private:
+            os.chmod(part, 0o600)
         part.write_bytes(data)
 
 

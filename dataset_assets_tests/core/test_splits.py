@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import random
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,6 +176,27 @@ def test_split_yaml_bytes_match_atek_yaml_dump(tmp_path: Path, prefix: str) -> N
     assert sorted(path.name for path in out.iterdir()) == sorted(path.name for path in written.values())
 
 
+def test_streamable_yamls_holding_signed_urls_are_private_like_the_manifest_they_come_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The links are live credentials until they expire: owner-only, from the `.part` on, as url_manifest.json."""
+    published_modes: list[int] = []
+    publish_file = storage.publish_file
+
+    def recording_publish(part: Path, final: Path) -> None:
+        published_modes.append(stat.S_IMODE(part.stat().st_mode))
+        publish_file(part, final)
+
+    monkeypatch.setattr(storage, "publish_file", recording_publish)
+    tars = {name: [f"https://example.test/{name}.tar?Expires=9&Signature=SECRET"] for name in ("a", "b", "c")}
+    write_split_yamls(tmp_path, Split(train=("a", "b"), validation=("c",)), tars, "streamable")
+    write_split_yamls(tmp_path, Split(train=("a",), validation=("b", "c")), tars, "streamable")  # shrinks train first
+
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.glob("streamable_*.yaml")}
+    assert len(modes) == 3 and set(modes.values()) == {0o600}
+    assert published_modes == [0o600] * 7
+
+
 def test_empty_validation_yaml_matches_atek(tmp_path: Path) -> None:
     split = split_sequences(["a"], ratio=1.0)
 
@@ -211,8 +233,8 @@ def states_while_replacing(folder: Path, monkeypatch: pytest.MonkeyPatch, old: S
     states: list[tuple[set[str], set[str]]] = []
     real_write = storage.write_bytes_atomic
 
-    def write_and_record(final: Path, data: bytes) -> None:
-        real_write(final, data)
+    def write_and_record(final: Path, data: bytes, private: bool = False) -> None:
+        real_write(final, data, private)
         states.append((_listed(folder / "local_train_tars.yaml"), _listed(folder / "local_validation_tars.yaml")))
 
     monkeypatch.setattr(storage, "write_bytes_atomic", write_and_record)

@@ -6,7 +6,7 @@ every event of every run (serialized whole: metadata, errors, log messages) and 
 the data home and DAGSTER_HOME (the sqlite event log, captured compute logs, shards, YAMLs) is
 searched for the signing secret, every signature the server issued, signed query strings and the
 AWS secret key and session token. The only files exempt are those whose purpose is the live links:
-`url_manifest.json` (which must be private, mode 0600) and the `streamable_*_tars.yaml` manifests.
+`url_manifest.json` and the `streamable_*_tars.yaml` manifests, which must be private (mode 0600).
 """
 from __future__ import annotations
 
@@ -88,6 +88,8 @@ def test_no_secret_reaches_dagster_events_metadata_logs_or_written_files(
     signatures = {parse_qs(urlsplit(entry.url).query)["Signature"][0] for entry in manifest.all_entries()}
     forbidden = [secret.decode(), *signatures, *SIGNED_QUERY_MARKERS, aws_secret, aws_token]
     assert stat.S_IMODE((home / DEMO / "url_manifest.json").stat().st_mode) == 0o600
+    streamable = list(home.rglob("streamable_*_tars.yaml"))
+    assert streamable and {stat.S_IMODE(path.stat().st_mode) for path in streamable} == {0o600}
     assert any(signature in (home / DEMO / "url_manifest.json").read_text() for signature in signatures)
 
     files = [path for root in (home, dagster_home) for path in root.rglob("*") if path.is_file() and not exempt(path)]
