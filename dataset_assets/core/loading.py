@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.index import INDEX_FILE, Block, IndexEntry, Member, read_index
+from dataset_assets.core.preprocess import check_image_pixels
 from dataset_assets.core.redaction import redact_text, redact_url
 from dataset_assets.core.remote_shards import open_url
 from dataset_assets.core.shards import ShardFiles, iter_stream_samples, iter_tar_samples
@@ -51,6 +52,7 @@ RawSample = dict[str, bytes | memoryview]
 def decode_image(data: bytes) -> torch.Tensor:
     """An RGB image as a float32 (3, H, W) tensor in [0, 1], like webdataset's "torchrgb"."""
     with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+        check_image_pixels(image)
         pixels = numpy.array(image.convert("RGB"))
     return torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
 

@@ -38,6 +38,7 @@ IMAGE_SUFFIXES = frozenset({"jpg", "jpeg", "png"})
 IMAGE_OPEN_FORMATS = ("JPEG", "PNG")
 TENSOR_DTYPES = ("float16", "float32", "float64", "int32", "int64", "uint8")
 MAX_IMAGE_SIDE = 65535
+MAX_IMAGE_PIXELS = 64_000_000
 LINEAGE_PACKAGES = ("dataset_assets", "pillow", "numpy", "webdataset", "zstandard")
 PREVIEW_SAMPLES = 5
 # Options added after the first release are hashed only when set, so adding one keeps every
@@ -224,10 +225,18 @@ def output_extension(extension: str, config: PreprocessConfig) -> str:
     return head + IMAGE_FORMATS[config.image_format] if suffix.lower() in IMAGE_SUFFIXES else extension
 
 
+def check_image_pixels(image: Image.Image) -> None:
+    """Raise ValueError for an image whose header declares more than `MAX_IMAGE_PIXELS`, before it is decoded:
+    a few kB of PNG can declare gigabytes of pixels, and Pillow only warns below ~179 million."""
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"is {image.width}x{image.height} pixels, over the {MAX_IMAGE_PIXELS} limit")
+
+
 def _decode_image(key: str, extension: str, data: bytes) -> Image.Image:
     try:
         # Pillow would otherwise pick any of its plugins by sniffing: EPS, for one, runs Ghostscript.
         image = Image.open(io.BytesIO(data), formats=IMAGE_OPEN_FORMATS)
+        check_image_pixels(image)
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DatasetAssetsError(f"sample {key!r}: member {extension!r} is not a decodable image ({error})") from error

@@ -30,6 +30,7 @@ from dataset_assets.core.loading import (
     load_yaml_and_extract_tar_list,
     make_shard_dataset,
 )
+from dataset_assets.core.preprocess import MAX_IMAGE_PIXELS
 from dataset_assets.core.shards import Compression, ShardWriter
 from dataset_assets.core.splits import split_sequences, write_split_yamls
 from dataset_assets.core.tar_lists import missing_tars, split_overlap
@@ -638,3 +639,15 @@ def test_the_dagster_layer_does_not_import_torch() -> None:
     code = "import sys, dataset_assets.definitions; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_an_image_member_over_the_pixel_limit_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    """A 8200x8200 PNG of one colour is ~70 kB and would decode to a 800 MB float tensor: a decompression bomb."""
+    buffer = io.BytesIO()
+    Image.new("L", (8200, 8200)).save(buffer, format="PNG", compress_level=1)
+    with ShardWriter(tmp_path) as writer:
+        writer.write("seq_a_f0000", {"png": buffer.getvalue()})
+
+    with pytest.raises(DatasetAssetsError, match=r"sample 'seq_a_f0000': member 'png' could not be decoded .*"
+                                                 rf"8200x8200 pixels, over the {MAX_IMAGE_PIXELS} limit"):
+        list(make_shard_dataset([str(tmp_path / "shards-0000.tar")]))

@@ -15,6 +15,7 @@ from dataset_assets.core.errors import CatalogError, DatasetAssetsError, InputCh
 from dataset_assets.core.index import read_index
 from dataset_assets.core.preprocess import (
     IMAGE_FORMATS,
+    MAX_IMAGE_PIXELS,
     PreprocessConfig,
     describe_member,
     preprocess_shards,
@@ -483,3 +484,14 @@ def test_an_input_that_differs_from_its_expected_digest_is_refused_before_anythi
     with pytest.raises(InputChangedError, match=f"{raw_shards[-1]}: holds .* not the .* verified when it was"):
         preprocess_shards(raw_shards, config(), tmp_path / "out", expected=expected)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded() -> None:
+    """A 8200x8200 PNG of one colour is ~70 kB and would decode to 200 MB of RGB: a decompression bomb."""
+    buffer = io.BytesIO()
+    Image.new("L", (8200, 8200)).save(buffer, format="PNG", compress_level=1)
+    sample = {**raw_sample("seq_a", 0), "jpg": buffer.getvalue()}
+
+    with pytest.raises(DatasetAssetsError, match=r"sample 'seq_a_f0000': member 'jpg' is not a decodable image "
+                                                 rf"\(is 8200x8200 pixels, over the {MAX_IMAGE_PIXELS} limit\)"):
+        transform_sample("seq_a_f0000", sample, config())
