@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from dataset_assets.core.s3 import MIB, MultipartSettings, S3Destination, S3Url, make_s3_client
 from dataset_assets.core.storage import Destination
@@ -57,6 +57,9 @@ class TransferResource(ConfigurableResource):
     client of `s3` (a dagster-aws `S3Resource`: endpoint_url, region, credentials), or boto3's
     environment when `s3` is unset. Without it they land in the home folder.
     """
+
+    # A failed validation would otherwise print its input, `s3`'s secret key and session token included.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     workers: int = Field(default=TransferSettings.workers, ge=1, le=256, description="Files downloaded at once.")
     max_attempts: int = Field(default=5, ge=1, description="Attempts per file on transient errors.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import traceback
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -80,3 +81,15 @@ def test_no_signed_query_string_reaches_dagster_logs_errors_or_metadata(
 def test_s3_client_settings_without_a_destination_are_refused_instead_of_downloading_to_the_home_folder() -> None:
     with pytest.raises(ValueError, match=r"TransferResource: 's3' is set but 'destination' is not"):
         TransferResource(s3=S3Resource(endpoint_url="http://127.0.0.1:9000", region_name="us-east-1"))
+
+
+def test_a_refused_transfer_resource_does_not_echo_its_s3_credentials() -> None:
+    """Pydantic shows the input of a failed validation in its message: the code location's load error
+    (Dagster UI, daemon and CLI output) would print the S3 secret key and session token."""
+    s3 = S3Resource(endpoint_url="http://127.0.0.1:9000", region_name="us-east-1", aws_access_key_id="AKIDEXAMPLE",
+                    aws_secret_access_key="awsSECRETkey0123456789", aws_session_token="awsTOKEN0123456789")
+    with pytest.raises(ValueError, match=r"TransferResource: 's3' is set but 'destination' is not") as raised:
+        TransferResource(s3=s3)
+
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "awsSECRETkey0123456789" not in shown and "awsTOKEN0123456789" not in shown
