@@ -253,8 +253,10 @@ def slow_stage(stage: str, seconds: float) -> None:
 
         preprocess.transform_sample = slow_transform
     elif stage == "split-write":
-        def slow_write(final: Path, data: bytes) -> None:
+        def slow_write(final: Path, data: bytes, private: bool = False) -> None:
             with storage.atomic_file(final) as part, open(part, "wb") as handle:
+                if private:
+                    os.chmod(part, 0o600)
                 handle.write(data[: len(data) // 2])
                 handle.flush()
                 time.sleep(seconds)
