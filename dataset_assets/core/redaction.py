@@ -27,7 +27,7 @@ _TARGET_QUERY = re.compile(r"(?<![\w.~-])(?P<path>/[^\s?'\"<>]*)(?P<query>\?[^\s
 # values may be bytes reprs, as in botocore's logged headers (`'X-Amz-Security-Token': b'...'`).
 _SECRET_ASSIGNMENT = re.compile(
     r"(?i)(?<![a-z0-9])(aws_secret_access_key|aws_session_token|secret|token|password|signature|sig)"
-    r"(['\"]?\s*[=:]\s*b?['\"]?)[A-Za-z0-9/+=%._-]{6,}"
+    r"(['\"]?\s*[=:]\s*(?:b(?=['\"]))?['\"]?)[A-Za-z0-9/+=%._-]{6,}"
 )
 
 

@@ -109,3 +109,9 @@ def test_url_credentials_holding_legal_sub_delimiters_never_reach_errors_or_logs
     assert "HTTP 404" in str(raised.value)
     for secret in ("ss)word", "-a-secret", "SECRETSIG", "ef)"):
         assert secret not in shown
+
+
+def test_a_secret_value_starting_with_b_is_redacted_whole_and_bytes_reprs_still_are() -> None:
+    """botocore's hex signatures start with `b` one time in 16; only `b'` or `b"` opens a bytes repr."""
+    assert redact_text("Signature=b1e0c3d2a4f5") == "Signature=<redacted>"
+    assert redact_text("{'X-Amz-Security-Token': b'bTOKEN123456'}") == "{'X-Amz-Security-Token': b'<redacted>'}"
