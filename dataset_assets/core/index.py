@@ -140,6 +140,8 @@ def read_index(folder: Path) -> ShardIndex:
         raise ShardIndexError(str(path), "(file)", str(path), f"cannot be read ({error.strerror})") from error
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ShardIndexError(str(path), "(document)", str(error), "is not valid JSON") from error
+    except RecursionError:  # valid JSON nested deeper than the parser recurses
+        raise ShardIndexError(str(path), "(document)", None, "is not valid JSON: nested too deeply") from None
     return parse_index(document, str(path))
 
 

@@ -126,3 +126,10 @@ def test_unreadable_index_names_the_file(tmp_path: Path) -> None:
     (tmp_path / INDEX_FILE).write_text("{not json")
     with pytest.raises(ShardIndexError, match=r"_index\.json: field '\(document\)'"):
         read_index(tmp_path)
+
+
+def test_an_index_nested_too_deeply_names_the_file_not_a_recursion_error(tmp_path: Path) -> None:
+    """An `_index.json` comes with the shards it describes, so from wherever they were fetched."""
+    (tmp_path / INDEX_FILE).write_text('{"shards": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ShardIndexError, match=r"_index\.json: field '\(document\)' is not valid JSON: nested too"):
+        read_index(tmp_path)
