@@ -561,8 +561,17 @@ def _pax_size(pax: Mapping[str, str], archive: str, header: _Header) -> int:
 
 def _extended(header: _Header, payload: bytes, archive: str, pax: dict[str, str], long_name: str | None
               ) -> tuple[dict[str, str], str | None]:
-    """The pax fields and GNU long name that apply to the next member, after extended header `header`."""
-    if header.kind == tarfile.XHDTYPE:
+    """The pax fields and GNU long name that apply to the next member, after extended header `header`.
+
+    A global pax header applies to every member after it: `tarfile` (so webdataset) would rename or
+    resize them all by its `path` or `size`, so those (and sparse maps) are refused; the rest (the
+    `comment` `git archive` writes) change nothing our readers use and are read past.
+    """
+    if header.kind == tarfile.XGLTYPE:
+        for keyword in _pax_fields(payload, archive):
+            if keyword in ("path", "size") or keyword.startswith("GNU.sparse"):
+                raise UnsafeArchiveError(archive, header.name, f"a global pax header may not set {keyword!r}")
+    elif header.kind == tarfile.XHDTYPE:
         pax = _pax_fields(payload, archive)
         if any(keyword.startswith("GNU.sparse") for keyword in pax):
             raise UnsafeArchiveError(archive, pax.get("path", header.name), "sparse members are not allowed")

@@ -700,3 +700,32 @@ def test_verify_shard_set_reports_an_index_entry_past_the_end(tmp_path: Path) ->
     assert check.index_rows == 3 and check.samples == 0
     assert any("sha256" in problem for problem in check.problems)
     assert any("truncated" in problem for problem in check.problems)
+
+
+def _tar_with_global_pax(path: Path, global_fields: dict[str, str]) -> Path:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT, pax_headers=global_fields) as tar:
+        for name in ("seq_a_f0000.json", "seq_a_f0001.json"):
+            tar.addfile(_regular(name, b"{}"), io.BytesIO(b"{}"))
+    return path
+
+
+@pytest.mark.parametrize(("keyword", "value"), [("path", "../evil.json"), ("size", "0"),
+                                                ("GNU.sparse.size", "2")])
+def test_a_global_pax_header_that_would_rename_or_resize_every_member_is_refused(
+        tmp_path: Path, keyword: str, value: str) -> None:
+    path = _tar_with_global_pax(tmp_path / "shards-0000.tar", {keyword: value})
+    with tarfile.open(path) as tar:  # tarfile, so webdataset, applies it to every member after it
+        assert keyword != "path" or tar.getnames() == ["../evil.json", "../evil.json"]
+
+    for read in (read_all, lambda folder: count_samples(path),
+                 lambda folder: list(iter_stream_samples(io.BytesIO(path.read_bytes()), str(path)))):
+        with pytest.raises(UnsafeArchiveError, match=rf"shards-0000\.tar: member .*rejected: a global pax header "
+                                                     rf"may not set {keyword!r}"):
+            read(tmp_path)
+
+
+def test_a_global_pax_header_with_only_a_comment_is_read_past(tmp_path: Path) -> None:
+    path = _tar_with_global_pax(tmp_path / "shards-0000.tar", {"comment": "9b8ed81"})  # as `git archive` writes
+
+    assert read_all(tmp_path) == [("seq_a_f0000", {"json": b"{}"}), ("seq_a_f0001", {"json": b"{}"})]
+    assert count_samples(path) == 2
