@@ -30,7 +30,7 @@ from dataset_assets.core.index import INDEX_FILE, Block, IndexEntry, Member, rea
 from dataset_assets.core.preprocess import check_image_pixels
 from dataset_assets.core.redaction import redact_text, redact_url
 from dataset_assets.core.remote_shards import open_url
-from dataset_assets.core.shards import ShardFiles, iter_stream_samples, iter_tar_samples
+from dataset_assets.core.shards import SAMPLE_FIELDS, ShardFiles, iter_stream_samples, iter_tar_samples
 from dataset_assets.core.tar_lists import is_url, load_yaml_and_extract_tar_list
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff"})
@@ -113,6 +113,10 @@ class SampleDecoding:
             ) from error
 
     def __call__(self, shard: str, key: str, sample: RawSample) -> object:
+        clashing = SAMPLE_FIELDS.intersection(sample)
+        if clashing:  # it would replace the key or shard: webdataset fails the shard on it too
+            raise DatasetAssetsError(f"{redact_text(shard)}: sample {key!r}: member {min(clashing)!r} has the name "
+                                     f"of the sample's own field")
         decoded: dict[str, object] = {"__key__": key, "__url__": shard}
         decoded.update((ext, self._member(shard, key, ext, data)) for ext, data in sample.items())
         return self.hook(decoded) if self.hook is not None else decoded

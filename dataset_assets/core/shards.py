@@ -79,6 +79,8 @@ SKIP_READ_BYTES = 1 << 20
 WRITE_BUFFER_BYTES = 1 << 20
 SMALL_MEMBER_BYTES = 1 << 16
 SPAN_READ_BYTES = 1 << 16
+# Fields webdataset (and `core.loading`) add to every sample beside its members.
+SAMPLE_FIELDS = frozenset({"__key__", "__url__", "__local_path__"})
 _ZERO_BLOCK = b"\0" * BLOCKSIZE
 _END_OF_ARCHIVE = 2 * _ZERO_BLOCK
 _EXTENDED_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME)
@@ -134,6 +136,9 @@ def _check_extension(key: str, extension: str) -> None:
     if not extension or "/" in extension or "\0" in extension or extension.startswith(".") \
             or escape_reason(f"{key}.{extension}") is not None:
         raise DatasetAssetsError(f"sample {key!r}: invalid member extension {extension!r}")
+    if extension in SAMPLE_FIELDS:
+        raise DatasetAssetsError(f"sample {key!r}: member extension {extension!r} is the name of a field "
+                                 f"webdataset adds to every sample")
 
 
 class _TarBuilder:

@@ -651,3 +651,17 @@ def test_an_image_member_over_the_pixel_limit_is_refused_before_it_is_decoded(tm
     with pytest.raises(DatasetAssetsError, match=r"sample 'seq_a_f0000': member 'png' could not be decoded .*"
                                                  rf"8200x8200 pixels, over the {MAX_IMAGE_PIXELS} limit"):
         list(make_shard_dataset([str(tmp_path / "shards-0000.tar")]))
+
+
+@pytest.mark.parametrize("extension", ["__key__", "__url__"])
+def test_a_member_named_like_a_sample_field_is_an_error_not_a_replaced_key(tmp_path: Path, extension: str) -> None:
+    shard = tmp_path / "shards-0000.tar"
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("seq_a_f0000.json", f"seq_a_f0000.{extension}"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+
+    with pytest.raises(DatasetAssetsError, match=rf"shards-0000\.tar: sample 'seq_a_f0000': member {extension!r} "
+                                                 r"has the name of the sample's own field"):
+        list(ShardStream([str(shard)]))

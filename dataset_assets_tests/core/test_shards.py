@@ -729,3 +729,17 @@ def test_a_global_pax_header_with_only_a_comment_is_read_past(tmp_path: Path) ->
 
     assert read_all(tmp_path) == [("seq_a_f0000", {"json": b"{}"}), ("seq_a_f0001", {"json": b"{}"})]
     assert count_samples(path) == 2
+
+
+@pytest.mark.parametrize("extension", ["__key__", "__url__", "__local_path__"])
+def test_an_extension_named_like_a_sample_field_is_refused_as_webdataset_cannot_read_it(
+        tmp_path: Path, extension: str) -> None:
+    """A member `k.__key__` would overwrite the sample's `__key__` (or webdataset fails the shard on it)."""
+    with ShardWriter(tmp_path) as writer:
+        with pytest.raises(DatasetAssetsError, match=rf"sample 'seq_a_f0000': member extension {extension!r} "
+                                                     r"is the name of a field webdataset adds to every sample"):
+            writer.write("seq_a_f0000", {extension: b"x", "json": b"{}"})
+        writer.write("seq_a_f0001", {"json": b"{}"})
+
+    read = list(webdataset.WebDataset(str(tmp_path / "shards-0000.tar"), shardshuffle=False, empty_check=False))
+    assert [sample["__key__"] for sample in read] == ["seq_a_f0001"]
