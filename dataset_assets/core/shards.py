@@ -122,11 +122,22 @@ def _padded(size: int) -> int:
     return size + (-size % BLOCKSIZE)
 
 
+def _reads_back(name: str) -> bool:
+    """Whether a tar name holding `name` reads back as `name`: names are written as UTF-8 with lone
+    surrogates as the bytes they escape, so `\\udcc3\\udca9` reads back as `é`, and `\\ud800` has no bytes."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape") == name
+    except UnicodeEncodeError:
+        return False
+
+
 def check_sample_key(key: str) -> None:
     """A sample key becomes a tar member prefix, so it must not contain dots or escape (or NUL, where
-    a tar name ends)."""
+    a tar name ends), and must read back as written."""
     if "." in key or "\0" in key or escape_reason(key) is not None:
         raise DatasetAssetsError(f"invalid sample key {key!r}: must be non-empty, relative, without dots or NUL")
+    if not _reads_back(key):
+        raise DatasetAssetsError(f"invalid sample key {key!r}: its surrogates would not read back as written")
     if key.rpartition("/")[2].startswith(BLOCK_PREFIX):
         raise DatasetAssetsError(f"invalid sample key {key!r}: the prefix {BLOCK_PREFIX!r} names compressed blocks")
 
@@ -134,7 +145,7 @@ def check_sample_key(key: str) -> None:
 def _check_extension(key: str, extension: str) -> None:
     """The member name must read back as written: readers refuse `a\\..` (a backslash separates)."""
     if not extension or "/" in extension or "\0" in extension or extension.startswith(".") \
-            or escape_reason(f"{key}.{extension}") is not None:
+            or escape_reason(f"{key}.{extension}") is not None or not _reads_back(extension):
         raise DatasetAssetsError(f"sample {key!r}: invalid member extension {extension!r}")
     if extension in SAMPLE_FIELDS:
         raise DatasetAssetsError(f"sample {key!r}: member extension {extension!r} is the name of a field "

@@ -743,3 +743,20 @@ def test_an_extension_named_like_a_sample_field_is_refused_as_webdataset_cannot_
 
     read = list(webdataset.WebDataset(str(tmp_path / "shards-0000.tar"), shardshuffle=False, empty_check=False))
     assert [sample["__key__"] for sample in read] == ["seq_a_f0001"]
+
+
+@pytest.mark.parametrize(("key", "extension"), [
+    ("seq_a_\udcc3\udca9", "json"), ("seq_a_\ud800", "json"), ("seq_a_f0000", "js\udcc3\udca9"),
+    ("seq_a_f0000", "js\ud800")])
+def test_a_name_that_would_not_read_back_as_written_is_refused_before_any_byte(
+        tmp_path: Path, key: str, extension: str) -> None:
+    """`\\udcc3\\udca9` is written as the UTF-8 bytes of `é` (and read back as `é`, a key the index does
+    not hold); a surrogate outside `\\udc80-\\udcff` has no bytes at all."""
+    with ShardWriter(tmp_path) as writer:
+        with pytest.raises(DatasetAssetsError, match="invalid (sample key|member extension)"):
+            writer.write(key, {"bin": b"x", extension: b"{}"})
+        writer.write("seq_a_f0001", {"json": b"{}"})
+    write_index(tmp_path, writer.index)
+
+    assert read_all(tmp_path) == [("seq_a_f0001", {"json": b"{}"})]
+    assert verify_shard_set(tmp_path).problems == ()
