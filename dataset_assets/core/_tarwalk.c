@@ -22,7 +22,8 @@
 #define BLOCK_PREFIX "zstd-block-"
 #define BLOCK_PREFIX_BYTES 11
 #define BLOCK_SUFFIX ".tar.zst"
-#define BLOCK_NAME_BYTES (BLOCK_PREFIX_BYTES + 6 + 8)
+#define BLOCK_SUFFIX_BYTES 8
+#define BLOCK_DIGITS 6  /* at least: the writer numbers blocks past 999999 with more */
 
 typedef struct {
     PyObject_HEAD
@@ -84,12 +85,13 @@ static int is_block_name(const unsigned char *name, Py_ssize_t length)
         if (name[i] == '/')
             slash = name + i;
     const unsigned char *base = slash ? slash + 1 : name;
-    if (name + length - base != BLOCK_NAME_BYTES || memcmp(base, BLOCK_PREFIX, BLOCK_PREFIX_BYTES) != 0)
+    Py_ssize_t digits = name + length - base - BLOCK_PREFIX_BYTES - BLOCK_SUFFIX_BYTES;
+    if (digits < BLOCK_DIGITS || memcmp(base, BLOCK_PREFIX, BLOCK_PREFIX_BYTES) != 0)
         return 0;
-    for (int i = 0; i < 6; i++)
+    for (Py_ssize_t i = 0; i < digits; i++)
         if (base[BLOCK_PREFIX_BYTES + i] < '0' || base[BLOCK_PREFIX_BYTES + i] > '9')
             return 0;
-    return memcmp(base + BLOCK_PREFIX_BYTES + 6, BLOCK_SUFFIX, 8) == 0;
+    return memcmp(base + BLOCK_PREFIX_BYTES + digits, BLOCK_SUFFIX, BLOCK_SUFFIX_BYTES) == 0;
 }
 
 /* The common member at `position`, or 0 when the slow parser must decide. */

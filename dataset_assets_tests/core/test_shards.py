@@ -760,3 +760,22 @@ def test_a_name_that_would_not_read_back_as_written_is_refused_before_any_byte(
 
     assert read_all(tmp_path) == [("seq_a_f0001", {"json": b"{}"})]
     assert verify_shard_set(tmp_path).problems == ()
+
+
+def test_a_zstd_block_numbered_past_999999_is_expanded_by_every_reader(tmp_path: Path) -> None:
+    """A writer numbers blocks over its whole run, 6 digits at least: with `block_samples=1`, its
+    millionth sample lands in `zstd-block-1000000.tar.zst`. Writing a million blocks takes too long
+    for a test, so the blocks of a small set are renamed to such numbers."""
+    write_set(tmp_path / "written", SEQUENCE[:3], compression=Compression(block_samples=1))
+    shard = tmp_path / "shards-0000.tar"
+    with tarfile.open(tmp_path / "written" / "shards-0000.tar") as written, \
+            tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as renamed:
+        for number, member in enumerate(written.getmembers()):
+            data = written.extractfile(member).read()  # type: ignore[union-attr]
+            member.name = f"zstd-block-{1_000_000 + number}.tar.zst"
+            renamed.addfile(member, io.BytesIO(data))
+
+    assert read_all(tmp_path) == SEQUENCE[:3]
+    assert [(key, dict(sample)) for key, sample in iter_stream_samples(io.BytesIO(shard.read_bytes()), str(shard))] \
+        == SEQUENCE[:3]
+    assert count_samples(shard) == 3
