@@ -83,7 +83,9 @@ SPAN_READ_BYTES = 1 << 16
 SAMPLE_FIELDS = frozenset({"__key__", "__url__", "__local_path__"})
 _ZERO_BLOCK = b"\0" * BLOCKSIZE
 _END_OF_ARCHIVE = 2 * _ZERO_BLOCK
-_EXTENDED_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME)
+# Headers that describe the member after them. A GNU long link name is read past like the others, so
+# that the link member it belongs to is refused under its own name.
+_EXTENDED_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 # name, size, checksum, type flag and prefix of a ustar header (mode, ids, mtime, link name, magic,
 # version, owner names and device numbers are skipped: a safe plain file does not need them).
 _HEADER_FIELDS = struct.Struct("100s24x12s12x8sc188x155s")

@@ -230,6 +230,10 @@ CRAFTED: dict[str, tuple[Callable[[], tarfile.TarInfo], int, str]] = {
     "symlink": (lambda: _special("seq_a_f0001.json", tarfile.SYMTYPE, "/etc/passwd"), tarfile.PAX_FORMAT, "symlink"),
     "hard link": (lambda: _special("seq_a_f0001.json", tarfile.LNKTYPE, "/etc/passwd"), tarfile.PAX_FORMAT,
                   "hard link"),
+    "gnu long symlink": (lambda: _special("seq_a_f0001.json", tarfile.SYMTYPE, "/" + "c" * 120), tarfile.GNU_FORMAT,
+                         "symlink"),
+    "gnu long hard link": (lambda: _special("seq_a_f0001.json", tarfile.LNKTYPE, "/" + "c" * 120),
+                           tarfile.GNU_FORMAT, "hard link"),
     "char device": (lambda: _special("seq_a_f0001.tty", tarfile.CHRTYPE), tarfile.PAX_FORMAT, "device"),
     "block device": (lambda: _special("seq_a_f0001.sda", tarfile.BLKTYPE), tarfile.PAX_FORMAT, "device"),
     "fifo": (lambda: _special("seq_a_f0001.fifo", tarfile.FIFOTYPE), tarfile.PAX_FORMAT, "device or special"),
@@ -243,7 +247,8 @@ def test_crafted_tar_members_are_rejected_with_archive_member_and_reason(tmp_pat
     member = make()
     path = crafted_tar(tmp_path / "crafted.tar", member, tar_format)
 
-    for read in (read_all, lambda folder: count_samples(path)):
+    for read in (read_all, lambda folder: count_samples(path),
+                 lambda folder: list(iter_stream_samples(io.BytesIO(path.read_bytes()), str(path)))):
         with pytest.raises(UnsafeArchiveError) as caught:
             read(tmp_path)
         assert caught.value.archive == str(path) and caught.value.member.rstrip("/") == member.name
