@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
+import operator
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -307,13 +308,16 @@ class IndexedShardDataset(Dataset):
         return len(self._rows)
 
     def read(self, index: int) -> tuple[str, str, RawSample]:
-        """`(shard, key, {extension: bytes})` of sample `index`, undecoded."""
-        if index < 0:
-            index += len(self._rows)
-        if not 0 <= index < len(self._rows):
-            raise IndexError(f"sample index {index} out of range for {len(self._rows)} samples")
-        shard, members, block = self._rows[index]
-        return self.files.paths[shard], self.keys[index], self.files.read_members(shard, members, block)
+        """`(shard, key, {extension: bytes})` of sample `index` (any integer, numpy's and torch's too), undecoded."""
+        try:
+            number = operator.index(index)
+        except TypeError:
+            raise TypeError(f"sample index must be an integer, not {type(index).__name__}") from None
+        if not -len(self._rows) <= number < len(self._rows):
+            raise IndexError(f"sample index {number} out of range for {len(self._rows)} samples")
+        number %= len(self._rows)
+        shard, members, block = self._rows[number]
+        return self.files.paths[shard], self.keys[number], self.files.read_members(shard, members, block)
 
     def __getitem__(self, index: int) -> object:
         return self.decoding(*self.read(index))

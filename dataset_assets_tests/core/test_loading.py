@@ -326,6 +326,18 @@ def test_map_style_dataset_over_a_folder_and_out_of_range_index(tmp_path: Path) 
         dataset[5]
 
 
+def test_map_style_dataset_takes_integer_like_indices_and_names_a_bad_one_as_given(tmp_path: Path) -> None:
+    write_sequence(tmp_path, "seq_a", 5, 2)
+    dataset = IndexedShardDataset([tmp_path / "seq_a"], decoder=add_frame_index)
+
+    assert [dataset[i]["frame"] for i in (numpy.int64(3), torch.tensor(4), -5)] == [3, 4, 0]
+    with pytest.raises(IndexError, match=r"sample index -6 out of range for 5 samples"):
+        dataset[-6]
+    for index in (slice(0, 2), 1.0, "1"):
+        with pytest.raises(TypeError, match=rf"sample index must be an integer, not {type(index).__name__}"):
+            dataset[index]  # type: ignore[index]
+
+
 def test_map_style_dataset_refuses_urls_and_unindexed_shards(tmp_path: Path) -> None:
     tars = write_sequence(tmp_path, "seq_a", 2, 2)
     with pytest.raises(DatasetAssetsError, match="local shards only"):
