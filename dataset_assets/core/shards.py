@@ -657,6 +657,7 @@ def iter_tar_members(stream: BinaryIO, archive: str, read_data: bool = True) -> 
     """
     offset = 0
     long_name: str | None = None
+    previous: str | None = None
     pax: dict[str, str] = {}
     block = _read_then_header(stream, 0, archive, "header")[1]
     while block and block != _ZERO_BLOCK:
@@ -666,6 +667,8 @@ def iter_tar_members(stream: BinaryIO, archive: str, read_data: bool = True) -> 
         if header.kind in _EXTENDED_TYPES:
             payload, block = _member_data(stream, padded, padded, True, archive, "extended header")
             offset += padded
+            if not block:  # the end of the stream, where the member the header describes should be
+                raise _header_cut(archive, previous)
             pax, long_name = _extended(header, (payload or b"")[: header.size], archive, pax, long_name)
             continue
         name, size = header.name, header.size
@@ -677,6 +680,7 @@ def iter_tar_members(stream: BinaryIO, archive: str, read_data: bool = True) -> 
         padded = _padded(size)
         data, block = _member_data(stream, size, padded, read_data, archive, f"member {name!r}")
         yield TarMember(name, offset, size, data)
+        previous = name
         offset += padded
         long_name, pax = None, {}
 
@@ -731,6 +735,11 @@ def _truncated(archive: str, what: str) -> DatasetAssetsError:
     return DatasetAssetsError(f"{archive}: truncated tar archive ({what})")
 
 
+def _header_cut(archive: str, previous: str | None) -> DatasetAssetsError:
+    """A header block cut short or missing; `previous` is the last member's name."""
+    return _truncated(archive, "header" if previous is None else f"header after member {previous!r}")
+
+
 def _member_at(view: memoryview, archive: str, position: int, previous: str | None) -> _SlowMember | None:
     """The member whose first header is at `position` in a tar buffer, read by the Python parser.
 
@@ -745,7 +754,7 @@ def _member_at(view: memoryview, archive: str, position: int, previous: str | No
     while True:
         data_start = position + BLOCKSIZE
         if data_start > end:
-            raise _truncated(archive, "header" if previous is None else f"header after member {previous!r}")
+            raise _header_cut(archive, previous)
         block = bytes(view[position:data_start])
         if block == _ZERO_BLOCK:
             return None

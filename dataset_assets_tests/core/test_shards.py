@@ -784,3 +784,16 @@ def test_a_zstd_block_numbered_past_999999_is_expanded_by_every_reader(tmp_path:
     assert [(key, dict(sample)) for key, sample in iter_stream_samples(io.BytesIO(shard.read_bytes()), str(shard))] \
         == SEQUENCE[:3]
     assert count_samples(shard) == 3
+
+
+def test_a_shard_cut_right_after_a_pax_header_is_truncated_to_every_reader(tmp_path: Path) -> None:
+    """A pax header describes the member after it: ending there is a cut, not the end of the archive."""
+    path = tmp_path / "shards-0000.tar"
+    path.write_bytes(_tar_bytes([("seq_a_f0000.json", b"{}"), ("seq_a_" + "f" * 120 + ".json", b"{}")]))
+    path.write_bytes(path.read_bytes()[:2048])  # the first member, then the second's pax header and its records
+
+    for read in (read_all, lambda folder: count_samples(path),
+                 lambda folder: list(iter_stream_samples(io.BytesIO(path.read_bytes()), str(path)))):
+        with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: truncated tar archive \(header after member "
+                                                     r"'seq_a_f0000\.json'\)"):
+            read(tmp_path)
