@@ -154,6 +154,18 @@ def _check_extension(key: str, extension: str) -> None:
                                  f"webdataset adds to every sample")
 
 
+def _member_bytes(key: str, extension: str, data: object) -> MemberData:
+    """`data` as bytes or a flat byte view: `len` of a numpy array or a typed memoryview counts items,
+    and a member's header must hold its size in bytes."""
+    if isinstance(data, bytes):
+        return data
+    try:
+        return memoryview(data).cast("B")  # type: ignore[arg-type]
+    except TypeError as error:
+        raise DatasetAssetsError(f"sample {key!r}: member {extension!r} is not a contiguous bytes-like object "
+                                 f"({error})") from error
+
+
 class _TarBuilder:
     """Appends deterministic members to a byte sink, recording where each member's data starts."""
 
@@ -162,13 +174,13 @@ class _TarBuilder:
         self.size = 0
         self.sha256 = hashlib.sha256() if hashing else None
 
-    def _put(self, data: bytes) -> None:
+    def _put(self, data: MemberData) -> None:
         self.sink.write(data)
         if self.sha256 is not None:
             self.sha256.update(data)
         self.size += len(data)
 
-    def add(self, name: str, data: bytes) -> int:
+    def add(self, name: str, data: MemberData) -> int:
         """Write one member; returns the offset of its data."""
         self._put(_header(name, len(data)))
         offset = self.size
@@ -176,7 +188,7 @@ class _TarBuilder:
         self._put(_ZERO_BLOCK[: -len(data) % BLOCKSIZE])
         return offset
 
-    def add_sample(self, key: str, sample: Sample) -> tuple[Member, ...]:
+    def add_sample(self, key: str, sample: Mapping[str, MemberData]) -> tuple[Member, ...]:
         return tuple((ext, self.add(f"{key}.{ext}", sample[ext]), len(sample[ext])) for ext in sorted(sample))
 
     def finish(self, record: bool) -> None:
@@ -214,7 +226,7 @@ class ShardWriter:
         self.shards: list[ShardInfo] = []
         self._entries: list[IndexEntry] = []
         self._blocks: list[Block] = []
-        self._pending: list[tuple[str, Sample]] = []
+        self._pending: list[tuple[str, Mapping[str, MemberData]]] = []
         self._pending_bytes = 0
         self._keys: set[str] = set()
         self._file: BinaryIO | None = None
@@ -279,6 +291,7 @@ class ShardWriter:
             _check_extension(key, extension)
         if len({extension.lower() for extension in sample}) < len(sample):  # webdataset lowercases them
             raise DatasetAssetsError(f"sample {key!r}: member extensions {sorted(sample)} differ only in case")
+        members = {extension: _member_bytes(key, extension, data) for extension, data in sample.items()}
         with self._naming_write_errors():
             if self._full():
                 self._close_current()
@@ -286,10 +299,10 @@ class ShardWriter:
                 self._open_next()
             assert self._tar is not None
             if self.compression is None:
-                self._entries.append(IndexEntry(key, len(self.shards), self._tar.add_sample(key, sample)))
+                self._entries.append(IndexEntry(key, len(self.shards), self._tar.add_sample(key, members)))
             else:
-                self._pending.append((key, dict(sample)))
-                self._pending_bytes += sum(len(data) + 2 * BLOCKSIZE for data in sample.values())
+                self._pending.append((key, members))
+                self._pending_bytes += sum(len(data) + 2 * BLOCKSIZE for data in members.values())
                 if len(self._pending) >= self.compression.block_samples:
                     self._flush_block()
         self._keys.add(key)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy
 import pytest
 import webdataset
 import zstandard
@@ -797,3 +798,32 @@ def test_a_shard_cut_right_after_a_pax_header_is_truncated_to_every_reader(tmp_p
         with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: truncated tar archive \(header after member "
                                                      r"'seq_a_f0000\.json'\)"):
             read(tmp_path)
+
+
+@pytest.mark.parametrize("compression", [None, Compression(block_samples=2)])
+def test_members_given_as_arrays_or_typed_views_are_stored_as_all_their_bytes(
+        tmp_path: Path, compression: Compression | None) -> None:
+    """`len` of a numpy array or a float32 memoryview counts items: a header sized by it leaves the rest
+    of the bytes where the next header should be."""
+    array = numpy.arange(300, dtype=numpy.float32)
+    write_set(tmp_path, [("seq_a_f0000", {"bin": array}), ("seq_a_f0001", {"bin": memoryview(array)}),
+                         ("seq_a_f0002", {"bin": bytearray(b"xyz")})], compression=compression)
+
+    expected = [("seq_a_f0000", {"bin": array.tobytes()}), ("seq_a_f0001", {"bin": array.tobytes()}),
+                ("seq_a_f0002", {"bin": b"xyz"})]
+    assert read_all(tmp_path) == expected
+    assert verify_shard_set(tmp_path).problems == ()
+    if compression is None:
+        read = webdataset.WebDataset(str(tmp_path / "shards-0000.tar"), shardshuffle=False, empty_check=False)
+        assert [(sample["__key__"], {"bin": sample["bin"]}) for sample in read] == expected
+
+
+@pytest.mark.parametrize("data", ["text", numpy.arange(12, dtype=numpy.int64).reshape(3, 4)[:, 1]])
+def test_a_member_that_is_not_contiguous_bytes_is_refused_before_any_byte(tmp_path: Path, data: object) -> None:
+    with ShardWriter(tmp_path) as writer:
+        with pytest.raises(DatasetAssetsError, match=r"sample 'seq_a_f0000': member 'bin' is not a contiguous "
+                                                     r"bytes-like object"):
+            writer.write("seq_a_f0000", {"bin": data, "aaa": b"first"})  # type: ignore[dict-item]
+        writer.write("seq_a_f0001", {"json": b"{}"})
+
+    assert read_all(tmp_path) == [("seq_a_f0001", {"json": b"{}"})]
