@@ -10,6 +10,8 @@ plain tar (same member headers, ending in two zero blocks), compressed as a sing
 (content size and checksum included) and stored as the member `zstd-block-NNNNNN.tar.zst`.
 `zstd -d` + `tar t` lists such a block; our readers expand blocks transparently, plain
 `webdataset` sees one opaque member per block. `block_samples=1` compresses each sample alone.
+A block is closed early rather than outgrow the 1 GiB readers decompress (`MAX_BLOCK_BYTES`),
+and a sample that alone would is refused.
 
 Reading refuses any member that is not a plain file with a relative, non-escaping name
 (symlinks, hard links, devices, `..`, absolute). Two loops share the header parse and the
@@ -198,6 +200,11 @@ class _TarBuilder:
             self._put(b"\0" * (-self.size % RECORDSIZE))
 
 
+def _sample_tar_bytes(key: str, sample: Mapping[str, MemberData]) -> int:
+    """How many bytes `_TarBuilder.add_sample` writes for this sample, headers included."""
+    return sum(len(_header(f"{key}.{ext}", len(data))) + _padded(len(data)) for ext, data in sample.items())
+
+
 class ShardWriter:
     """Write samples into `folder/<pattern>` shards, rolling by sample count or bytes.
 
@@ -228,6 +235,7 @@ class ShardWriter:
         self._blocks: list[Block] = []
         self._pending: list[tuple[str, Mapping[str, MemberData]]] = []
         self._pending_bytes = 0
+        self._pending_tar_bytes = 0
         self._keys: set[str] = set()
         self._file: BinaryIO | None = None
         self._tar: _TarBuilder | None = None
@@ -260,7 +268,7 @@ class ShardWriter:
         offset = self._tar.add(f"{BLOCK_PREFIX}{block:06d}.tar.zst", data)
         self._blocks.append(Block(len(self.shards), offset, len(data)))
         self._entries += [IndexEntry(key, len(self.shards), members, block) for key, members in located]
-        self._pending, self._pending_bytes = [], 0
+        self._pending, self._pending_bytes, self._pending_tar_bytes = [], 0, 0
 
     def _close_current(self) -> None:
         if self._tar is None or self._file is None:
@@ -292,6 +300,7 @@ class ShardWriter:
         if len({extension.lower() for extension in sample}) < len(sample):  # webdataset lowercases them
             raise DatasetAssetsError(f"sample {key!r}: member extensions {sorted(sample)} differ only in case")
         members = {extension: _member_bytes(key, extension, data) for extension, data in sample.items()}
+        tar_bytes = 0 if self.compression is None else self._block_room(key, members)
         with self._naming_write_errors():
             if self._full():
                 self._close_current()
@@ -301,12 +310,23 @@ class ShardWriter:
             if self.compression is None:
                 self._entries.append(IndexEntry(key, len(self.shards), self._tar.add_sample(key, members)))
             else:
+                if self._pending_tar_bytes + tar_bytes + len(_END_OF_ARCHIVE) > MAX_BLOCK_BYTES:
+                    self._flush_block()
                 self._pending.append((key, members))
+                self._pending_tar_bytes += tar_bytes
                 self._pending_bytes += sum(len(data) + 2 * BLOCKSIZE for data in members.values())
                 if len(self._pending) >= self.compression.block_samples:
                     self._flush_block()
         self._keys.add(key)
         self._samples_in_shard += 1
+
+    def _block_room(self, key: str, sample: Mapping[str, MemberData]) -> int:
+        """The bytes `sample` takes in a block's tar, refused past what readers decompress (`MAX_BLOCK_BYTES`)."""
+        tar_bytes = _sample_tar_bytes(key, sample)
+        if tar_bytes + len(_END_OF_ARCHIVE) > MAX_BLOCK_BYTES:
+            raise DatasetAssetsError(f"sample {key!r}: its {tar_bytes} bytes of tar do not fit in a zstd block "
+                                     f"(at most {MAX_BLOCK_BYTES}); write it without compression")
+        return tar_bytes
 
     def close(self) -> list[ShardInfo]:
         with self._naming_write_errors():

@@ -18,6 +18,7 @@ import pytest
 import webdataset
 import zstandard
 
+from dataset_assets.core import shards as shards_module
 from dataset_assets.core.errors import DatasetAssetsError, UnsafeArchiveError
 from dataset_assets.core.index import INDEX_FILE, read_index, write_index
 from dataset_assets.core.shards import (
@@ -827,3 +828,21 @@ def test_a_member_that_is_not_contiguous_bytes_is_refused_before_any_byte(tmp_pa
         writer.write("seq_a_f0001", {"json": b"{}"})
 
     assert read_all(tmp_path) == [("seq_a_f0001", {"json": b"{}"})]
+
+
+def test_a_zstd_block_is_closed_before_it_outgrows_what_the_readers_decompress(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readers refuse a block declaring more than `MAX_BLOCK_BYTES` (1 GiB): 16 samples of 100 MB made
+    one. The limit is lowered here so that a test need not hold gigabytes."""
+    monkeypatch.setattr(shards_module, "MAX_BLOCK_BYTES", 50_000)
+    written = [(f"seq_a_f{i:04d}", {"bin": bytes([i]) * 20_000, "json": b"{}"}) for i in range(10)]
+    with ShardWriter(tmp_path, compression=Compression(block_samples=16)) as writer:
+        for key, sample in written:
+            writer.write(key, sample)
+        with pytest.raises(DatasetAssetsError, match=r"sample 'seq_a_big': its 60\d\d\d bytes of tar do not fit "
+                                                     r"in a zstd block \(at most 50000\)"):
+            writer.write("seq_a_big", {"bin": b"x" * 60_000})
+    write_index(tmp_path, writer.index)
+
+    assert read_all(tmp_path) == written
+    assert verify_shard_set(tmp_path).problems == ()
