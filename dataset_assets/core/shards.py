@@ -200,6 +200,20 @@ class _TarBuilder:
             self._put(b"\0" * (-self.size % RECORDSIZE))
 
 
+def _check_shard_pattern(pattern: str) -> None:
+    """Shard names must differ by number and stay in the set's folder: with a fixed name every shard
+    would overwrite the one before, and an append would look for a free number forever."""
+    try:
+        first, second = pattern.format(index=0), pattern.format(index=1)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"shard name pattern {pattern!r} must format with an index only ({error!r})") from error
+    if first == second:
+        raise ValueError(f"shard name pattern {pattern!r} gives every shard the same name: use {{index}}")
+    reason = escape_reason(first)
+    if reason is not None:
+        raise ValueError(f"shard name pattern {pattern!r}: {reason}")
+
+
 def _sample_tar_bytes(key: str, sample: Mapping[str, MemberData]) -> int:
     """How many bytes `_TarBuilder.add_sample` writes for this sample, headers included."""
     return sum(len(_header(f"{key}.{ext}", len(data))) + _padded(len(data)) for ext, data in sample.items())
@@ -224,6 +238,7 @@ class ShardWriter:
     ) -> None:
         if max_samples < 1:
             raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+        _check_shard_pattern(pattern)
         self.folder = folder
         self.pattern = pattern
         self.max_samples = max_samples
@@ -427,6 +442,7 @@ def append_shards(
     The shards being renamed in are named in a journal first, so that the next append removes
     them if this one is killed before its index is written (`_recover_interrupted_append`).
     """
+    _check_shard_pattern(pattern)
     with _locked(folder):
         existing = _current_index(folder)
         _recover_interrupted_append(folder, existing)

@@ -846,3 +846,19 @@ def test_a_zstd_block_is_closed_before_it_outgrows_what_the_readers_decompress(
 
     assert read_all(tmp_path) == written
     assert verify_shard_set(tmp_path).problems == ()
+
+
+@pytest.mark.timeout(30)  # a second append with such a pattern once looked for a free number forever
+@pytest.mark.parametrize(("pattern", "problem"), [("shards.tar", "gives every shard the same name"),
+                                                  ("../shards-{index:04d}.tar", "'..' would escape"),
+                                                  ("shards-{number}.tar", "must format")])
+def test_a_shard_name_pattern_that_would_overwrite_or_escape_is_refused(tmp_path: Path, pattern: str,
+                                                                        problem: str) -> None:
+    folder = tmp_path / "set"
+    with pytest.raises(ValueError, match=problem):
+        ShardWriter(folder, pattern=pattern, max_samples=2)
+    for _ in range(2):
+        with pytest.raises(ValueError, match=problem):
+            append_shards(folder, iter(SEQUENCE[:3]), pattern=pattern, max_samples=2)
+
+    assert sorted(path.name for path in tmp_path.rglob("*.tar")) == []
