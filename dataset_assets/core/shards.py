@@ -81,6 +81,8 @@ SKIP_READ_BYTES = 1 << 20
 WRITE_BUFFER_BYTES = 1 << 20
 SMALL_MEMBER_BYTES = 1 << 16
 SPAN_READ_BYTES = 1 << 16
+# Member names webdataset skips, as metadata, without a word (besides `__name__` without a slash).
+WEBDATASET_METADATA = re.compile(r"__[^/]*__($|/)")
 # Fields webdataset (and `core.loading`) add to every sample beside its members.
 SAMPLE_FIELDS = frozenset({"__key__", "__url__", "__local_path__"})
 _ZERO_BLOCK = b"\0" * BLOCKSIZE
@@ -154,6 +156,9 @@ def _check_extension(key: str, extension: str) -> None:
     if extension in SAMPLE_FIELDS:
         raise DatasetAssetsError(f"sample {key!r}: member extension {extension!r} is the name of a field "
                                  f"webdataset adds to every sample")
+    name = f"{key}.{extension}"
+    if WEBDATASET_METADATA.match(name) or ("/" not in name and name.startswith("__") and name.endswith("__")):
+        raise DatasetAssetsError(f"sample {key!r}: member {name!r} would be lost: webdataset skips it as metadata")
 
 
 def _member_bytes(key: str, extension: str, data: object) -> MemberData:

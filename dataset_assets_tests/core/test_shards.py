@@ -862,3 +862,15 @@ def test_a_shard_name_pattern_that_would_overwrite_or_escape_is_refused(tmp_path
             append_shards(folder, iter(SEQUENCE[:3]), pattern=pattern, max_samples=2)
 
     assert sorted(path.name for path in tmp_path.rglob("*.tar")) == []
+
+
+@pytest.mark.parametrize(("key", "extension"), [("__cache__/seq_a_f0000", "json"), ("__seq_a_f0000", "x__")])
+def test_a_member_name_webdataset_skips_as_metadata_is_refused(tmp_path: Path, key: str, extension: str) -> None:
+    """webdataset drops members whose name starts with `__<name>__/` (or is `__...__`) without a word."""
+    with ShardWriter(tmp_path) as writer:
+        with pytest.raises(DatasetAssetsError, match=r"webdataset skips it as metadata"):
+            writer.write(key, {extension: b"{}"})
+        writer.write("seq_a_f0001", {"json": b"{}"})
+
+    read = webdataset.WebDataset(str(tmp_path / "shards-0000.tar"), shardshuffle=False, empty_check=False)
+    assert [sample["__key__"] for sample in read] == [key for key, _ in read_all(tmp_path)] == ["seq_a_f0001"]
