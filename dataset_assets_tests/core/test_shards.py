@@ -64,6 +64,13 @@ def read_all(folder: Path) -> list[tuple[str, dict[str, bytes]]]:
     return [item for path in sorted(folder.glob("*.tar")) for item in iter_tar_samples(path)]
 
 
+def every_reader(path: Path) -> list[Callable[[], object]]:
+    """Reading the shard `path` (alone in its folder) with each reader: the local walk, the header count
+    and the stream reader, which must refuse the same damage alike."""
+    return [lambda: read_all(path.parent), lambda: count_samples(path),
+            lambda: list(iter_stream_samples(io.BytesIO(path.read_bytes()), str(path)))]
+
+
 SEQUENCE = samples_of("seq_a", 40)
 BIG = ("seq_a_big", {"bin": os.urandom(200_000), "json": b"{}"})
 
@@ -249,10 +256,9 @@ def test_crafted_tar_members_are_rejected_with_archive_member_and_reason(tmp_pat
     member = make()
     path = crafted_tar(tmp_path / "crafted.tar", member, tar_format)
 
-    for read in (read_all, lambda folder: count_samples(path),
-                 lambda folder: list(iter_stream_samples(io.BytesIO(path.read_bytes()), str(path)))):
+    for read in every_reader(path):
         with pytest.raises(UnsafeArchiveError) as caught:
-            read(tmp_path)
+            read()
         assert caught.value.archive == str(path) and caught.value.member.rstrip("/") == member.name
         assert reason in str(caught.value)
 
@@ -307,11 +313,10 @@ def test_a_size_field_that_is_not_plain_octal_is_refused_by_every_reader(tmp_pat
     path.write_bytes(header_with_size_field("seq_a_f0000.json", size_field) + b"{}".ljust(1024, b"\0")
                      + b"\0" * 1024)
 
-    for read in (read_all, lambda folder: count_samples(path),
-                 lambda folder: list(iter_stream_samples(io.BytesIO(path.read_bytes()), str(path)))):
+    for read in every_reader(path):
         with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: invalid tar header at byte 0 \("
                            r"(size field .* is not an octal number|negative size -\d+)\)"):
-            read(tmp_path)
+            read()
 
 
 def test_a_streamed_member_declaring_more_than_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
@@ -345,10 +350,9 @@ def test_a_malformed_pax_record_is_refused_by_every_reader(tmp_path: Path, recor
     path = tmp_path / "shards-0000.tar"
     path.write_bytes(buffer.getvalue().replace(b"15 comment=abc\n", record))
 
-    for read in (read_all, lambda folder: count_samples(path),
-                 lambda folder: list(iter_stream_samples(io.BytesIO(path.read_bytes()), str(path)))):
+    for read in every_reader(path):
         with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: malformed pax header record at byte 0"):
-            read(tmp_path)
+            read()
 
 
 Outcome = tuple[str, object]
@@ -724,11 +728,10 @@ def test_a_global_pax_header_that_would_rename_or_resize_every_member_is_refused
     with tarfile.open(path) as tar:  # tarfile, so webdataset, applies it to every member after it
         assert keyword != "path" or tar.getnames() == ["../evil.json", "../evil.json"]
 
-    for read in (read_all, lambda folder: count_samples(path),
-                 lambda folder: list(iter_stream_samples(io.BytesIO(path.read_bytes()), str(path)))):
+    for read in every_reader(path):
         with pytest.raises(UnsafeArchiveError, match=rf"shards-0000\.tar: member .*rejected: a global pax header "
                                                      rf"may not set {keyword!r}"):
-            read(tmp_path)
+            read()
 
 
 def test_a_global_pax_header_with_only_a_comment_is_read_past(tmp_path: Path) -> None:
@@ -794,11 +797,10 @@ def test_a_shard_cut_right_after_a_pax_header_is_truncated_to_every_reader(tmp_p
     path.write_bytes(_tar_bytes([("seq_a_f0000.json", b"{}"), ("seq_a_" + "f" * 120 + ".json", b"{}")]))
     path.write_bytes(path.read_bytes()[:2048])  # the first member, then the second's pax header and its records
 
-    for read in (read_all, lambda folder: count_samples(path),
-                 lambda folder: list(iter_stream_samples(io.BytesIO(path.read_bytes()), str(path)))):
+    for read in every_reader(path):
         with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar: truncated tar archive \(header after member "
                                                      r"'seq_a_f0000\.json'\)"):
-            read(tmp_path)
+            read()
 
 
 @pytest.mark.parametrize("compression", [None, Compression(block_samples=2)])
