@@ -44,7 +44,7 @@ __all__ = ["IndexedShardDataset", "SampleDecoding", "ShardStream", "load_yaml_an
 
 MemberDecoder = Callable[[bytes], object]
 SampleDecoder = Callable[[dict[str, object]], object]
-RawSample = dict[str, bytes | memoryview]
+RawSample = dict[str, bytes | bytearray | memoryview]
 
 
 # Decoding: an allow-list by extension; anything else stays bytes.

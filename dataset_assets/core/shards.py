@@ -923,6 +923,22 @@ def _sample_keys(stream: BinaryIO, path: Path) -> Iterator[str | None]:
         yield None
 
 
+def _pread_into(fd: int, buffer: bytearray, offset: int) -> int:
+    """Fill `buffer` from `offset` of `fd`; the bytes read, fewer only where the file ends.
+
+    One read returns at most 0x7ffff000 bytes on Linux, so a member of 2 GiB or more takes several,
+    each into the rest of the one buffer: the member is never held twice.
+    """
+    done = 0
+    with memoryview(buffer) as view:
+        while done < len(buffer):
+            count = os.preadv(fd, [view[done:]], offset + done)
+            if count == 0:
+                break
+            done += count
+    return done
+
+
 class ShardFiles:
     """Positional reads (`os.pread`) of shard files by number; safe across threads and processes.
 
@@ -966,10 +982,10 @@ class ShardFiles:
             handles.move_to_end(shard)
         return handle
 
-    def read(self, shard: int, offset: int, size: int) -> bytes:
+    def read(self, shard: int, offset: int, size: int) -> bytearray:
         """Exactly `size` bytes at `offset` of shard `shard`, or an error naming the file."""
-        data = os.pread(self._handle(shard).fileno(), size, offset)
-        if len(data) != size:
+        data = bytearray(size)
+        if _pread_into(self._handle(shard).fileno(), data, offset) != size:
             raise DatasetAssetsError(
                 f"{self.paths[shard]}: bytes {offset}..{offset + size} are past the end of the file"
             )
@@ -986,7 +1002,8 @@ class ShardFiles:
                 blocks.popitem(last=False)
         return data
 
-    def read_members(self, shard: int, members: Sequence[Member], block: Block | None = None) -> dict[str, bytes]:
+    def read_members(self, shard: int, members: Sequence[Member], block: Block | None = None
+                     ) -> dict[str, bytes | bytearray]:
         """One sample's members: slices of its decompressed block, or of one read covering them all.
 
         Past `SPAN_READ_BYTES` each member is read on its own instead: a read per member costs less

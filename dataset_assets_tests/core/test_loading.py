@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader
 
 import dataset_assets
 from dataset_assets.core.errors import DatasetAssetsError, SplitError, UnsafeArchiveError
-from dataset_assets.core.index import write_index
+from dataset_assets.core.index import IndexEntry, ShardIndex, ShardInfo, write_index
 from dataset_assets.core.loading import (
     IndexedShardDataset,
     ShardStream,
@@ -336,6 +337,58 @@ def test_map_style_dataset_takes_integer_like_indices_and_names_a_bad_one_as_giv
     for index in (slice(0, 2), 1.0, "1"):
         with pytest.raises(TypeError, match=rf"sample index must be an integer, not {type(index).__name__}"):
             dataset[index]  # type: ignore[index]
+
+
+def write_sparse_shard(folder: Path, big: int, small: bytes) -> ShardIndex:
+    """A shard of a `big`-byte member, zeros but for b"head" and b"tail" at its ends, then `small`.
+
+    The big member's middle is a hole left by `truncate`, so the file takes a few KiB on disk."""
+    def header(name: str, size: int) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.size = size
+        return info.tobuf(tarfile.PAX_FORMAT)
+
+    def padding(size: int) -> bytes:
+        return bytes(-size % tarfile.BLOCKSIZE)
+
+    shard = folder / "shards-0000.tar"
+    with shard.open("wb") as handle:
+        handle.write(header("big.bin", big))
+        big_offset = handle.tell()
+        handle.write(b"head")
+        handle.truncate(big_offset + big - 4)
+        handle.seek(0, os.SEEK_END)
+        handle.write(b"tail" + padding(big) + header("small.txt", len(small)))
+        small_offset = handle.tell()
+        handle.write(small + padding(len(small)) + bytes(2 * tarfile.BLOCKSIZE))
+    entries = (IndexEntry("big", 0, (("bin", big_offset, big),)),
+               IndexEntry("small", 0, (("txt", small_offset, len(small)),)))
+    return ShardIndex((ShardInfo(shard.name, 2, shard.stat().st_size, "0" * 64),), entries)
+
+
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+def test_map_style_dataset_reads_a_member_of_2_gib_or_more_whole(tmp_path: Path) -> None:
+    """Linux returns at most 0x7ffff000 bytes per read: a bigger member takes several, not a
+    "past the end of the file" error, and is read into one buffer, never copied whole."""
+    big = 0x7FFFF000 + (1 << 20) + 3
+    write_index(tmp_path, write_sparse_shard(tmp_path, big, b"the member after the big one"))
+    dataset = IndexedShardDataset([tmp_path])
+    before = resident_bytes()
+
+    _, key, members = dataset.read(0)
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    data = members["bin"]
+    assert (key, len(data)) == ("big", big)
+    assert (data[:4], data[-4:]) == (b"head", b"tail")
+    assert data[0x7FFFF000 - 8: 0x7FFFF000 + 8] == bytes(16)
+    assert peak < before + big * 1.25
+    del data, members
+    assert dataset.read(1)[1:] == ("small", {"txt": b"the member after the big one"})
 
 
 def test_map_style_dataset_refuses_urls_and_unindexed_shards(tmp_path: Path) -> None:
