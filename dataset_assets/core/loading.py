@@ -19,7 +19,6 @@ import operator
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy
 import torch
@@ -32,7 +31,7 @@ from dataset_assets.core.preprocess import check_image_pixels
 from dataset_assets.core.redaction import redact_text, redact_url
 from dataset_assets.core.remote_shards import open_url
 from dataset_assets.core.shards import SAMPLE_FIELDS, ShardFiles, iter_stream_samples, iter_tar_samples
-from dataset_assets.core.tar_lists import is_url, load_yaml_and_extract_tar_list
+from dataset_assets.core.tar_lists import is_url, load_yaml_and_extract_tar_list, url_scheme
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff"})
 # The Pillow formats of those extensions: Pillow sniffs the format from the bytes, and some of its
@@ -130,7 +129,7 @@ def _check_tar_list(tar_list: Sequence[str | Path]) -> list[str]:
     if not tars:
         raise DatasetAssetsError("tar list is empty: nothing to load")
     for tar in tars:
-        if urlsplit(tar).scheme.lower() == "pipe":
+        if url_scheme(tar) == "pipe":
             raise DatasetAssetsError(f"tar list entry {tar!r} is a shell pipe; only paths and URLs are loaded")
     return tars
 

@@ -40,12 +40,22 @@ def may_be_signed(url: str) -> bool:
         return True
 
 
+def _redact_unparsed(url: str) -> str:
+    """`redact_url` of a URL `urlsplit` refuses (a malformed IPv6 host, say), cut by hand so errors can name it."""
+    kept = re.split(r"[?#]", url, maxsplit=1)[0]
+    scheme, separator, rest = kept.partition("://")
+    if separator:
+        authority, slash, path = rest.partition("/")
+        kept = f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+    return f"{kept}?{REDACTED}" if "?" in url else kept
+
+
 def redact_url(url: str) -> str:
     """Return `url` without its query string values and without user info."""
     try:
         parts = urlsplit(url)
     except ValueError:
-        return REDACTED
+        return _redact_unparsed(url)
     netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
     query = REDACTED if may_be_signed(url) else ""
     redacted = urlunsplit((parts.scheme, netloc, parts.path, query, ""))

@@ -23,7 +23,7 @@ import httpx
 from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.redaction import may_be_signed, redact_text, redact_url
 from dataset_assets.core.s3 import make_s3_client
-from dataset_assets.core.tar_lists import URL_SCHEMES
+from dataset_assets.core.tar_lists import URL_SCHEMES, url_scheme
 from dataset_assets.core.transfer import make_client
 
 CHUNK_BYTES = 1 << 20
@@ -186,7 +186,7 @@ def _open_s3(url: str) -> Iterator[io.BufferedReader]:
 @contextlib.contextmanager
 def open_url(entry: str) -> Iterator[io.BufferedReader]:
     """A readable stream of one remote tar-list entry: an http(s) URL or an s3 URL."""
-    scheme = urlsplit(entry).scheme.lower()
+    scheme = url_scheme(entry)
     if scheme in ("http", "https"):
         with _open_http(entry) as stream:
             yield stream
@@ -196,4 +196,4 @@ def open_url(entry: str) -> Iterator[io.BufferedReader]:
     elif scheme in URL_SCHEMES:
         raise DatasetAssetsError(f"{redact_url(entry)}: {scheme}:// URLs are not supported for reading")
     else:
-        raise DatasetAssetsError(f"{entry}: not an http(s) or s3 URL")
+        raise DatasetAssetsError(f"{redact_url(entry)}: not an http(s) or s3 URL")

@@ -11,14 +11,23 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from dataset_assets.core.errors import SplitError
+from dataset_assets.core.errors import DatasetAssetsError, SplitError
+from dataset_assets.core.redaction import redact_url
 
 URL_SCHEMES = frozenset({"http", "https", "s3", "gs"})
 
 
+def url_scheme(entry: str) -> str:
+    """The lowercased scheme of a tar-list entry ("" for a path); a URL that cannot be parsed is an error."""
+    try:
+        return urlsplit(entry).scheme.lower()
+    except ValueError as error:  # urllib's message (e.g. "Invalid IPv6 URL") names neither the entry nor why
+        raise DatasetAssetsError(f"{redact_url(entry)}: not a valid URL ({error})") from error
+
+
 def is_url(entry: str) -> bool:
     """Whether a tar-list entry is kept as a URL rather than resolved as a path."""
-    return urlsplit(entry).scheme.lower() in URL_SCHEMES
+    return url_scheme(entry) in URL_SCHEMES
 
 
 def _read_yaml(path: Path) -> object:

@@ -32,6 +32,7 @@ from dataset_assets.core.loading import (
     make_shard_dataset,
 )
 from dataset_assets.core.preprocess import MAX_IMAGE_PIXELS
+from dataset_assets.core.remote_shards import open_url
 from dataset_assets.core.shards import Compression, ShardWriter
 from dataset_assets.core.splits import split_sequences, write_split_yamls
 from dataset_assets.core.tar_lists import missing_tars, split_overlap
@@ -598,6 +599,19 @@ def test_http_error_names_the_redacted_url(demo_server: DemoServer) -> None:
     with pytest.raises(DatasetAssetsError, match=r"shards-0000\.tar\?<redacted>: HTTP 403") as caught:
         list(ShardStream([url]))
     assert "forged" not in str(caught.value)
+
+
+@pytest.mark.parametrize("entry", ["http://[::1/x.tar?sig=abcdef", "https://user:pw@[::1/x.tar?sig=abcdef"])
+def test_a_malformed_url_entry_is_an_error_naming_it_redacted_not_a_bare_value_error(entry: str) -> None:
+    def open_entry() -> None:
+        with open_url(entry):
+            pass
+
+    expected = r"^https?://\[::1/x\.tar\?<redacted>: not a valid URL \(Invalid IPv6 URL\)$"
+    for read in (open_entry, lambda: list(ShardStream([entry]))):
+        with pytest.raises(DatasetAssetsError, match=expected) as caught:
+            read()
+        assert "abcdef" not in str(caught.value) and "pw" not in str(caught.value)
 
 
 def test_a_refused_unsigned_http_url_is_not_called_an_expired_link(plain_server: PlainServer) -> None:
