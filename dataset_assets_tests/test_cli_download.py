@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from dataset_assets.cli import main
-from dataset_assets.core.manifest import UrlManifest, parse_manifest
+from dataset_assets.core.manifest import MAX_MANIFEST_BYTES, UrlManifest, parse_manifest
 from dataset_assets.core.splits import split_sequences
 from dataset_assets.demo.generate import DemoFile
 from dataset_assets.demo.server import DemoServer
@@ -237,6 +237,24 @@ def test_a_missing_manifest_file_exits_2_naming_it(tmp_path: Path, capsys: pytes
 
     assert code == 2
     assert f"error: {missing}: " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_manifest_file_over_the_size_limit_exits_2_naming_its_size_and_the_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cap on a manifest fetched over http(s) holds for a local file too, checked before reading it."""
+    huge = tmp_path / "huge-manifest.json"
+    with huge.open("wb") as handle:
+        handle.write(b'{"atek_data_for_all_configs": {}}')
+        handle.truncate(MAX_MANIFEST_BYTES + 1)  # a hole: the file takes a few KiB on disk
+
+    code = main(download_args(huge, tmp_path / "out"))
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert f"error: {huge}: " in error
+    assert f"larger than the {MAX_MANIFEST_BYTES}-byte limit" in error and f"{MAX_MANIFEST_BYTES + 1} bytes" in error
     assert not (tmp_path / "out").exists()
 
 

@@ -13,6 +13,7 @@ plain names that cannot escape their folder.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from dataset_assets.core.redaction import may_be_signed, redact_url
 ROOT_KEY = "atek_data_for_all_configs"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}\Z")
 SHA1_HEX = re.compile(r"^[0-9a-f]{40}\Z")
+# The most a manifest may hold, read from a file or fetched over http(s) (after decompression).
+MAX_MANIFEST_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -183,20 +186,45 @@ def parse_manifest(data: Any, source: str) -> UrlManifest:
     return UrlManifest(source=source, configs=configs)
 
 
-def load_manifest_file(path: Path) -> UrlManifest:
-    """Read and validate a manifest JSON file, naming the file in any error."""
+def _too_large(path: Path, size: str, max_bytes: int) -> ManifestError:
+    return ManifestError(str(path), "<file>", size, f"is larger than the {max_bytes}-byte limit")
+
+
+def read_manifest_bytes(path: Path, max_bytes: int = MAX_MANIFEST_BYTES) -> bytes:
+    """A manifest file's bytes; a file larger than `max_bytes` is refused before it is read.
+
+    The read is capped too: a pipe (`/dev/stdin`) has no size, and a file may grow once checked.
+    """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > max_bytes:
+                raise _too_large(path, f"{size} bytes", max_bytes)
+            data = handle.read(max_bytes + 1)
     except OSError as error:
         raise ManifestError(str(path), "<file>", str(path), f"cannot be read ({error.strerror})") from error
+    if len(data) > max_bytes:
+        raise _too_large(path, f"more than {max_bytes} bytes", max_bytes)
+    return data
+
+
+def parse_manifest_json(data: bytes, source: str) -> UrlManifest:
+    """Decode and validate a manifest's UTF-8 JSON bytes, naming `source` in any error."""
+    try:
+        document = json.loads(data.decode("utf-8"))
     except json.JSONDecodeError as error:
-        raise ManifestError(str(path), "<root>", f"line {error.lineno} column {error.colno}",
+        raise ManifestError(source, "<root>", f"line {error.lineno} column {error.colno}",
                             f"is not valid JSON: {error.msg}") from error
     except UnicodeDecodeError as error:
-        raise ManifestError(str(path), "<root>", f"byte {error.start}", "is not UTF-8 text") from error
+        raise ManifestError(source, "<root>", f"byte {error.start}", "is not UTF-8 text") from error
     except RecursionError:  # valid JSON nested deeper than the parser recurses
-        raise ManifestError(str(path), "<root>", None, "is not valid JSON: nested too deeply") from None
-    return parse_manifest(data, str(path))
+        raise ManifestError(source, "<root>", None, "is not valid JSON: nested too deeply") from None
+    return parse_manifest(document, source)
+
+
+def load_manifest_file(path: Path, max_bytes: int = MAX_MANIFEST_BYTES) -> UrlManifest:
+    """Read and validate a manifest JSON file of at most `max_bytes`, naming the file in any error."""
+    return parse_manifest_json(read_manifest_bytes(path, max_bytes), str(path))
 
 
 def expiry_from_url(url: str) -> datetime | None:

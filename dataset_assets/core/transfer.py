@@ -43,7 +43,14 @@ from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attem
 
 from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.http_transport import Urllib3Transport
-from dataset_assets.core.manifest import ManifestEntry, UrlManifest, load_manifest_file, parse_manifest
+from dataset_assets.core.manifest import (
+    MAX_MANIFEST_BYTES,
+    ManifestEntry,
+    UrlManifest,
+    parse_manifest,
+    parse_manifest_json,
+    read_manifest_bytes,
+)
 from dataset_assets.core.redaction import get_logger, redact_text
 from dataset_assets.core.storage import (
     Destination,
@@ -59,7 +66,6 @@ logger = get_logger(__name__)
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 EXPIRY_STATUS = frozenset({401, 403, 410})
 MIB = 1 << 20
-MAX_MANIFEST_BYTES = 256 * MIB
 _DOCUMENT_ENCODINGS = frozenset({"identity", "gzip", "x-gzip", "deflate"})
 ProgressCallback = Callable[[int], None]
 Refresh = Callable[[], UrlManifest]
@@ -375,10 +381,11 @@ def fetch_bytes(client: httpx.Client, url: str, settings: TransferSettings = Tra
 
 def fetch_manifest(location: str, client: httpx.Client | None = None,
                    max_bytes: int = MAX_MANIFEST_BYTES) -> tuple[UrlManifest, bytes]:
-    """Read the manifest at an http(s) URL (at most `max_bytes`) or a local path; return it and its raw bytes."""
+    """Read the manifest (at most `max_bytes`) at an http(s) URL or a local path; return it and its raw bytes."""
     if not location.startswith(("http://", "https://")):
         path = Path(location)
-        return load_manifest_file(path), path.read_bytes()
+        data = read_manifest_bytes(path, max_bytes)
+        return parse_manifest_json(data, str(path)), data
     owned = client is None
     client = client or make_client()
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dataset_assets.core.errors import ManifestError
-from dataset_assets.core.manifest import expiry_from_url, load_manifest_file, parse_manifest
+from dataset_assets.core.manifest import MAX_MANIFEST_BYTES, expiry_from_url, load_manifest_file, parse_manifest
 
 SHA1 = "a" * 40
 
@@ -82,6 +82,17 @@ def test_unknown_config_is_named_with_available_ones() -> None:
     manifest = parse_manifest(atek({}), "m.json")
     with pytest.raises(ManifestError, match=r"field 'atek_data_for_all_configs.efm'.*available: cubercnn.*got 'efm'"):
         manifest.require_configs(["efm"])
+
+
+def test_a_manifest_file_over_the_size_limit_is_refused_naming_its_size_and_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(atek({})))
+    with path.open("r+b") as handle:
+        handle.truncate(MAX_MANIFEST_BYTES + 1)  # a hole: the file takes a few KiB on disk
+
+    with pytest.raises(ManifestError, match=rf"^{path}: field '<file>' is larger than the {MAX_MANIFEST_BYTES}-byte "
+                                            rf"limit \(got '{MAX_MANIFEST_BYTES + 1} bytes'\)$"):
+        load_manifest_file(path)
 
 
 def test_invalid_json_file_error_names_file_and_position(tmp_path: Path) -> None:
