@@ -923,20 +923,26 @@ def _sample_keys(stream: BinaryIO, path: Path) -> Iterator[str | None]:
         yield None
 
 
-def _pread_into(fd: int, buffer: bytearray, offset: int) -> int:
-    """Fill `buffer` from `offset` of `fd`; the bytes read, fewer only where the file ends.
+MAX_PREAD_BYTES = 0x7FFFF000  # the most one read returns on Linux
 
-    One read returns at most 0x7ffff000 bytes on Linux, so a member of 2 GiB or more takes several,
-    each into the rest of the one buffer: the member is never held twice.
+
+def _pread_whole(fd: int, size: int, offset: int) -> bytes | bytearray:
+    """`size` bytes at `offset` of `fd`, fewer only where the file ends.
+
+    Up to what one read returns (2 GiB less 4 KiB on Linux) that is one `os.pread`. A larger member
+    takes several reads, each into the rest of one `bytearray`, so it is never held twice.
     """
+    if size <= MAX_PREAD_BYTES:
+        return os.pread(fd, size, offset)
+    buffer = bytearray(size)
     done = 0
     with memoryview(buffer) as view:
-        while done < len(buffer):
+        while done < size:
             count = os.preadv(fd, [view[done:]], offset + done)
             if count == 0:
-                break
+                return buffer[:done]
             done += count
-    return done
+    return buffer
 
 
 class ShardFiles:
@@ -982,10 +988,11 @@ class ShardFiles:
             handles.move_to_end(shard)
         return handle
 
-    def read(self, shard: int, offset: int, size: int) -> bytearray:
-        """Exactly `size` bytes at `offset` of shard `shard`, or an error naming the file."""
-        data = bytearray(size)
-        if _pread_into(self._handle(shard).fileno(), data, offset) != size:
+    def read(self, shard: int, offset: int, size: int) -> bytes | bytearray:
+        """Exactly `size` bytes at `offset` of shard `shard` (a `bytearray` past `MAX_PREAD_BYTES`), or an
+        error naming the file."""
+        data = _pread_whole(self._handle(shard).fileno(), size, offset)
+        if len(data) != size:
             raise DatasetAssetsError(
                 f"{self.paths[shard]}: bytes {offset}..{offset + size} are past the end of the file"
             )
