@@ -26,6 +26,10 @@ def raw_key(dataset: str) -> AssetKey:
     return AssetKey([dataset, "raw_shards"])
 
 
+def shards_keys(spec: DatasetSpec) -> list[AssetKey]:
+    return [AssetKey([spec.name, f"shards__{config}"]) for config in sorted(spec.preprocess)]
+
+
 def split_keys(spec: DatasetSpec) -> list[AssetKey]:
     return [AssetKey([spec.name, f"splits__{config}"]) for config in sorted(spec.preprocess)]
 

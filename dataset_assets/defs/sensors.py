@@ -4,9 +4,11 @@
 a digest per sequence (its files' names, sizes and sha1s, not its links) with the digests in its
 cursor. Sequences Dagster does not know yet become dynamic partitions, and each new or changed
 sequence gets one `<ds>_sequence` run, unless its newest `raw_shards` materialization already
-verified exactly those files. Those materializations are read in batches (a few instance queries
-per tick, not one per sequence), and only for sequences that already are partitions: a sequence
-that is not one yet cannot have been materialized. `<ds>_link_refresh_sensor` requests
+verified exactly those files and the newest materialization of each `shards__<config>` partition
+recorded that download's `files_version` as its source (a download whose preprocessing failed or
+never ran is requested again). Those materializations are read in batches (a few instance queries
+per asset and tick, not one per sequence), and only for sequences that already are partitions: a
+sequence that is not one yet cannot have been materialized. `<ds>_link_refresh_sensor` requests
 `<ds>_refresh_links` once the earliest expiry of the saved links (the manifest's, and the streamable split
 YAMLs', which keep older ones after `url_manifest` ran alone) is within the margin (and again
 while the newest refresh run failed or was canceled, since those links are still the saved ones), and
@@ -52,8 +54,8 @@ from dataset_assets.core.errors import ManifestError
 from dataset_assets.core.manifest import ManifestEntry, UrlManifest
 from dataset_assets.core.pipeline import content_version, read_snapshot, split_links_expiry, usable_sequences
 from dataset_assets.core.transfer import LinkExpired, fetch_manifest, make_client
-from dataset_assets.defs.assets.signed_url import FILE_SIZES, metadata_mapping
-from dataset_assets.defs.jobs import DatasetJobs, raw_key
+from dataset_assets.defs.assets.signed_url import FILE_SIZES, FILES_VERSION, metadata_mapping
+from dataset_assets.defs.jobs import DatasetJobs, raw_key, shards_keys
 from dataset_assets.defs.partitions import sequence_partitions
 from dataset_assets.defs.resources import DatasetHome, TransferResource
 
@@ -139,26 +141,47 @@ def verified_manifest_files(materialization: AssetMaterialization | None, manife
         _as_listed(entry, sha1s[name], sizes.get(name)) for name, entry in entries.items())
 
 
-def current_sequences(instance: DagsterInstance, key: AssetKey, manifest: UrlManifest, raw_configs: list[str],
-                      sequences: Collection[str]) -> set[str]:
-    """Those of `sequences` whose newest materialization verified exactly the files the manifest lists.
-
-    One query finds the newest materialization of every partition, then the materializations of
-    `sequences` are read `MATERIALIZATIONS_PER_QUERY` at a time.
-    """
-    if not sequences:
-        return set()
+def latest_materializations(instance: DagsterInstance, key: AssetKey,
+                            sequences: Collection[str]) -> dict[str, AssetMaterialization]:
+    """The newest materialization of each of `sequences` that has one: one query finds the newest of every
+    partition, then they are read `MATERIALIZATIONS_PER_QUERY` at a time."""
     latest = instance.get_latest_storage_id_by_partition(key, DagsterEventType.ASSET_MATERIALIZATION)
     storage_ids = [latest[sequence] for sequence in sequences if sequence in latest]
-    current = set()
+    found = {}
     for start in range(0, len(storage_ids), MATERIALIZATIONS_PER_QUERY):
         batch = storage_ids[start:start + MATERIALIZATIONS_PER_QUERY]
         records = instance.fetch_materializations(
             AssetRecordsFilter(asset_key=key, storage_ids=batch), limit=len(batch)).records
-        current.update(record.partition_key for record in records if record.partition_key is not None
-                       and verified_manifest_files(record.asset_materialization, manifest, raw_configs,
-                                                   record.partition_key))
-    return current
+        found.update((record.partition_key, record.asset_materialization) for record in records
+                     if record.partition_key is not None and record.asset_materialization is not None)
+    return found
+
+
+def files_version(download: AssetMaterialization) -> str | None:
+    value = download.metadata.get(FILES_VERSION)
+    return None if value is None else str(value.value)
+
+
+def made_from(shards: AssetMaterialization | None, version: str) -> bool:
+    """Whether a `shards__<config>` materialization recorded `version` as its source's version."""
+    source = metadata_mapping(shards, "source")
+    return source.get("raw_data_version") == version
+
+
+def current_sequences(instance: DagsterInstance, dataset: str, shard_keys: list[AssetKey], manifest: UrlManifest,
+                      raw_configs: list[str], sequences: Collection[str]) -> set[str]:
+    """Those of `sequences` whose newest `raw_shards` materialization verified exactly the files the manifest
+    lists and whose newest materialization of every shard set was made from that download (its
+    `files_version`). A download without a `files_version` cannot be matched, so it is not current."""
+    if not sequences:
+        return set()
+    raw = latest_materializations(instance, raw_key(dataset), sequences)
+    versions = {sequence: files_version(materialization) for sequence, materialization in raw.items()
+                if verified_manifest_files(materialization, manifest, raw_configs, sequence)}
+    verified = [sequence for sequence, version in versions.items() if version is not None]
+    shard_sets = [latest_materializations(instance, key, verified) for key in shard_keys]
+    return {sequence for sequence in verified
+            if all(made_from(made.get(sequence), versions[sequence]) for made in shard_sets)}
 
 
 def links_expiring(expiry: datetime, within: timedelta) -> bool:
@@ -197,7 +220,7 @@ def build_manifest_sensor(spec: DatasetSpec, jobs: DatasetJobs) -> SensorDefinit
         known = set(context.instance.get_dynamic_partitions(sequences.name))
         new = [sequence for sequence in digests if sequence not in known]
         different = [sequence for sequence, digest in digests.items() if seen.get(sequence) != digest]
-        current = current_sequences(context.instance, raw_key(dataset), manifest, spec.raw_configs,
+        current = current_sequences(context.instance, dataset, shards_keys(spec), manifest, spec.raw_configs,
                                     [sequence for sequence in different if sequence in known])
         changed = [sequence for sequence in different if sequence not in current]
         cursor = json.dumps(digests, sort_keys=True)

@@ -41,6 +41,7 @@ from dataset_assets_tests.defs.conftest import DEMO, make_defs
 
 MANIFEST = AssetKey([DEMO, "url_manifest"])
 RAW = AssetKey([DEMO, "raw_shards"])
+SHARDS = [AssetKey([DEMO, "shards__cubercnn_small"]), AssetKey([DEMO, "shards__efm_png"])]
 MANIFEST_SENSOR = f"{DEMO}_manifest_sensor"
 REFRESH_SENSOR = f"{DEMO}_link_refresh_sensor"
 
@@ -136,6 +137,22 @@ def test_manifest_sensor_without_cursor_skips_sequences_already_downloaded_with_
     assert [partition for _, partition in requested(reset)] == [f"seq_{index:03d}" for index in range(1, 8)]
 
 
+def test_manifest_sensor_without_cursor_requests_a_downloaded_sequence_whose_shard_sets_were_never_made(
+    demo_server: DemoServer, home: Path, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defs = make_defs(demo_catalog_at(demo_server, monkeypatch), home)
+    first = tick(defs, instance, MANIFEST_SENSOR)
+    add_requested_partitions(first, instance)
+    seq_000 = next(request for request in first.run_requests or [] if request.partition_key == "seq_000")
+    assert execute(defs, instance, seq_000).success
+    assert materialize(defs, instance, RAW, "seq_001").success
+    assert [record.partition_key for record in instance.fetch_materializations(SHARDS[1], limit=10).records] == [
+        "seq_000"]
+
+    reset = tick(defs, instance, MANIFEST_SENSOR)
+    assert [partition for _, partition in requested(reset)] == [f"seq_{index:03d}" for index in range(1, 8)]
+
+
 @contextmanager
 def event_log_queries() -> Iterator[list[str]]:
     """Every SQL statement on Dagster's event log that any engine of this process executes inside the block."""
@@ -154,12 +171,17 @@ def event_log_queries() -> Iterator[list[str]]:
 
 def report_downloads(instance: DagsterInstance, server: DemoServer, stale: str) -> None:
     """A `raw_shards` materialization per known sequence, each with the sha1s the manifest lists,
-    except `stale`'s: its files changed since."""
+    except `stale`'s: its files changed since; and its shard sets, made from that download."""
     manifest, _ = fetch_manifest(f"{server.base_url}/manifest.json")
     for sequence in instance.get_dynamic_partitions(f"{DEMO}_sequences"):
         entries = [entry for config in ("cubercnn", "efm") for entry in manifest.entries(config, sequence)]
         sha1 = {} if sequence == stale else {f"{entry.config}/{entry.relative_path}": entry.sha1 for entry in entries}
-        instance.report_runless_asset_event(AssetMaterialization(RAW, partition=sequence, metadata={"sha1": sha1}))
+        version = f"files-of-{sequence}"
+        instance.report_runless_asset_event(AssetMaterialization(
+            RAW, partition=sequence, metadata={"sha1": sha1, "files_version": version}))
+        for shards in SHARDS:
+            instance.report_runless_asset_event(AssetMaterialization(
+                shards, partition=sequence, metadata={"source": {"raw_data_version": version}}))
 
 
 @dataclass(frozen=True)
