@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tarfile
 import threading
 import time
@@ -109,6 +110,25 @@ def test_publish_without_packing_first_names_the_missing_file(catalog_for: S3Buc
     assert main(versioned("publish", tmp_path)) == 2
     assert f"missing {folder / 'assets.tar'}, {folder / 'features.tar'}" in capsys.readouterr().err
     assert catalog_for.keys() == []
+
+
+def test_publish_of_annotations_that_describe_other_objects_than_the_repacked_assets_exits_2_uploading_nothing(
+        catalog_for: S3Bucket, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = produce(tmp_path, V1)
+    for action in ("prepare", "pack"):
+        assert main(versioned(action, tmp_path)) == 0
+    shutil.rmtree(folder / "assets" / "obj001")
+    assert main(versioned("pack", tmp_path)) == 0
+    capsys.readouterr()
+
+    assert main(versioned("publish", tmp_path)) == 2
+
+    err = capsys.readouterr().err
+    assert f"error: {folder / 'annotations.json.gz'} and {folder / 'assets.tar.manifest.json'}" in err
+    assert "only in annotations.json.gz: obj001" in err and "run `prepare` again" in err
+    assert catalog_for.keys() == []
+    assert main(versioned("prepare", tmp_path)) == 0
+    assert main(versioned("publish", tmp_path)) == 0
 
 
 def test_download_of_a_component_the_dataset_lacks_exits_2(catalog_for: S3Bucket, tmp_path: Path,

@@ -20,7 +20,7 @@ from pathlib import Path
 from dataset_assets.cli.flags import COMMAND_LINE, check_multipart_flags
 from dataset_assets.core.catalog import load_catalog
 from dataset_assets.core.errors import InvalidInputError
-from dataset_assets.core.publish import publish_folder, version_destination
+from dataset_assets.core.publish import publish_version, version_destination
 from dataset_assets.core.s3 import S3Url
 from dataset_assets.core.transfer import TransferSettings, make_client
 from dataset_assets.core.versioned import (
@@ -127,8 +127,8 @@ def _publish_spec(args: argparse.Namespace, source: VersionedSource) -> PublishS
 
 def _publish(args: argparse.Namespace, source: VersionedSource, folder: Path) -> int:
     spec = _publish_spec(args, source)
-    report = publish_folder(folder, source.published_files(), version_destination(spec, args.dataset, args.version),
-                            source.published_pins(args.version))
+    report = publish_version(folder, source.published_files(), version_destination(spec, args.dataset, args.version),
+                             source.published_pins(args.version))
     for file in report.files:
         print(f"{file.status} {file.uri} ({file.size} bytes, sha256 {file.sha256})")
     print(report.summary())

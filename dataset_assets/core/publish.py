@@ -6,7 +6,8 @@ CompleteMultipartUpload succeeds (any failure aborts the upload; a file of one p
 PutObject). The file's sha1 is computed first and stored as object metadata, so after the upload a
 HEAD checks size and sha1, and a re-publish skips every object whose size and stored sha1 already
 match. Annotations go last: the versions sensor treats a version whose annotations object exists
-as complete.
+as complete. `publish_version` first refuses a packed version whose annotations describe other
+objects than its `assets.tar`.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from dataset_assets.core.errors import DatasetAssetsError, InvalidInputError
 from dataset_assets.core.redaction import get_logger, redact_text
 from dataset_assets.core.s3 import MIB, MultipartSettings, S3Destination, S3Url, make_s3_client
 from dataset_assets.core.storage import CHUNK_BYTES, FileDigest, FileSink, StorageError, digest_file
-from dataset_assets.core.versioned import ANNOTATIONS_FILE, PublishSpec, check_version
+from dataset_assets.core.versioned import ANNOTATIONS_FILE, PublishSpec, check_annotations_match_assets, check_version
 
 logger = get_logger(__name__)
 
@@ -138,6 +139,14 @@ def publish_folder(folder: Path, names: Sequence[str], destination: S3Destinatio
     digests = {name: _pinned_digest(folder / name, (pins or {}).get(name)) for name in names}
     files = tuple(publish_file(folder / name, destination, name, digests[name]) for name in names)
     return PublishReport(files, time.monotonic() - started)
+
+
+def publish_version(folder: Path, names: Sequence[str], destination: S3Destination,
+                    pins: Mapping[str, tuple[str, str]] | None = None) -> PublishReport:
+    """`publish_folder` of a version folder, refused (`AssetsMismatchError`) before anything is uploaded
+    when its annotations describe other objects than its packed `assets.tar` holds."""
+    check_annotations_match_assets(folder)
+    return publish_folder(folder, names, destination, pins)
 
 
 def _pinned_digest(path: Path, pin: tuple[str, str] | None) -> FileDigest:

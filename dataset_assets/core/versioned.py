@@ -64,6 +64,10 @@ class AnnotationError(InvalidInputError):
     """A per-object annotation file is malformed."""
 
 
+class AssetsMismatchError(DatasetAssetsError):
+    """`annotations.json.gz` describes other objects than `assets.tar` holds."""
+
+
 class UnreadableArchiveError(DatasetAssetsError):
     """A tarball is truncated, corrupt or no tar at all (unlike a readable one with an unsafe member)."""
 
@@ -320,6 +324,11 @@ class _HashingReader:
         return data
 
 
+def pack_manifest_path(tar_path: Path) -> Path:
+    """`<tar>.manifest.json`, where `pack_assets` lists the tar's members and the excludes it applied."""
+    return tar_path.with_name(tar_path.name + ".manifest.json")
+
+
 def pack_assets(assets_dir: Path, out_tar: Path, excludes: Sequence[str] = DEFAULT_EXCLUDES,
                 root: str = "assets") -> PackResult:
     """Pack `assets_dir` as `<root>/...` into a reproducible tar plus `<tar>.manifest.json`."""
@@ -337,7 +346,7 @@ def pack_assets(assets_dir: Path, out_tar: Path, excludes: Sequence[str] = DEFAU
         if not members:
             raise DatasetAssetsError(f"{assets_dir}: nothing to pack after excludes")
     tar_digest = digest_file(out_tar)
-    manifest_path = out_tar.with_name(out_tar.name + ".manifest.json")
+    manifest_path = pack_manifest_path(out_tar)
     manifest = {"tar": out_tar.name, "sha256": tar_digest.sha256, "size": tar_digest.size,
                 "excludes": list(excludes), "members": [member.__dict__ for member in members]}
     with atomic_file(manifest_path) as part:
@@ -429,6 +438,48 @@ def member_digests(manifest_path: Path) -> Mapping[str, str]:
     """`{member name: sha256}` from a pack manifest."""
     manifest = json.loads(manifest_path.read_text())
     return {member["name"]: member["sha256"] for member in manifest["members"]}
+
+
+def _packed_objects(manifest_path: Path) -> tuple[set[str], list[str]]:
+    """The object folders (`<root>/<uid>/...`) a pack manifest lists, and the excludes that pack applied."""
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        names = [str(member["name"]) for member in manifest["members"]]
+        excludes = [str(pattern) for pattern in manifest["excludes"]]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise DatasetAssetsError(f"{manifest_path}: not a manifest `pack` wrote ({error!r}): run `pack` "
+                                 "again") from error
+    return {parts[1] for parts in (name.split("/") for name in names) if len(parts) > 2}, excludes
+
+
+def _listed(uids: list[str], shown: int) -> str:
+    """The first `shown` uids and how many more, or "none"."""
+    more = f" and {len(uids) - shown} more" if len(uids) > shown else ""
+    return ", ".join(uids[:shown]) + more if uids else "none"
+
+
+def check_annotations_match_assets(save_dir: Path, shown: int = 5) -> None:
+    """Refuse a version whose `annotations.json.gz` and packed `assets.tar` hold different objects.
+
+    The objects in the tar are read from the manifest `pack_assets` wrote beside it. As in
+    `prepare_annotations` and `pack_assets`, an annotated object whose `annotations.json` pack left out
+    by pattern, and a packed folder prepare skips, are no objects of the other side. A version without a
+    pack manifest (downloaded, not packed here) or without annotations is not compared.
+    """
+    annotations, manifest_path = save_dir / ANNOTATIONS_FILE, pack_manifest_path(save_dir / ASSETS_TAR)
+    if not annotations.is_file() or not manifest_path.is_file():
+        return
+    packed, excludes = _packed_objects(manifest_path)
+    annotated = set(load_annotations(annotations))
+    only_annotated = sorted(uid for uid in annotated - packed
+                            if not is_excluded(f"{uid}/{OBJECT_ANNOTATION}", excludes))
+    only_packed = sorted(uid for uid in packed - annotated if not is_excluded(uid, DEFAULT_EXCLUDES))
+    if only_annotated or only_packed:
+        raise AssetsMismatchError(
+            f"{annotations} and {manifest_path} list different objects (only in {ANNOTATIONS_FILE}: "
+            f"{_listed(only_annotated, shown)}; only in {ASSETS_TAR}: {_listed(only_packed, shown)}): "
+            f"run `prepare` again after adding or removing object folders (or `pack`, if {ANNOTATIONS_FILE} is "
+            "right); nothing was published")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ from dataset_assets.core.transfer import ChecksumMismatch, TransferSettings
 from dataset_assets.core.versioned import (
     DEFAULT_EXCLUDES,
     AnnotationError,
+    AssetsMismatchError,
     PublishSpec,
+    check_annotations_match_assets,
     check_version,
     download_components,
     extract_tar_safely,
@@ -640,3 +642,33 @@ def test_annotations_nested_too_deeply_are_refused_naming_the_file(tmp_path: Pat
 
     with pytest.raises(AnnotationError, match=rf"{path}: field '<root>' is not gzip-compressed JSON \(nested"):
         load_annotations(path)
+
+
+def test_annotations_must_describe_the_objects_the_packed_assets_hold(tmp_path: Path) -> None:
+    folder = make_assets(tmp_path / V1)
+    prepare_annotations(folder)
+    shutil.rmtree(folder / "assets" / "obj002")
+    for uid in ("obj003", "obj004"):
+        (folder / "assets" / uid).mkdir()
+        (folder / "assets" / uid / "annotations.json").write_text(json.dumps({"uid": uid, "category": "lamp"}))
+    pack_assets(folder / "assets", folder / "assets.tar")
+
+    with pytest.raises(AssetsMismatchError) as raised:
+        check_annotations_match_assets(folder)
+    message = str(raised.value)
+    assert str(folder / "annotations.json.gz") in message and str(folder / "assets.tar.manifest.json") in message
+    assert "only in annotations.json.gz: obj002" in message and "only in assets.tar: obj003, obj004" in message
+    assert "run `prepare` again" in message
+
+    prepare_annotations(folder)
+    check_annotations_match_assets(folder)
+
+
+def test_objects_pack_left_out_by_pattern_or_prepare_skips_are_no_mismatch(tmp_path: Path) -> None:
+    folder = make_assets(tmp_path / V1)
+    (folder / "assets" / ".Trashes").mkdir()
+    (folder / "assets" / ".Trashes" / "old.glb").write_bytes(b"deleted")
+    prepare_annotations(folder)
+    for excludes in (["obj001"], ["obj001/*"], [*DEFAULT_EXCLUDES, "obj002"]):
+        pack_assets(folder / "assets", folder / "assets.tar", excludes)
+        check_annotations_match_assets(folder)

@@ -1,6 +1,7 @@
 """Versioned datasets in a real DagsterInstance: one partition per version, from a loopback provider to moto S3."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from dagster import (
 from dataset_assets.core.catalog import Catalog
 from dataset_assets.core.errors import UnsafeArchiveError
 from dataset_assets.core.publish import publish_folder, version_destination
+from dataset_assets.core.versioned import pack_assets
 from dataset_assets.defs.builder import build_definitions
 from dataset_assets.defs.resources import DatasetHome, TransferResource
 from dataset_assets_tests import s3_fixtures
@@ -141,6 +143,22 @@ def test_published_check_passes_after_publishing_and_fails_naming_an_object_that
 
     assert not evaluation.passed
     assert f"public/{DS}/{V1}/assets.tar: missing, or not" in (evaluation.description or "")
+
+
+def test_publishing_annotations_that_describe_other_objects_than_the_repacked_assets_fails_uploading_nothing(
+        s3_bucket: S3Bucket, tmp_path: Path, instance: DagsterInstance) -> None:
+    folder = make_version(tmp_path / "cache" / DS / V1)
+    shutil.rmtree(folder / "assets" / "obj001")
+    pack_assets(folder / "assets", folder / "assets.tar")
+    catalog = write_catalog(tmp_path, {DS: versioned_body("http://127.0.0.1:1", publish=publish_section(s3_bucket))})
+
+    published = run(make_defs(catalog, tmp_path), instance, V1, "published", raise_on_error=False)
+
+    assert not published.success
+    [failure] = [event.step_failure_data for event in published.all_events if event.event_type_value == "STEP_FAILURE"]
+    assert failure.user_failure_data is not None and failure.error is not None
+    assert "only in annotations.json.gz: obj001" in failure.error.message
+    assert s3_bucket.keys() == []
 
 
 def test_asset_descriptions_name_the_source_without_its_credentials(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from dagster import (
     AssetsDefinition,
     DataVersion,
     DynamicPartitionsDefinition,
+    Failure,
     MaterializeResult,
     PartitionsDefinition,
     RunRequest,
@@ -24,10 +25,16 @@ from dagster import (
 )
 
 from dataset_assets.core.catalog import DatasetSpec
-from dataset_assets.core.publish import list_published_versions, publish_folder, version_destination
+from dataset_assets.core.publish import list_published_versions, publish_version, version_destination
 from dataset_assets.core.redaction import redact_url
 from dataset_assets.core.s3 import S3Url
-from dataset_assets.core.versioned import Component, PublishSpec, VersionedSource, download_components
+from dataset_assets.core.versioned import (
+    AssetsMismatchError,
+    Component,
+    PublishSpec,
+    VersionedSource,
+    download_components,
+)
 from dataset_assets.defs.assets.signed_url import _metadata
 from dataset_assets.defs.resources import DatasetHome, TransferResource
 
@@ -84,8 +91,11 @@ def _published_asset(spec: DatasetSpec, partitions: PartitionsDefinition) -> Ass
                        "objects already there and identical are skipped.")
     def published(context: AssetExecutionContext, home: DatasetHome) -> MaterializeResult:
         version = context.partition_key
-        report = publish_folder(home.version_folder(dataset, version), files,
-                                version_destination(publish, dataset, version), source.published_pins(version))
+        try:
+            report = publish_version(home.version_folder(dataset, version), files,
+                                     version_destination(publish, dataset, version), source.published_pins(version))
+        except AssetsMismatchError as error:  # a retry would publish the same folder
+            raise Failure(str(error), allow_retries=False) from error
         context.log.info(report.summary())
         return MaterializeResult(metadata=_metadata(report.metadata()))
 
