@@ -121,15 +121,21 @@ def test_manifest_sensor_adds_exactly_the_new_partitions_and_requests_each_run_o
     assert requested(again) == [] and added(again) == []
 
 
-def test_manifest_sensor_without_cursor_skips_sequences_already_downloaded_with_the_same_files(
-    demo_server: DemoServer, home: Path, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def defs_after_seq_000_ran(demo_server: DemoServer, home: Path, instance: DagsterInstance,
+                           monkeypatch: pytest.MonkeyPatch) -> Definitions:
+    """The demo's definitions once a first manifest tick registered the sequences and seq_000's run succeeded."""
     defs = make_defs(demo_catalog_at(demo_server, monkeypatch), home)
     first = tick(defs, instance, MANIFEST_SENSOR)
     add_requested_partitions(first, instance)
     seq_000 = next(request for request in first.run_requests or [] if request.partition_key == "seq_000")
-    run = execute(defs, instance, seq_000)
-    assert run.success
+    assert execute(defs, instance, seq_000).success
+    return defs
+
+
+def test_manifest_sensor_without_cursor_skips_sequences_already_downloaded_with_the_same_files(
+    demo_server: DemoServer, home: Path, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defs = defs_after_seq_000_ran(demo_server, home, instance, monkeypatch)
     assert {record.partition_key for record in instance.fetch_materializations(RAW, limit=10).records} == {"seq_000"}
 
     reset = tick(defs, instance, MANIFEST_SENSOR)
@@ -140,11 +146,7 @@ def test_manifest_sensor_without_cursor_skips_sequences_already_downloaded_with_
 def test_manifest_sensor_without_cursor_requests_a_downloaded_sequence_whose_shard_sets_were_never_made(
     demo_server: DemoServer, home: Path, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    defs = make_defs(demo_catalog_at(demo_server, monkeypatch), home)
-    first = tick(defs, instance, MANIFEST_SENSOR)
-    add_requested_partitions(first, instance)
-    seq_000 = next(request for request in first.run_requests or [] if request.partition_key == "seq_000")
-    assert execute(defs, instance, seq_000).success
+    defs = defs_after_seq_000_ran(demo_server, home, instance, monkeypatch)
     assert materialize(defs, instance, RAW, "seq_001").success
     assert [record.partition_key for record in instance.fetch_materializations(SHARDS[1], limit=10).records] == [
         "seq_000"]
