@@ -54,7 +54,7 @@ from dataset_assets.core.errors import ManifestError
 from dataset_assets.core.manifest import ManifestEntry, UrlManifest
 from dataset_assets.core.pipeline import content_version, read_snapshot, split_links_expiry, usable_sequences
 from dataset_assets.core.transfer import LinkExpired, fetch_manifest, make_client
-from dataset_assets.defs.assets.signed_url import FILE_SIZES, FILES_VERSION, metadata_mapping
+from dataset_assets.defs.assets.signed_url import FILE_SIZES, metadata_mapping, recorded_files_version
 from dataset_assets.defs.jobs import DatasetJobs, raw_key, shards_keys
 from dataset_assets.defs.partitions import sequence_partitions
 from dataset_assets.defs.resources import DatasetHome, TransferResource
@@ -157,11 +157,6 @@ def latest_materializations(instance: DagsterInstance, key: AssetKey,
     return found
 
 
-def files_version(download: AssetMaterialization) -> str | None:
-    value = download.metadata.get(FILES_VERSION)
-    return None if value is None else str(value.value)
-
-
 def made_from(shards: AssetMaterialization | None, version: str) -> bool:
     """Whether a `shards__<config>` materialization recorded `version` as its source's version."""
     source = metadata_mapping(shards, "source")
@@ -176,7 +171,7 @@ def current_sequences(instance: DagsterInstance, dataset: str, shard_keys: list[
     if not sequences:
         return set()
     raw = latest_materializations(instance, raw_key(dataset), sequences)
-    versions = {sequence: files_version(materialization) for sequence, materialization in raw.items()
+    versions = {sequence: recorded_files_version(materialization) for sequence, materialization in raw.items()
                 if verified_manifest_files(materialization, manifest, raw_configs, sequence)}
     verified = [sequence for sequence, version in versions.items() if version is not None]
     shard_sets = [latest_materializations(instance, key, verified) for key in shard_keys]

@@ -64,6 +64,12 @@ def metadata_mapping(materialization: AssetMaterialization | None, name: str) ->
     return value.value if value is not None and isinstance(value.value, dict) else {}
 
 
+def recorded_files_version(download: AssetMaterialization) -> str | None:
+    """The `files_version` a `raw_shards` materialization recorded, if it did."""
+    value = download.metadata.get(FILES_VERSION)
+    return None if value is None else str(value.value)
+
+
 @dataclass(frozen=True)
 class VerifiedDownload:
     """What one sequence's newest `raw_shards` materialization verified: the version of its files, and
@@ -103,8 +109,7 @@ def verified_download(context: AssetExecutionContext, key: AssetKey, partition: 
         raise Failure(f"{key.to_user_string()} partition {partition} has no materialization recording the "
                       "digests of its files: materialize it (verified files are not downloaded again)",
                       allow_retries=False)
-    version = materialization.metadata.get(FILES_VERSION)
-    return VerifiedDownload(None if version is None else str(version.value), files)
+    return VerifiedDownload(recorded_files_version(materialization), files)
 
 
 def download_partition(context: AssetExecutionContext, manifest: UrlManifest, folders: dict[str, Path | Destination],
