@@ -229,10 +229,7 @@ def _abandoned(path: Path) -> bool:
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
+        return _flock_now(fd)
     finally:
         os.close(fd)
 
