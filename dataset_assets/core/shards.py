@@ -81,7 +81,7 @@ SKIP_READ_BYTES = 1 << 20
 WRITE_BUFFER_BYTES = 1 << 20
 SMALL_MEMBER_BYTES = 1 << 16
 SPAN_READ_BYTES = 1 << 16
-# Member names webdataset skips, as metadata, without a word (besides `__name__` without a slash).
+# Member names webdataset skips, as metadata, without a word: `__name__`, and anything below `__name__/`.
 WEBDATASET_METADATA = re.compile(r"__[^/]*__($|/)")
 # Fields webdataset (and `core.loading`) add to every sample beside its members.
 SAMPLE_FIELDS = frozenset({"__key__", "__url__", "__local_path__"})
@@ -157,7 +157,7 @@ def _check_extension(key: str, extension: str) -> None:
         raise DatasetAssetsError(f"sample {key!r}: member extension {extension!r} is the name of a field "
                                  f"webdataset adds to every sample")
     name = f"{key}.{extension}"
-    if WEBDATASET_METADATA.match(name) or ("/" not in name and name.startswith("__") and name.endswith("__")):
+    if WEBDATASET_METADATA.match(name):
         raise DatasetAssetsError(f"sample {key!r}: member {name!r} would be lost: webdataset skips it as metadata")
 
 

@@ -434,12 +434,6 @@ def _check_end_of_archive(tar: tarfile.TarFile, archive: str) -> None:
                                      f"{tar.offset}: no end-of-archive block after the last whole member)")
 
 
-def member_digests(manifest_path: Path) -> Mapping[str, str]:
-    """`{member name: sha256}` from a pack manifest."""
-    manifest = json.loads(manifest_path.read_text())
-    return {member["name"]: member["sha256"] for member in manifest["members"]}
-
-
 def _packed_objects(manifest_path: Path) -> tuple[set[str], list[str]]:
     """The object folders (`<root>/<uid>/...`) a pack manifest lists, and the excludes that pack applied."""
     try:
