@@ -839,20 +839,23 @@ def _buffer_samples(buffer: Buffer, archive: str, views: bool, in_block: bool = 
 
     Member data is a slice of the buffer, copied into its own `bytes` or, with `views`, a zero-copy
     `memoryview`. The header walk and grouping run in compiled code (`_tarwalk`), which hands any
-    header but a plain, intact, safely named ustar file to `_member_at`: for small members
-    Python's cost per member was nearly all the cost (benchmarks/RESULTS.md "Shards").
+    header but a plain, intact, safely named ustar file to `_member_at`, and each zstd block to
+    `_block_samples`: for small members Python's cost per member was nearly all the cost
+    (benchmarks/RESULTS.md "Shards"), so no Python frame runs per sample.
     """
     view = memoryview(buffer)
     slow = functools.partial(_member_at, view, archive)
-    for key, sample in SampleWalker(view, archive, views, slow, DatasetAssetsError):
-        if key is not None:
-            yield key, sample
-            continue
-        name, data = sample  # a zstd block
-        if in_block:
-            raise UnsafeArchiveError(archive, name, "nested zstd blocks are not allowed")
-        where = f"{archive}:{name}"
-        yield from _buffer_samples(decompress_block(bytes(data), where), where, views, in_block=True)
+    expand = functools.partial(_block_samples, archive, views, in_block)
+    return SampleWalker(view, archive, views, slow, expand, DatasetAssetsError)
+
+
+def _block_samples(archive: str, views: bool, in_block: bool, name: str, data: memoryview
+                   ) -> Iterator[tuple[str, dict[str, MemberData]]]:
+    """The samples of the zstd block member `name` of `archive`."""
+    if in_block:
+        raise UnsafeArchiveError(archive, name, "nested zstd blocks are not allowed")
+    where = f"{archive}:{name}"
+    return _buffer_samples(decompress_block(bytes(data), where), where, views, in_block=True)
 
 
 def iter_stream_samples(stream: BinaryIO, archive: str) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -890,14 +893,13 @@ def map_shard(path: Path) -> mmap.mmap | None:
 
 
 def iter_tar_samples(path: Path, views: bool = False) -> Iterator[tuple[str, dict[str, MemberData]]]:
-    """Yield `(key, {extension: data})` for each sample of a local shard, refusing unsafe members.
+    """`(key, {extension: data})` of each sample of a local shard, refusing unsafe members.
 
     Data is `bytes`, or with `views` a read-only `memoryview` of the mapped shard (zero-copy;
     `bytes(view)`, `numpy.frombuffer`, `torch.frombuffer` and `io.BytesIO` take it).
     """
     mapping = map_shard(path)
-    if mapping is not None:
-        yield from _buffer_samples(mapping, str(path), views)
+    return iter(()) if mapping is None else _buffer_samples(mapping, str(path), views)
 
 
 def count_samples(path: Path) -> int:

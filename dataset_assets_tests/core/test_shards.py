@@ -289,6 +289,23 @@ def test_a_zstd_block_inside_a_block_is_refused_by_the_local_and_the_stream_read
         assert caught.value.member == "zstd-block-000001.tar.zst"
 
 
+def test_samples_before_between_and_after_zstd_blocks_come_out_in_order_from_every_reader(tmp_path: Path) -> None:
+    """A block's samples stand apart from the members around it, even of the same key, and keep their place."""
+    compress = zstandard.ZstdCompressor(write_content_size=True).compress
+    first = compress(_tar_bytes([("seq_a_f0001.json", b"1"), ("seq_a_f0002.json", b"2")]))
+    second = compress(_tar_bytes([("seq_a_f0004.json", b"4")]))
+    shard = tmp_path / "shards-0000.tar"
+    data = _tar_bytes([("seq_a_f0000.jpg", b"0j"), ("seq_a_f0000.json", b"0"), ("zstd-block-000000.tar.zst", first),
+                       ("zstd-block-000001.tar.zst", second), ("seq_a_f0004.jpg", b"4j")])
+
+    outcomes = reader_outcomes(shard, data)
+
+    expected = [("seq_a_f0000", {"jpg": b"0j", "json": b"0"}), ("seq_a_f0001", {"json": b"1"}),
+                ("seq_a_f0002", {"json": b"2"}), ("seq_a_f0004", {"json": b"4"}), ("seq_a_f0004", {"jpg": b"4j"})]
+    assert outcomes == {reader: ("samples", expected) for reader in ("mapped bytes", "mapped views", "stream")}
+    assert count_samples(shard) == len(expected)
+
+
 @pytest.mark.parametrize("extra", ["second frame", "garbage"])
 def test_a_zstd_block_with_bytes_after_its_frame_is_refused_not_cut_short(tmp_path: Path, extra: str) -> None:
     """A block is one frame: what follows it (a second frame of samples, damage) must not be dropped silently."""
