@@ -135,7 +135,8 @@ static PyObject *extension_string(Walker *self, const unsigned char *text, Py_ss
     return extension;
 }
 
-/* The common member at `position`, or 0 when the slow parser must decide. */
+/* The common member at `position`, or 0 when the slow parser must decide: also for any name webdataset
+ * may skip or lowercase (`shards.split_member_name`). */
 static int fast_member(Walker *self, Py_ssize_t position, Member *member)
 {
     const unsigned char *data = self->buffer.buf;
@@ -157,13 +158,14 @@ static int fast_member(Walker *self, Py_ssize_t position, Member *member)
     if (sum != checksum)
         return 0;
     Py_ssize_t length = 0;
-    Py_ssize_t dot = -1;
+    Py_ssize_t dot = -1, base = 0;
     while (length < NAME_BYTES && header[length] != 0) {
         unsigned char c = header[length];
         if (c <= ' ' || c > '~' || c == '\\')
             return 0;
         if (c == '/') {
             dot = -1;
+            base = length + 1;
         } else if (c == '.') {
             if (length > 0 && header[length - 1] == '.')
                 return 0;  /* ".." */
@@ -174,16 +176,20 @@ static int fast_member(Walker *self, Py_ssize_t position, Member *member)
     }
     if (length == 0 || header[0] == '/' || (length > 1 && header[1] == ':'))
         return 0;
+    if (dot <= base || (header[0] == '_' && header[1] == '_'))
+        return 0;
+    for (Py_ssize_t i = dot + 1; i < length; i++)
+        if (header[i] >= 'A' && header[i] <= 'Z')
+            return 0;
     Py_ssize_t padded = (size + BLOCK - 1) / BLOCK * BLOCK;
     if (end - position - BLOCK < padded)
         return 0;
-    member->extension = dot < 0 ? extension_string(self, header, 0)
-                                : extension_string(self, header + dot + 1, length - dot - 1);
+    member->extension = extension_string(self, header + dot + 1, length - dot - 1);
     if (member->extension == NULL)
         return -1;
     member->name_start = position;
     member->name_length = length;
-    member->key_length = dot < 0 ? length : dot;
+    member->key_length = dot;
     member->data_start = position + BLOCK;
     member->size = size;
     member->next = position + BLOCK + padded;

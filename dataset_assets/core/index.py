@@ -232,9 +232,10 @@ def _block(item: object, shards: int, source: str, where: str) -> Block:
 
 
 def _member(item: object, source: str, where: str) -> Member:
+    """An extension is read lowercased, as webdataset and every shard reader read it from the member's name."""
     if not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], str):
         raise ShardIndexError(source, where, item, "must be [extension, offset, size]")
-    return item[0], _count(item[1], source, f"{where}[1]"), _count(item[2], source, f"{where}[2]")
+    return item[0].lower(), _count(item[1], source, f"{where}[1]"), _count(item[2], source, f"{where}[2]")
 
 
 def _entry(row: object, shards: int, blocks: int, source: str, where: str) -> IndexEntry:
@@ -243,6 +244,10 @@ def _entry(row: object, shards: int, blocks: int, source: str, where: str) -> In
     if not isinstance(row[2], list) or not row[2]:
         raise ShardIndexError(source, f"{where}[2]", row[2], "must be a non-empty list of members")
     members = tuple(_member(item, source, f"{where}[2][{i}]") for i, item in enumerate(row[2]))
+    extensions = [extension for extension, _, _ in members]
+    twice = sorted({extension for extension in extensions if extensions.count(extension) > 1})
+    if twice:
+        raise ShardIndexError(source, f"{where}[2]", row[2], f"names member {twice[0]!r} twice")
     block = _reference(row[3], blocks, source, f"{where}[3]") if len(row) == 4 else None
     return IndexEntry(row[0], _reference(row[1], shards, source, f"{where}[1]"), members, block)
 

@@ -173,8 +173,9 @@ def _keep(value: object, source: str, where: str) -> tuple[str, ...] | None:
     if not isinstance(value, (list, tuple)) or not value:
         raise CatalogError(source, where, value, "must be a non-empty list of member extensions")
     for index, item in enumerate(value):
-        if not isinstance(item, str) or not item or "/" in item or item.startswith("."):
-            raise CatalogError(source, f"{where}[{index}]", item, "must be a member extension such as 'jpg'")
+        if not isinstance(item, str) or not item or "/" in item or item.startswith(".") or item != item.lower():
+            raise CatalogError(source, f"{where}[{index}]", item,
+                               "must be a lowercase member extension such as 'jpg' (readers lowercase them)")
     return tuple(sorted(set(value)))
 
 

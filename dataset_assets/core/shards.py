@@ -18,7 +18,8 @@ Reading refuses any member that is not a plain file with a relative, non-escapin
 refusals: `iter_tar_members` over a stream (http, s3, a pipe), and `_buffer_samples` over a tar
 in memory (a decompressed block) or a local shard mapped with `map_shard`, which can hand out
 members as zero-copy views. `_buffer_samples` walks plain, intact members in compiled code
-(`_tarwalk.c`) and hands every other header to the same Python parser.
+(`_tarwalk.c`) and hands every other header to the same Python parser. Every reader names and
+skips members exactly as webdataset does (`split_member_name`), so a foreign tar reads the same to both.
 """
 from __future__ import annotations
 
@@ -83,6 +84,9 @@ SMALL_MEMBER_BYTES = 1 << 16
 SPAN_READ_BYTES = 1 << 16
 # Member names webdataset skips, as metadata, without a word: `__name__`, and anything below `__name__/`.
 WEBDATASET_METADATA = re.compile(r"__[^/]*__($|/)")
+# webdataset's `base_plus_ext`: the key runs to the first dot after the last slash, and needs a character
+# other than a dot just before it; a name that does not match is skipped.
+WEBDATASET_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 # Fields webdataset (and `core.loading`) add to every sample beside its members.
 SAMPLE_FIELDS = frozenset({"__key__", "__url__", "__local_path__"})
 _ZERO_BLOCK = b"\0" * BLOCKSIZE
@@ -144,6 +148,9 @@ def check_sample_key(key: str) -> None:
         raise DatasetAssetsError(f"invalid sample key {key!r}: must be non-empty, relative, without dots or NUL")
     if not _reads_back(key):
         raise DatasetAssetsError(f"invalid sample key {key!r}: its surrogates would not read back as written")
+    if key.endswith("/"):
+        raise DatasetAssetsError(f"invalid sample key {key!r}: its last part is empty, which would make hidden "
+                                 f"files such as {key + '.json'!r}")
     if key.rpartition("/")[2].startswith(BLOCK_PREFIX):
         raise DatasetAssetsError(f"invalid sample key {key!r}: the prefix {BLOCK_PREFIX!r} names compressed blocks")
 
@@ -153,6 +160,9 @@ def _check_extension(key: str, extension: str) -> None:
     if not extension or "/" in extension or "\0" in extension or extension.startswith(".") \
             or escape_reason(f"{key}.{extension}") is not None or not _reads_back(extension):
         raise DatasetAssetsError(f"sample {key!r}: invalid member extension {extension!r}")
+    if extension != extension.lower():
+        raise DatasetAssetsError(f"sample {key!r}: member extension {extension!r} has capitals: webdataset reads "
+                                 f"it as {extension.lower()!r}")
     if extension in SAMPLE_FIELDS:
         raise DatasetAssetsError(f"sample {key!r}: member extension {extension!r} is the name of a field "
                                  f"webdataset adds to every sample")
@@ -317,8 +327,6 @@ class ShardWriter:
             raise DatasetAssetsError(f"sample {key!r} has no members")
         for extension in sample:
             _check_extension(key, extension)
-        if len({extension.lower() for extension in sample}) < len(sample):  # webdataset lowercases them
-            raise DatasetAssetsError(f"sample {key!r}: member extensions {sorted(sample)} differ only in case")
         members = {extension: _member_bytes(key, extension, data) for extension, data in sample.items()}
         tar_bytes = 0 if self.compression is None else self._block_room(key, members)
         with self._naming_write_errors():
@@ -513,13 +521,17 @@ def check_member(archive: str, member: tarfile.TarInfo) -> None:
         raise UnsafeArchiveError(archive, member.name, reason)
 
 
-def split_member_name(name: str) -> tuple[str, str]:
-    """`a/b/key.jpg` -> (`a/b/key`, `jpg`); `key.seg.npy` -> (`key`, `seg.npy`) as webdataset does."""
-    folder, _, base = name.rpartition("/")
-    stem, dot, extension = base.partition(".")
-    if not dot:
-        return (f"{folder}/{stem}" if folder else stem), ""
-    return (f"{folder}/{stem}" if folder else stem), extension
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """(key, extension) of a member as webdataset reads it, or None for a member it skips.
+
+    `a/b/key.jpg` -> (`a/b/key`, `jpg`); `key.Seg.NPY` -> (`key`, `seg.npy`), extensions lowercased;
+    `d/.cfg` -> (`d/`, `cfg`). Skipped: metadata (`__name__`, `__name__/...`), a name without a dot
+    after its last slash (`README`), and a dot-first one that no dot-free folder precedes (`.hidden`).
+    """
+    if WEBDATASET_METADATA.match(name):
+        return None
+    match = WEBDATASET_NAME.match(name)
+    return None if match is None else (match.group(1), match.group(2).lower())
 
 
 class TarMember(NamedTuple):
@@ -766,6 +778,9 @@ def _stream_samples(members: Iterable[tuple[str, bytes]], archive: str) -> Itera
     key: str | None = None
     sample: dict[str, bytes] = {}
     for name, data in members:
+        split = split_member_name(name)
+        if split is None:
+            continue
         if is_block(name):
             if key is not None:
                 yield key, sample
@@ -773,7 +788,7 @@ def _stream_samples(members: Iterable[tuple[str, bytes]], archive: str) -> Itera
             where = f"{archive}:{name}"
             yield from _buffer_samples(decompress_block(data, where), where, False, in_block=True)  # type: ignore[misc]
             continue
-        member_key, extension = split_member_name(name)
+        member_key, extension = split
         if member_key != key:
             if key is not None:
                 yield key, sample
@@ -799,9 +814,25 @@ def _member_at(view: memoryview, archive: str, position: int, previous: str | No
 
     Returns `(name, key, extension, data offset, size, next position, is_block)`, or None at the
     end-of-archive block; refuses unsafe members and damaged or truncated headers. `previous` is
-    the last member's name, for errors. `_tarwalk.SampleWalker` calls it for every header its
-    compiled fast path does not take (extended headers, other types, damage, the end).
+    the last member's name, for errors. A member webdataset skips (`split_member_name`) is read
+    past: the member after it is returned. `_tarwalk.SampleWalker` calls it for every header its
+    compiled fast path does not take (extended headers, other types, names webdataset may skip or
+    lowercase, damage, the end).
     """
+    while True:
+        member = _named_member_at(view, archive, position, previous)
+        if member is None:
+            return None
+        name, data_start, size, position = member
+        split = split_member_name(name)
+        if split is not None:
+            return name, *split, data_start, size, position, is_block(name)
+        previous = name
+
+
+def _named_member_at(view: memoryview, archive: str, position: int, previous: str | None
+                     ) -> tuple[str, int, int, int] | None:
+    """`(name, data offset, size, next position)` of the member at `position`, None at the end block."""
     end = len(view)
     long_name: str | None = None
     pax: dict[str, str] = {}
@@ -829,8 +860,7 @@ def _member_at(view: memoryview, archive: str, position: int, previous: str | No
         raise UnsafeArchiveError(archive, name, reason)
     if position > end:
         raise _truncated(archive, f"member {name!r}: {end - data_start} of {position - data_start} bytes")
-    key, extension = split_member_name(name)
-    return name, key, extension, data_start, size, position, is_block(name)
+    return name, data_start, size, position
 
 
 def _buffer_samples(buffer: Buffer, archive: str, views: bool, in_block: bool = False
@@ -912,16 +942,22 @@ def count_samples(path: Path) -> int:
 def _sample_keys(stream: BinaryIO, path: Path) -> Iterator[str | None]:
     """The key of each member of a shard, None before and after each zstd block's (a block ends a sample)."""
     for member in iter_tar_members(stream, str(path), read_data=False):
+        split = split_member_name(member.name)
+        if split is None:
+            continue
         if not is_block(member.name):
-            yield split_member_name(member.name)[0]
+            yield split[0]
             continue
         data = os.pread(stream.fileno(), member.size, member.offset)
         where = f"{path}:{member.name}"
         yield None
         for item in iter_tar_members(io.BytesIO(decompress_block(data, where)), where, read_data=False):
+            split = split_member_name(item.name)
+            if split is None:
+                continue
             if is_block(item.name):  # as the readers do: they would refuse the shard
                 raise UnsafeArchiveError(where, item.name, "nested zstd blocks are not allowed")
-            yield split_member_name(item.name)[0]
+            yield split[0]
         yield None
 
 

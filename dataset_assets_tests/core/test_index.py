@@ -133,3 +133,16 @@ def test_an_index_nested_too_deeply_names_the_file_not_a_recursion_error(tmp_pat
     (tmp_path / INDEX_FILE).write_text('{"shards": ' + "[" * 100_000 + "]" * 100_000 + "}")
     with pytest.raises(ShardIndexError, match=r"_index\.json: field '\(document\)' is not valid JSON: nested too"):
         read_index(tmp_path)
+
+
+@pytest.mark.parametrize("extensions", [["jpg", "JPG"], ["jpg", "jpg"]])
+def test_a_sample_row_naming_one_member_twice_is_refused(extensions: list[str]) -> None:
+    """Extensions are read lowercased, as webdataset reads them: `JPG` beside `jpg` is one member twice,
+    of which a reader would silently return one."""
+    shard = {"name": "shards-0000.tar", "samples": 1, "bytes": 10240, "sha256": SHA, "compression": None}
+    members = [[extension, 512 + 1024 * n, 3] for n, extension in enumerate(extensions)]
+
+    with pytest.raises(ShardIndexError) as caught:
+        parse_index(_document(shards=[shard], blocks=[], samples=[["k0", 0, members]]), "set/_index.json")
+
+    assert caught.value.field == "samples[0][2]" and "names member 'jpg' twice" in str(caught.value)

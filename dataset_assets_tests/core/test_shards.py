@@ -19,8 +19,10 @@ import webdataset
 import zstandard
 
 from dataset_assets.core import shards as shards_module
+from dataset_assets.core import storage
 from dataset_assets.core.errors import DatasetAssetsError, UnsafeArchiveError
-from dataset_assets.core.index import INDEX_FILE, read_index, write_index
+from dataset_assets.core.index import INDEX_FILE, IndexEntry, ShardIndex, ShardInfo, read_index, write_index
+from dataset_assets.core.loading import IndexedShardDataset
 from dataset_assets.core.shards import (
     APPEND_JOURNAL,
     MAX_STREAMED_MEMBER_BYTES,
@@ -33,6 +35,7 @@ from dataset_assets.core.shards import (
     iter_stream_samples,
     iter_tar_members,
     iter_tar_samples,
+    split_member_name,
     verify_shard_set,
 )
 from dataset_assets_tests.tar_fixtures import header_with_size_field
@@ -183,16 +186,22 @@ def test_a_member_name_the_readers_would_refuse_or_cut_short_is_refused_when_wri
     assert read_all(tmp_path) == [("seq_a_f0001", {"json": b"{}"})]
 
 
-def test_extensions_equal_but_for_case_are_refused_as_webdataset_cannot_read_them(tmp_path: Path) -> None:
-    """webdataset lowercases extensions: `k.jpg` and `k.JPG` are one member twice to it, and it fails the shard."""
+@pytest.mark.parametrize(("key", "extension", "problem"), [
+    ("seq_a_f0000", "JPG", r"member extension 'JPG' has capitals: webdataset reads it as 'jpg'"),
+    ("seq_a_f0000", "seg.Npy", r"member extension 'seg.Npy' has capitals: webdataset reads it as 'seg.npy'"),
+    ("seq_a/", "json", r"invalid sample key 'seq_a/': its last part is empty"),
+])
+def test_a_member_name_webdataset_would_read_differently_is_refused_when_written(
+        tmp_path: Path, key: str, extension: str, problem: str) -> None:
+    """webdataset lowercases extensions, and a key ending in `/` gives a hidden file `seq_a/.json`."""
     with ShardWriter(tmp_path) as writer:
-        with pytest.raises(DatasetAssetsError, match=r"sample 'seq_a_f0000': member extensions \['JPG', 'jpg'\] "
-                                                     r"differ only in case"):
-            writer.write("seq_a_f0000", {"jpg": b"1", "JPG": b"2"})
-        writer.write("seq_a_f0001", {"JPG": b"3", "json": b"{}"})
+        with pytest.raises(DatasetAssetsError, match=problem):
+            writer.write(key, {extension: b"1", "txt": b"2"})
+        writer.write("seq_a_f0001", {"json": b"{}"})
+    write_index(tmp_path, writer.index)
 
-    read = list(webdataset.WebDataset(str(tmp_path / "shards-0000.tar"), shardshuffle=False, empty_check=False))
-    assert [(sample["__key__"], sample["jpg"]) for sample in read] == [("seq_a_f0001", b"3")]
+    read = webdataset.WebDataset(str(tmp_path / "shards-0000.tar"), shardshuffle=False, empty_check=False)
+    assert [sample["__key__"] for sample in read] == read_index(tmp_path).keys() == ["seq_a_f0001"]
 
 
 def test_a_key_written_twice_is_refused_so_every_index_row_is_a_sample_webdataset_reads(tmp_path: Path) -> None:
@@ -893,3 +902,73 @@ def test_a_member_name_webdataset_skips_as_metadata_is_refused(tmp_path: Path, k
 
     read = webdataset.WebDataset(str(tmp_path / "shards-0000.tar"), shardshuffle=False, empty_check=False)
     assert [sample["__key__"] for sample in read] == [key for key, _ in read_all(tmp_path)] == ["seq_a_f0001"]
+
+
+# Member names of a third-party tar, and what webdataset 1.0 makes of each (`base_plus_ext`,
+# `group_by_keys(lcase=True)`, metadata skipped): a (key, extension), or None where it skips the member.
+THIRD_PARTY_NAMES: list[tuple[str, tuple[str, str] | None]] = [
+    ("k1.jpg", ("k1", "jpg")),
+    ("README", None),  # no dot: skipped, and the sample around it goes on
+    ("k1.TXT", ("k1", "txt")),
+    (".hidden", None),
+    ("k2.Seg.NPY", ("k2", "seg.npy")),
+    ("d/.cfg", ("d/", "cfg")),  # the key runs over the slash to the first dot
+    ("x.y/.cfg", None),
+    ("x.y/noext", None),
+    ("__meta__", None),
+    ("__cache__/k3.jpg", None),
+    ("d/K4.jpg", ("d/K4", "jpg")),
+    ("k5.", ("k5", "")),
+]
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT])
+def test_every_reader_keys_and_skips_third_party_member_names_as_webdataset_does(
+        tmp_path: Path, tar_format: int) -> None:
+    """Our stream reader, our mapped reader (compiled walk and Python parser, bytes and views) and the
+    header count give every member of a foreign tar the key and lowercased extension webdataset gives it,
+    and skip the members it skips."""
+    path = tmp_path / "third_party.tar"
+    with tarfile.open(path, "w", format=tar_format) as tar:
+        for number, (name, _) in enumerate(THIRD_PARTY_NAMES):
+            data = b"%d" % number * (1 + number * 97)
+            tar.addfile(_regular(name, data), io.BytesIO(data))
+    data = {name: b"%d" % number * (1 + number * 97) for number, (name, _) in enumerate(THIRD_PARTY_NAMES)}
+    expected = [("k1", {"jpg": data["k1.jpg"], "txt": data["k1.TXT"]}), ("k2", {"seg.npy": data["k2.Seg.NPY"]}),
+                ("d/", {"cfg": data["d/.cfg"]}), ("d/K4", {"jpg": data["d/K4.jpg"]}), ("k5", {"": data["k5."]})]
+
+    read = webdataset.WebDataset(str(path), shardshuffle=False, empty_check=False)
+    assert [(s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")}) for s in read] == expected
+    outcomes = reader_outcomes(path, path.read_bytes())
+    assert outcomes == {reader: ("samples", expected) for reader in outcomes}
+    assert count_samples(path) == len(expected)
+    assert [split_member_name(name) for name, _ in THIRD_PARTY_NAMES] == [split for _, split in THIRD_PARTY_NAMES]
+
+
+def test_extensions_equal_but_for_case_are_one_member_twice_to_every_reader(tmp_path: Path) -> None:
+    """webdataset fails the shard on `k.jpg` beside `k.JPG`; so does every reader of ours, naming both."""
+    path = tmp_path / "shards-0000.tar"
+    path.write_bytes(_tar_bytes([("k.jpg", b"1"), ("k.JPG", b"2")]))
+
+    with pytest.raises(ValueError, match="duplicate file name"):
+        list(webdataset.WebDataset(str(path), shardshuffle=False, empty_check=False))
+    assert list(reader_outcomes(path, path.read_bytes()).values()) == 3 * [
+        ("DatasetAssetsError", f"{path}: sample 'k' has member 'jpg' twice")]
+
+
+def test_an_index_row_with_a_capital_extension_reads_as_webdataset_reads_the_member(tmp_path: Path) -> None:
+    """A set written before capitals were refused lists `JPG` in its index: the map-style dataset,
+    like every other reader, gives that member as `jpg`, the bytes webdataset gives."""
+    path = tmp_path / "shards-0000.tar"
+    path.write_bytes(_tar_bytes([("k1.JPG", b"image"), ("k1.json", b"{}")]))
+    with tarfile.open(path) as tar:
+        members = tuple((m.name.partition(".")[2], m.offset_data, m.size) for m in tar)
+    digest = storage.digest_file(path)
+    write_index(tmp_path, ShardIndex((ShardInfo(path.name, 1, digest.size, digest.sha256),),
+                                     (IndexEntry("k1", 0, members),)))
+
+    read = webdataset.WebDataset(str(path), shardshuffle=False, empty_check=False)
+    expected = [{k: v for k, v in s.items() if not k.startswith("__")} for s in read]
+    assert expected == [{"jpg": b"image", "json": b"{}"}]
+    assert [IndexedShardDataset([tmp_path]).read(0)[2]] == expected
+    assert verify_shard_set(tmp_path).problems == ()
