@@ -439,6 +439,13 @@ def _recover_interrupted_append(folder: Path, index: ShardIndex) -> None:
     storage.fsync_path(folder)
 
 
+def _duplicate_key(folder: Path, index: ShardIndex, key: str, shard: int | None) -> DatasetAssetsError:
+    """The error for appending `key` again: held by the set's shard `shard`, or None if earlier in this append."""
+    where = ("it comes twice in the samples being appended" if shard is None
+             else f"the shard set already holds it, in {index.shards[shard].name}")
+    return DatasetAssetsError(f"{folder}: cannot append sample {key!r}: {where}")
+
+
 def append_shards(
     folder: Path,
     samples: Iterable[tuple[str, Sample]],
@@ -459,15 +466,15 @@ def append_shards(
     with _locked(folder):
         existing = _current_index(folder)
         _recover_interrupted_append(folder, existing)
-        known = set(existing.keys())
+        known: dict[str, int | None] = {entry.key: entry.shard for entry in existing.entries}
         staging = folder / f".append-{uuid.uuid4().hex[:8]}.staging"
         try:
             start = _first_free_number(folder, pattern, existing)
             with ShardWriter(staging, pattern, max_samples, max_bytes, compression, start) as writer:
                 for key, sample in samples:
                     if key in known:
-                        raise DatasetAssetsError(f"{folder / INDEX_FILE}: sample key {key!r} is already indexed")
-                    known.add(key)
+                        raise _duplicate_key(folder, existing, key, known[key])
+                    known[key] = None
                     writer.write(key, sample)
             combined = existing.extend(writer.index)
             present = [shard.name for shard in writer.shards if (folder / shard.name).exists()]

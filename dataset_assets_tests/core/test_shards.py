@@ -579,15 +579,21 @@ def test_appending_a_sequence_extends_the_index_and_leaves_existing_shards_untou
     assert not [path for path in tmp_path.iterdir() if path.name.endswith(".staging")]
 
 
-def test_append_refuses_keys_already_indexed_and_publishes_nothing(tmp_path: Path) -> None:
-    write_set(tmp_path, SEQUENCE[:5])
+@pytest.mark.parametrize(("appended", "key", "where"), [
+    (SEQUENCE[2:4], "seq_a_f0002", "the shard set already holds it, in shards-0001.tar"),
+    ([SEQUENCE[6], SEQUENCE[5], SEQUENCE[6]], "seq_a_f0006", "it comes twice in the samples being appended"),
+], ids=["indexed", "twice"])
+def test_append_refusing_a_duplicate_key_names_the_key_the_set_and_where_it_is_and_publishes_nothing(
+        tmp_path: Path, appended: list[tuple[str, dict[str, bytes]]], key: str, where: str) -> None:
+    write_set(tmp_path, SEQUENCE[:5], max_samples=2)
     index_bytes = (tmp_path / INDEX_FILE).read_bytes()
 
-    with pytest.raises(DatasetAssetsError, match="'seq_a_f0002' is already indexed"):
-        append_shards(tmp_path, iter(SEQUENCE[2:4]))
+    with pytest.raises(DatasetAssetsError) as caught:
+        append_shards(tmp_path, iter(appended))
 
+    assert str(caught.value) == f"{tmp_path}: cannot append sample {key!r}: {where}"
     assert (tmp_path / INDEX_FILE).read_bytes() == index_bytes
-    assert sorted(path.name for path in tmp_path.glob("*.tar")) == ["shards-0000.tar"]
+    assert sorted(path.name for path in tmp_path.glob("*.tar")) == [f"shards-000{n}.tar" for n in range(3)]
 
 
 def test_append_never_overwrites_a_file_that_is_not_in_the_index(tmp_path: Path) -> None:
