@@ -337,7 +337,8 @@ def _describe_json(data: bytes) -> str:
 
 
 def _describe_image(data: bytes) -> str:
-    with Image.open(io.BytesIO(data)) as image:
+    """From the header only, and only by the decoders preprocessing uses: another format is unreadable here."""
+    with Image.open(io.BytesIO(data), formats=IMAGE_OPEN_FORMATS) as image:
         return f"{image.format} {image.width}x{image.height} {image.mode}"
 
 

@@ -237,6 +237,24 @@ def test_an_npy_header_numpy_cannot_tokenize_is_refused_and_previewed_as_unreada
     assert describe_member("npy", data) == f"{len(data)} bytes (unreadable)"
 
 
+def _image_bytes(image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 3), (200, 10, 10)).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+# Encapsulated PostScript: Pillow identifies it from this header alone, and would run Ghostscript to decode it.
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 4 3\n%%EndComments\nshowpage\n"
+
+
+@pytest.mark.parametrize("data", [_image_bytes("TIFF"), _image_bytes("BMP"), _image_bytes("GIF"), EPS],
+                         ids=["tiff", "bmp", "gif", "eps"])
+def test_a_member_in_an_image_format_preprocessing_never_decodes_is_previewed_as_unreadable(data: bytes) -> None:
+    """Only the JPEG and PNG decoders see untrusted bytes, also when a member is only described."""
+    assert describe_member("jpg", data) == f"{len(data)} bytes (unreadable)"
+    assert describe_member("png", _image_bytes("PNG")) == "PNG 4x3 RGB"
+
+
 def test_config_hash_ignores_name_and_changes_with_any_field() -> None:
     base = config()
     renamed = PreprocessConfig.from_mapping("renamed", {"source_config": "raw"}, CATALOG, FIELD)
