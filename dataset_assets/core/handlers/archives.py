@@ -7,7 +7,7 @@ Against decompression bombs, a member's declared size is capped (`MAX_DOCUMENT_B
 member, a caller-given limit per read), reads stop one byte past the cap, and members over 1 MiB
 may not compress better than `MAX_RATIO`:1. Gzip streams are read under the same cap. Images are
 decoded by Pillow restricted to raster formats (never EPS, which runs Ghostscript) under a pixel
-limit, converted to the dataset's mode and re-encoded as PNG.
+limit (preprocessing's `MAX_IMAGE_PIXELS`), converted to the dataset's mode and re-encoded as PNG.
 """
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ from PIL import Image
 
 from dataset_assets.core.handlers.base import ArtifactError, Record
 from dataset_assets.core.paths import escape_reason
+from dataset_assets.core.preprocess import MAX_IMAGE_PIXELS
 
 MAX_IMAGE_BYTES = 64 << 20
 MAX_DOCUMENT_BYTES = 1 << 30
 MAX_RATIO = 200
 RATIO_FLOOR_BYTES = 1 << 20
-MAX_PIXELS = 64_000_000
 IMAGE_FORMATS = ("JPEG", "PNG", "PPM", "BMP", "GIF", "TIFF", "WEBP")
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError)
 
@@ -139,8 +139,9 @@ def png_from_encoded(data: bytes, mode: str, artifact: str, member: str) -> byte
     """Decode an encoded image (JPEG, PNG, ...), convert it to `mode` and re-encode it as PNG."""
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise ArtifactError(artifact, member, f"is {image.width}x{image.height} pixels, over {MAX_PIXELS}")
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ArtifactError(artifact, member,
+                                    f"is {image.width}x{image.height} pixels, over {MAX_IMAGE_PIXELS}")
             image.load()
             return encode_png(image.convert(mode))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import gzip
+import io
 import warnings
 import zipfile
 from pathlib import Path
 
 import numpy
 import pytest
+from PIL import Image
 
 from dataset_assets.core.handlers import archives
 from dataset_assets.core.handlers.archives import SafeZip, png_from_encoded, read_gzip
 from dataset_assets.core.handlers.base import ArtifactError
+from dataset_assets.core.preprocess import MAX_IMAGE_PIXELS
 
 
 def zip_with(path: Path, name: str, data: bytes, mode: int = 0o100644, flags: int = 0) -> Path:
@@ -118,7 +121,18 @@ def test_images_decode_only_from_raster_formats_under_a_pixel_limit(monkeypatch:
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     with pytest.raises(ArtifactError, match="member 'images/a.eps': does not decode as an image"):
         png_from_encoded(eps, "RGB", "archive", "images/a.eps")
-    monkeypatch.setattr(archives, "MAX_PIXELS", 10)
+    monkeypatch.setattr(archives, "MAX_IMAGE_PIXELS", 10)
     png = archives.png_from_array(numpy.zeros((4, 4), dtype=numpy.uint8))
     with pytest.raises(ArtifactError, match="member 'big.png': is 4x4 pixels, over 10"):
         png_from_encoded(png, "L", "archive", "big.png")
+
+
+def test_an_artifact_image_past_the_pixel_limit_preprocessing_and_loading_apply_is_refused() -> None:
+    """One limit for every decoder of untrusted images: a 8200x8200 PNG (~70 kB, 67 Mpx) is refused by the
+    handlers at the very limit preprocessing and the loaders refuse it at, defined once."""
+    buffer = io.BytesIO()
+    Image.new("L", (8200, 8200)).save(buffer, format="PNG", compress_level=1)
+
+    with pytest.raises(ArtifactError, match=rf"member 'big.png': is 8200x8200 pixels, over {MAX_IMAGE_PIXELS}$"):
+        png_from_encoded(buffer.getvalue(), "L", "archive", "big.png")
+    assert archives.MAX_IMAGE_PIXELS is MAX_IMAGE_PIXELS
