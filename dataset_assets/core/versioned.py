@@ -8,8 +8,10 @@ own folder `<root>/<dataset>/<version>/` (default root `~/.dataset_assets`), mir
 `holodeck/`. Downloads go through `core.transfer` (resumable, verified, an existing file is kept)
 and are checked against the catalog's sha256 pins. Packing is reproducible: sorted members,
 mtime 0, uid/gid 0, fixed modes, so the same tree always gives the same bytes; a member manifest
-with sha256 is written beside the tar. Extraction refuses members that would escape, links and
-devices, and archives over a size limit, and publishes the extracted folder atomically.
+with sha256 is written beside the tar. Only regular files are packed (symlinks and special files are
+refused; folders with no file to pack are named in a warning, as extraction would not recreate them).
+Extraction refuses members that would escape, links and devices, and archives over a size limit, and
+publishes the extracted folder atomically.
 """
 from __future__ import annotations
 
@@ -24,11 +26,11 @@ import lzma
 import re
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from stat import S_ISREG
+from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISLNK, S_ISREG, S_ISSOCK
 from typing import Any, TypeGuard
 
 import httpx
@@ -277,22 +279,50 @@ class PackResult:
     members: tuple[PackedMember, ...]
     size: int
     sha256: str
+    empty_folders: tuple[str, ...] = ()
 
     def metadata(self) -> dict[str, object]:
         return {"members": len(self.members), "bytes": self.size, "sha256": self.sha256,
                 "path": str(self.tar_path), "manifest": str(self.manifest_path)}
 
 
-def _files_to_pack(assets_dir: Path, excludes: Sequence[str], root: str) -> Iterator[tuple[str, Path]]:
+def _special_kind(mode: int) -> str:
+    return ("FIFO" if S_ISFIFO(mode) else "socket" if S_ISSOCK(mode) else "character device" if S_ISCHR(mode)
+            else "block device" if S_ISBLK(mode) else "special file")
+
+
+def _tree_to_pack(assets_dir: Path, excludes: Sequence[str], root: str
+                  ) -> tuple[list[tuple[str, Path]], tuple[str, ...]]:
+    """The `(member name, path)` of each file to pack, and the folders with no file to pack below them.
+
+    The whole tree is checked before the tar is opened: the extractor takes regular files only, so a
+    symlink or special file is refused rather than left out of the version without a word.
+    """
+    files: list[tuple[str, Path]] = []
+    folders: list[str] = []
     for path in sorted(assets_dir.rglob("*")):
         relative = path.relative_to(assets_dir).as_posix()
         if is_excluded(relative, excludes):
             continue
-        if path.is_symlink():
+        mode = path.lstat().st_mode
+        if S_ISLNK(mode):
             raise UnsafeArchiveError(str(assets_dir), relative, "symlinks are not packed")
-        if path.is_file():
-            _check_packable(assets_dir, relative)
-            yield f"{root}/{relative}", path
+        if S_ISDIR(mode):
+            folders.append(relative)
+            continue
+        if not S_ISREG(mode):
+            raise UnsafeArchiveError(str(assets_dir), relative, f"is a {_special_kind(mode)}; only regular "
+                                                                "files can be packed (the extractor refuses others)")
+        _check_packable(assets_dir, relative)
+        files.append((f"{root}/{relative}", path))
+    holding = {parent.as_posix() for _, path in files for parent in path.relative_to(assets_dir).parents}
+    return files, tuple(folder for folder in folders if folder not in holding)
+
+
+def _warn_empty_folders(assets_dir: Path, out_tar: Path, folders: Sequence[str]) -> None:
+    if folders:
+        logger.warning("%s: %d folder(s) with no file to pack are left out of %s (extracting recreates only "
+                       "folders that hold files): %s", assets_dir, len(folders), out_tar, ", ".join(folders))
 
 
 def _check_packable(assets_dir: Path, relative: str) -> None:
@@ -331,13 +361,18 @@ def pack_manifest_path(tar_path: Path) -> Path:
 
 def pack_assets(assets_dir: Path, out_tar: Path, excludes: Sequence[str] = DEFAULT_EXCLUDES,
                 root: str = "assets") -> PackResult:
-    """Pack `assets_dir` as `<root>/...` into a reproducible tar plus `<tar>.manifest.json`."""
+    """Pack `assets_dir` as `<root>/...` into a reproducible tar plus `<tar>.manifest.json`.
+
+    Regular files only: a symlink or special file fails naming it, and folders with no file to pack
+    (which extracting would not recreate) are logged as a warning and listed in the result.
+    """
     if not assets_dir.is_dir():
         raise DatasetAssetsError(f"{assets_dir}: folder to pack does not exist")
+    files, empty_folders = _tree_to_pack(assets_dir, excludes, root)
     members: list[PackedMember] = []
     with atomic_file(out_tar) as part:
         with tarfile.open(part, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for name, path in _files_to_pack(assets_dir, excludes, root):
+            for name, path in files:
                 size = path.stat().st_size
                 with open(path, "rb") as handle:
                     reader = _HashingReader(handle)
@@ -351,7 +386,8 @@ def pack_assets(assets_dir: Path, out_tar: Path, excludes: Sequence[str] = DEFAU
                 "excludes": list(excludes), "members": [member.__dict__ for member in members]}
     with atomic_file(manifest_path) as part:
         part.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    return PackResult(out_tar, manifest_path, tuple(members), tar_digest.size, tar_digest.sha256)
+    _warn_empty_folders(assets_dir, out_tar, empty_folders)
+    return PackResult(out_tar, manifest_path, tuple(members), tar_digest.size, tar_digest.sha256, empty_folders)
 
 
 def _checked_members(tar: tarfile.TarFile, archive: str, max_bytes: int, max_members: int

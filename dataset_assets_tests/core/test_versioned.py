@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,68 @@ def test_pack_of_empty_tree_fails_and_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(DatasetAssetsError, match="nothing to pack"):
         pack_assets(tmp_path / "assets", tmp_path / "assets.tar")
     assert not (tmp_path / "assets.tar").exists()
+
+
+def _make_special(path: Path, kind: str) -> None:
+    """A FIFO, or a socket bound from inside its folder (a socket path is limited to about 100 bytes)."""
+    if kind == "fifo":
+        os.mkfifo(path)
+        return
+    cwd = Path.cwd()
+    os.chdir(path.parent)
+    try:
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(path.name)
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.parametrize(("kind", "described"), [("fifo", "FIFO"), ("socket", "socket")])
+def test_pack_refuses_a_fifo_or_socket_naming_it_and_writes_nothing(
+        tmp_path: Path, kind: str, described: str) -> None:
+    """The extractor accepts regular files only: a special file cannot travel in the tarball, and leaving it
+    out without a word would publish a version that lacks it."""
+    root = make_assets(tmp_path)
+    _make_special(root / "assets" / "obj001" / "feed", kind)
+
+    with pytest.raises(UnsafeArchiveError,
+                       match=re.escape(f"{root / 'assets'}: member 'obj001/feed' rejected: is a {described}")):
+        pack_assets(root / "assets", tmp_path / "assets.tar")
+
+    assert not (tmp_path / "assets.tar").exists()
+    assert not list(tmp_path.glob(".assets.tar.*"))
+
+
+def test_pack_warns_about_folders_it_leaves_out_because_nothing_below_them_is_packed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The extractor recreates no directory members, so an empty folder cannot round-trip: pack names it."""
+    root = make_assets(tmp_path)
+    (root / "assets" / "obj001" / "empty" / "deeper").mkdir(parents=True)
+    (root / "assets" / "obj002" / "junk_only").mkdir()
+    (root / "assets" / "obj002" / "junk_only" / ".DS_Store").write_bytes(b"junk")
+
+    with caplog.at_level(logging.WARNING, logger="dataset_assets.core.versioned"):
+        packed = pack_assets(root / "assets", tmp_path / "assets.tar")
+
+    expected = ("obj001/empty", "obj001/empty/deeper", "obj002/junk_only")
+    assert packed.empty_folders == expected
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{root / 'assets'}: 3 folder(s) with no file to pack are left out of {tmp_path / 'assets.tar'} "
+        f"(extracting recreates only folders that hold files): {', '.join(expected)}"]
+    with tarfile.open(packed.tar_path) as tar:
+        assert all(member.isreg() for member in tar.getmembers())
+    extract_tar_safely(packed.tar_path, tmp_path / "out", strip_root=True)
+    assert tree(tmp_path / "out") == packed_tree(root / "assets")
+    assert not (tmp_path / "out" / "obj001" / "empty").exists()
+
+
+def test_pack_of_a_tree_without_empty_folders_warns_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = make_assets(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="dataset_assets.core.versioned"):
+        packed = pack_assets(root / "assets", tmp_path / "assets.tar")
+    assert packed.empty_folders == ()
+    assert caplog.records == []
 
 
 def tree(folder: Path) -> dict[str, bytes]:
