@@ -5,7 +5,8 @@ Each file goes through `core.s3`'s streaming multipart sink: parts of `part_size
 CompleteMultipartUpload succeeds (any failure aborts the upload; a file of one part is a single
 PutObject). The file's sha1 is computed first and stored as object metadata, so after the upload a
 HEAD checks size and sha1, and a re-publish skips every object whose size and stored sha1 already
-match. Annotations go last: the versions sensor treats a version whose annotations object exists
+match. Uploaded or skipped, an object is left without incomplete multipart uploads (a killed run's
+parts). Annotations go last: the versions sensor treats a version whose annotations object exists
 as complete. `publish_version` first refuses a packed version whose annotations describe other
 objects than its `assets.tar`.
 """
@@ -83,12 +84,19 @@ def publish_file(path: Path, destination: S3Destination, name: str, digest: File
                  ) -> PublishedFile:
     """Upload `path` as `name` below `destination` unless an identical object (size + sha1) is there.
 
-    `digest` is the file's, when the caller already read it.
+    Either way, no incomplete multipart upload of the key is left behind. `digest` is the file's, when
+    the caller already read it.
     """
     digest = digest or digest_file(path)
+    skipped = destination.verified(name, digest.size, digest.sha1) is not None
+    status = "skipped" if skipped else _upload_file(path, destination, name, digest)
+    _abort_leftover_uploads(destination, name)
+    return PublishedFile(name, destination.describe(name), status, digest.size, digest.sha1, digest.sha256)
+
+
+def _upload_file(path: Path, destination: S3Destination, name: str, digest: FileDigest) -> str:
+    """Upload `path`: "uploaded", or "skipped" when a concurrent run published the same bytes meanwhile."""
     uri = destination.describe(name)
-    if destination.verified(name, digest.size, digest.sha1) is not None:
-        return PublishedFile(name, uri, "skipped", digest.size, digest.sha1, digest.sha256)
     sink = destination.open(name, digest.sha1)
     try:
         _upload(path, sink, digest, uri)
@@ -97,11 +105,24 @@ def publish_file(path: Path, destination: S3Destination, name: str, digest: File
         # and aborted this run's upload as stale (`abort_stale_uploads`); its verified copy is as good.
         if not _published_meanwhile(path, destination, name, digest):
             raise
-        return PublishedFile(name, uri, "skipped", digest.size, digest.sha1, digest.sha256)
+        return "skipped"
     finally:
         sink.close()
     logger.info("published %s (%d bytes)", uri, digest.size)
-    return PublishedFile(name, uri, "uploaded", digest.size, digest.sha1, digest.sha256)
+    return "uploaded"
+
+
+def _abort_leftover_uploads(destination: S3Destination, name: str) -> None:
+    """Abort the multipart uploads a killed run left for a key that is now published and verified.
+
+    The sink aborts them only after a multipart upload of its own; a skipped object or a single
+    PutObject would leave them, and S3 bills their parts until a lifecycle rule (if any) removes them.
+    Failing to list them fails nothing: the object is published.
+    """
+    try:
+        destination.abort_stale_uploads(name)
+    except StorageError as error:
+        logger.warning("%s", error)
 
 
 def _upload(path: Path, sink: FileSink, digest: FileDigest, uri: str) -> None:
