@@ -153,6 +153,34 @@ def test_bad_publish_flags_exit_2_naming_the_flag(catalog_for: S3Bucket, tmp_pat
     assert catalog_for.keys() == []
 
 
+def test_download_over_an_extract_limit_exits_2_naming_it_and_a_raised_limit_extracts(
+        catalog_for: S3Bucket, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    producer = tmp_path / "producer"
+    folder = produce(producer, V1)
+    for action in ("prepare", "pack", "publish"):
+        assert main(versioned(action, producer)) == 0
+    consumer = tmp_path / "consumer"
+    capsys.readouterr()
+
+    assert main([*versioned("download", consumer), "--max-extract-members", "2"]) == 2
+    assert "more than 2 members (raise extract.max_members in the catalog, or --max-extract-members, " \
+           "for a larger archive)" in capsys.readouterr().err
+    assert not (consumer / DS / V1 / "assets").exists()
+
+    assert main([*versioned("download", consumer), "--max-extract-members", "100",
+                 "--max-extract-bytes", str(1 << 20)]) == 0
+    assert tree(consumer / DS / V1 / "assets") == packed_tree(folder / "assets")
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--max-extract-bytes", "0"), ("--max-extract-members", "-1")])
+def test_bad_extract_limit_flags_exit_2_naming_the_flag_and_value(catalog_for: S3Bucket, tmp_path: Path, flag: str,
+                                                                  value: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*versioned("download", tmp_path), flag, value]) == 2
+    assert f"error: command line: field '{flag}' must be at least 1 (got {value})" in capsys.readouterr().err
+    assert not (tmp_path / DS).exists()
+
+
 def test_publish_to_an_unusable_s3_endpoint_exits_2_naming_it(catalog_for: S3Bucket, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     produce(tmp_path, V1)

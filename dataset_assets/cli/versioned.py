@@ -3,7 +3,8 @@
 Every action works on the version folder `<path>/<dataset>/<version>/` (default path
 `~/.dataset_assets`), laid out as the seed lays it out: `annotations.json.gz`, `assets.tar` +
 `assets/`, `features.tar` + `features/`, `holodeck.tar` + `holodeck/`. `download` fetches the
-catalog's components of the version (resumable, verified, tarballs extracted safely); `prepare`
+catalog's components of the version (resumable, verified, tarballs extracted safely within the
+catalog's `extract` limits, or `--max-extract-bytes`/`--max-extract-members`); `prepare`
 merges `assets/<uid>/annotations.json` into `annotations.json.gz`; `pack` writes reproducible
 `assets.tar` (and `features.tar` when `features/` exists) without OS junk and per-object metadata;
 `publish` uploads the version to the catalog's bucket (or `--destination`) by parallel multipart
@@ -27,7 +28,10 @@ from dataset_assets.core.versioned import (
     COMPONENT_KINDS,
     DEFAULT_CACHE_ROOT,
     DEFAULT_EXCLUDES,
+    DEFAULT_MAX_EXTRACT_BYTES,
+    DEFAULT_MAX_EXTRACT_MEMBERS,
     FEATURES_TAR,
+    ExtractLimits,
     PublishSpec,
     VersionedSource,
     download_components,
@@ -55,6 +59,12 @@ def add_versioned_commands(commands: argparse._SubParsersAction) -> None:  # typ
     download.add_argument("--component", action="append", choices=sorted(COMPONENT_KINDS),
                           help="a component to download (repeatable; default: every component of the dataset)")
     download.add_argument("--workers", type=int, default=TransferSettings.workers, help="files in flight")
+    download.add_argument("--max-extract-bytes", type=int, default=None,
+                          help=f"refuse a tarball whose members add up to more bytes (default: the catalog's "
+                               f"extract.max_bytes, else {DEFAULT_MAX_EXTRACT_BYTES})")
+    download.add_argument("--max-extract-members", type=int, default=None,
+                          help=f"refuse a tarball with more members (default: the catalog's extract.max_members, "
+                               f"else {DEFAULT_MAX_EXTRACT_MEMBERS})")
     _common(actions.add_parser("prepare", help="merge assets/<uid>/annotations.json into annotations.json.gz"))
     pack = actions.add_parser("pack", help="pack assets/ (and features/) into reproducible tarballs")
     _common(pack)
@@ -79,9 +89,20 @@ def _source(args: argparse.Namespace) -> VersionedSource:
     return spec.versioned
 
 
+def _extract_limits(args: argparse.Namespace, limits: ExtractLimits) -> ExtractLimits:
+    """The catalog's extract limits with those given on the command line instead."""
+    flags = {"max_bytes": ("--max-extract-bytes", args.max_extract_bytes),
+             "max_members": ("--max-extract-members", args.max_extract_members)}
+    for flag, value in flags.values():
+        if value is not None and value < 1:
+            raise InvalidInputError(COMMAND_LINE, flag, value, "must be at least 1")
+    return dataclasses.replace(limits, **{name: value for name, (_, value) in flags.items() if value is not None})
+
+
 def _download(args: argparse.Namespace, source: VersionedSource) -> int:
     if args.workers < 1:
         raise InvalidInputError(COMMAND_LINE, "--workers", args.workers, "must be at least 1")
+    source = dataclasses.replace(source, extract=_extract_limits(args, source.extract))
     names = [source.component(name, COMMAND_LINE, "--component").kind.name
              for name in args.component or source.components]
     settings = TransferSettings(workers=args.workers)

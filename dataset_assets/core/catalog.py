@@ -28,6 +28,7 @@ from dataset_assets.core.versioned import (
     COMPONENT_KINDS,
     REQUIRED_COMPONENTS,
     Component,
+    ExtractLimits,
     PublishSpec,
     VersionedSource,
     check_version,
@@ -36,7 +37,8 @@ from dataset_assets.core.versioned import (
 CATALOG_ENV = "DATASET_ASSETS_CATALOG"
 PACKAGED_CATALOG = Path(__file__).resolve().parent.parent / "catalog.yaml"
 KINDS = ("signed_url", "handler", "versioned")
-VERSIONED_FIELDS = ("kind", "description", "owners", "base_url", "versions", "components", "publish")
+VERSIONED_FIELDS = ("kind", "description", "owners", "base_url", "versions", "components", "publish", "extract")
+EXTRACT_FIELDS = ("max_bytes", "max_members")
 PUBLISH_FIELDS = ("bucket", "prefix", "part_size_mib", "concurrency", "endpoint_url")
 HANDLER_FIELDS = ("kind", "description", "owners", "handler", "base_url", "artifacts", "samples_per_shard", "split")
 # Lenient enough for legacy S3 names (capitals, '_') and R2/MinIO; refuses URLs and paths.
@@ -364,8 +366,17 @@ def _read_publish(reader: _Reader, value: Any, field_path: str) -> PublishSpec:
                        endpoint_url=endpoint or None)
 
 
+def _read_extract(reader: _Reader, value: Any, field_path: str) -> ExtractLimits:
+    """`max_bytes` and `max_members` of each tarball extracted on download, each at least 1."""
+    body = reader.mapping(value, field_path)
+    reader.known_keys(body, field_path, EXTRACT_FIELDS)
+    return ExtractLimits(max_bytes=_read_int(reader, body, "max_bytes", ExtractLimits.max_bytes, 1, field_path),
+                         max_members=_read_int(reader, body, "max_members", ExtractLimits.max_members, 1, field_path))
+
+
 def _read_versioned_dataset(reader: _Reader, name: str, body: Mapping[str, Any]) -> DatasetSpec:
-    """A `kind: versioned` dataset: `base_url`, `versions` (list or `dynamic`), `components`, optional `publish`."""
+    """A `kind: versioned` dataset: `base_url`, `versions` (list or `dynamic`), `components`, optional `publish`
+    and `extract` (limits)."""
     field_path = f"datasets.{name}"
     reader.known_keys(body, field_path, VERSIONED_FIELDS)
     versions = _read_versions(reader, body.get("versions"), f"{field_path}.versions")
@@ -381,6 +392,7 @@ def _read_versioned_dataset(reader: _Reader, name: str, body: Mapping[str, Any])
         versions=versions,
         components=_read_components(reader, body.get("components"), f"{field_path}.components", versions),
         publish=publish,
+        extract=_read_extract(reader, body.get("extract", {}), f"{field_path}.extract"),
     )
     # Versioned datasets have no URL manifest or preprocessing configs: those fields stay empty.
     return DatasetSpec(name=name, kind="versioned", manifest=ManifestSource(), preprocess={}, description=description,

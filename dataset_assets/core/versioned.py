@@ -10,8 +10,8 @@ and are checked against the catalog's sha256 pins. Packing is reproducible: sort
 mtime 0, uid/gid 0, fixed modes, so the same tree always gives the same bytes; a member manifest
 with sha256 is written beside the tar. Only regular files are packed (symlinks and special files are
 refused; folders with no file to pack are named in a warning, as extraction would not recreate them).
-Extraction refuses members that would escape, links and devices, and archives over a size limit, and
-publishes the extracted folder atomically.
+Extraction refuses members that would escape, links and devices, and archives past the size and member
+limits (`ExtractLimits`, raised per dataset in the catalog), and publishes the extracted folder atomically.
 """
 from __future__ import annotations
 
@@ -131,13 +131,33 @@ class PublishSpec:
 
 
 @dataclass(frozen=True)
+class ExtractLimits:
+    """Caps on each tarball extracted on download: the total bytes of its members and their count.
+
+    They bound what a broken or hostile tarball can write before it is refused; a dataset that is
+    legitimately larger raises them (the catalog's `extract` section, or the download flags).
+    """
+
+    max_bytes: int = DEFAULT_MAX_EXTRACT_BYTES
+    max_members: int = DEFAULT_MAX_EXTRACT_MEMBERS
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_members"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInputError("extract limits", name, value, "must be an integer of at least 1")
+
+
+@dataclass(frozen=True)
 class VersionedSource:
-    """A `kind: versioned` dataset: its base URL, versions (empty: dynamic), components and publish target."""
+    """A `kind: versioned` dataset: its base URL, versions (empty: dynamic), components, publish target and
+    the limits its tarballs are extracted within."""
 
     base_url: str
     versions: tuple[str, ...]
     components: Mapping[str, Component]
     publish: PublishSpec | None = None
+    extract: ExtractLimits = ExtractLimits()
 
     @property
     def dynamic(self) -> bool:
@@ -390,13 +410,20 @@ def pack_assets(assets_dir: Path, out_tar: Path, excludes: Sequence[str] = DEFAU
     return PackResult(out_tar, manifest_path, tuple(members), tar_digest.size, tar_digest.sha256, empty_folders)
 
 
+def _raise_hint(field: str) -> str:
+    """Where a user raises the `ExtractLimits` field `field`: the catalog, or the download flag."""
+    flag = f"--max-extract-{field.removeprefix('max_')}"
+    return f"(raise extract.{field} in the catalog, or {flag}, for a larger archive)"
+
+
 def _checked_members(tar: tarfile.TarFile, archive: str, max_bytes: int, max_members: int
                      ) -> Iterable[tarfile.TarInfo]:
     total, count = 0, 0
     for member in tar:
         count += 1
         if count > max_members:
-            raise UnsafeArchiveError(archive, member.name, f"more than {max_members} members")
+            raise UnsafeArchiveError(archive, member.name, f"more than {max_members} members "
+                                                           f"{_raise_hint('max_members')}")
         if member.isdir():
             # A directory is only a name here: check it with the regular-file rules and skip it.
             as_file = copy.copy(member)
@@ -406,7 +433,8 @@ def _checked_members(tar: tarfile.TarFile, archive: str, max_bytes: int, max_mem
         check_member(archive, member)
         total += member.size
         if total > max_bytes:
-            raise UnsafeArchiveError(archive, member.name, f"archive expands past the {max_bytes}-byte limit")
+            raise UnsafeArchiveError(archive, member.name, f"archive expands past the {max_bytes}-byte limit "
+                                                           f"{_raise_hint('max_bytes')}")
         yield member
 
 
@@ -572,7 +600,7 @@ def _is_listing(value: object) -> TypeGuard[dict[str, list[int]]]:
         for entry in value.values())
 
 
-def _extract_once(tar_path: Path, folder: Path, sha256: str) -> int:
+def _extract_once(tar_path: Path, folder: Path, sha256: str, limits: ExtractLimits) -> int:
     """Extract `tar_path` into `folder` unless its marker says this very tarball was and every file it
     extracted is still as extracted; the member count.
 
@@ -594,13 +622,14 @@ def _extract_once(tar_path: Path, folder: Path, sha256: str) -> int:
                                  f"(no {marker.name}); it may be the tree {tar_path.name} was packed from, "
                                  "which extracting would replace: move it away and run again")
     write_bytes_atomic(marker, json.dumps({"sha256": sha256}).encode())
-    names = extract_tar_safely(tar_path, folder, strip_root=True)
+    names = extract_tar_safely(tar_path, folder, limits.max_bytes, limits.max_members, strip_root=True)
     record = {"sha256": sha256, "members": len(names), "files": _listing(folder, names)}
     write_bytes_atomic(marker, json.dumps(record).encode())
     return len(names)
 
 
-def _verified(component: Component, version: str, folder: Path, result: FileResult) -> ComponentResult:
+def _verified(component: Component, version: str, folder: Path, result: FileResult, limits: ExtractLimits
+              ) -> ComponentResult:
     kind = component.kind
     path = folder / kind.filename
     expected = component.sha256.get(version)
@@ -611,7 +640,7 @@ def _verified(component: Component, version: str, folder: Path, result: FileResu
     extracted = folder / kind.folder if kind.folder else None
     try:
         objects = len(load_annotations(path)) if kind.name == "annotations" else None
-        members = _extract_once(path, extracted, result.sha256) if extracted else None
+        members = _extract_once(path, extracted, result.sha256, limits) if extracted else None
     except (AnnotationError, UnreadableArchiveError) as error:  # kept, it would fail every run without a fetch
         path.unlink(missing_ok=True)
         raise DatasetAssetsError(f"{error}; the file was deleted, so the next run fetches it again") from error
@@ -624,7 +653,8 @@ def download_components(dataset: str, source: VersionedSource, version: str, roo
     """Download components `names` of one version into `<root>/<dataset>/<version>/`, concurrently.
 
     Each file is verified (sha256 pin if the catalog has one), annotations are parsed, tarballs
-    extracted safely beside them (again only when the tarball changed). Kept files are not fetched.
+    extracted safely beside them within `source.extract` (again only when the tarball changed). Kept
+    files are not fetched, so a tarball refused for a limit is extracted once the limit is raised.
     """
     source.require_version(version, dataset, "version")
     components = [source.component(name, dataset, "components") for name in dict.fromkeys(names)]
@@ -635,5 +665,5 @@ def download_components(dataset: str, source: VersionedSource, version: str, roo
                for component in components]
     report = download_entries(entries, {dataset: folder.parent}, settings, client=client)
     results = {result.relative_path: result for result in report.results}
-    return [_verified(component, version, folder, results[f"{version}/{component.kind.filename}"])
+    return [_verified(component, version, folder, results[f"{version}/{component.kind.filename}"], source.extract)
             for component in components]

@@ -22,9 +22,13 @@ from dataset_assets.core.errors import CatalogError, DatasetAssetsError, Invalid
 from dataset_assets.core.transfer import ChecksumMismatch, TransferSettings
 from dataset_assets.core.versioned import (
     DEFAULT_EXCLUDES,
+    DEFAULT_MAX_EXTRACT_BYTES,
+    DEFAULT_MAX_EXTRACT_MEMBERS,
     AnnotationError,
     AssetsMismatchError,
+    ExtractLimits,
     PublishSpec,
+    UnreadableArchiveError,
     check_annotations_match_assets,
     check_version,
     download_components,
@@ -225,6 +229,23 @@ def test_archive_over_size_limit_is_rejected(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_a_tarball_over_the_default_size_limit_is_refused_naming_the_setting_that_raises_it(tmp_path: Path) -> None:
+    """Only the header is written: the limit refuses the member before a byte of its data is read, and with
+    the limit raised, reading goes on (and finds the data missing) instead."""
+    big = tarfile.TarInfo("assets/huge.bin")
+    big.size = DEFAULT_MAX_EXTRACT_BYTES + 1
+    archive = tmp_path / "huge.tar"
+    archive.write_bytes(big.tobuf(tarfile.PAX_FORMAT) + bytes(1024))
+
+    with pytest.raises(UnsafeArchiveError, match=re.escape(
+            f"member 'assets/huge.bin' rejected: archive expands past the {DEFAULT_MAX_EXTRACT_BYTES}-byte limit "
+            "(raise extract.max_bytes in the catalog, or --max-extract-bytes, for a larger archive)")):
+        extract_tar_safely(archive, tmp_path / "out")
+    with pytest.raises(UnreadableArchiveError):
+        extract_tar_safely(archive, tmp_path / "out", max_bytes=DEFAULT_MAX_EXTRACT_BYTES + 1)
+    assert not (tmp_path / "out").exists()
+
+
 def test_gzip_bomb_style_compressed_tar_is_bounded(tmp_path: Path) -> None:
     archive = tmp_path / "bomb.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -386,6 +407,23 @@ def test_versioned_catalog_defaults_follow_the_seed_layout(tmp_path: Path) -> No
     assert source.published_files() == ["assets.tar", "features.tar", "annotations.json.gz"]
 
 
+def test_extract_limits_default_to_the_built_in_caps_and_are_read_from_the_catalog(tmp_path: Path) -> None:
+    default = write_catalog(tmp_path, {DS: versioned_body("http://127.0.0.1:1/")}).dataset(DS).versioned
+    assert default is not None
+    assert default.extract == ExtractLimits(DEFAULT_MAX_EXTRACT_BYTES, DEFAULT_MAX_EXTRACT_MEMBERS)
+    body = {**versioned_body("http://127.0.0.1:1/"), "extract": {"max_bytes": 1 << 40, "max_members": 20_000_000}}
+    raised = write_catalog(tmp_path, {DS: body}).dataset(DS).versioned
+    assert raised is not None and raised.extract == ExtractLimits(1 << 40, 20_000_000)
+
+
+@pytest.mark.parametrize(("limits", "field", "value"),
+                         [({"max_bytes": 0}, "max_bytes", "0"), ({"max_members": -5}, "max_members", "-5")])
+def test_extract_limits_below_one_name_the_field_and_value(limits: dict[str, int], field: str, value: str) -> None:
+    with pytest.raises(InvalidInputError, match=re.escape(f"extract limits: field '{field}' must be an integer of "
+                                                          f"at least 1 (got {value})")):
+        ExtractLimits(**limits)
+
+
 def test_publish_settings_take_the_endpoint_from_the_environment(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     publish = {"bucket": "assets", "prefix": "/public/", "part_size_mib": 50, "concurrency": 300,
@@ -417,6 +455,11 @@ def test_publish_settings_take_the_endpoint_from_the_environment(tmp_path: Path,
      ({"publish": {"bucket": "b", "part_size_mib": 4}}, "publish.part_size_mib", "at least 5"),
      ({"publish": {"bucket": "b", "part_size_mib": 5121}}, "publish.part_size_mib", "at most 5120"),
      ({"publish": {"prefix": "p"}}, "publish.bucket", "non-empty string"),
+     ({"extract": {"max_bytes": 0}}, "extract.max_bytes", "integer of at least 1"),
+     ({"extract": {"max_members": "5M"}}, "extract.max_members", "integer of at least 1"),
+     ({"extract": {"max_members": True}}, "extract.max_members", "integer of at least 1"),
+     ({"extract": {"max_size": 10}}, "extract.max_size", "not a known field"),
+     ({"extract": [1 << 40]}, "extract", "must be a mapping"),
      ({"base_url": "ftp://example.com"}, "base_url", "http(s) URL")],
 )
 def test_bad_versioned_catalog_values_name_file_field_and_value(tmp_path: Path, change: dict, field: str,
@@ -537,6 +580,31 @@ def test_a_base_url_with_a_query_token_gets_the_component_path_before_the_query(
                                               f"/{V1}/assets.tar?sv=2024&sig=s3cr3t"]
     assert results[0].path.read_bytes() == (producer / "annotations.json.gz").read_bytes()
     assert results[1].folder is not None and tree(results[1].folder) == packed_tree(producer / "assets")
+
+
+MEMBERS_HINT = "(raise extract.max_members in the catalog, or --max-extract-members, for a larger archive)"
+
+
+@pytest.mark.parametrize(("limit", "value", "problem"),
+                         [("max_members", 3, f"more than 3 members {MEMBERS_HINT}"),
+                          ("max_bytes", 100, "archive expands past the 100-byte limit (raise extract.max_bytes")])
+def test_an_assets_tar_over_the_catalogs_extract_limit_is_refused_and_extracted_once_the_limit_is_raised(
+        static_server: StaticServer, tmp_path: Path, limit: str, value: int, problem: str) -> None:
+    producer = serve_version(static_server.folder, tmp_path / "producer", V1)
+    body = versioned_body(static_server.base_url, annotations={}, assets={})
+    strict = write_catalog(tmp_path, {DS: {**body, "extract": {limit: value}}}).dataset(DS).versioned
+    assert strict is not None
+    root = tmp_path / "cache"
+
+    with pytest.raises(UnsafeArchiveError, match=re.escape(problem)):
+        download_components(DS, strict, V1, root, ["assets"], FAST)
+    assert not (root / DS / V1 / "assets").exists()
+
+    raised = write_catalog(tmp_path, {DS: {**body, "extract": {limit: value * 1000}}}).dataset(DS).versioned
+    assert raised is not None
+    [result] = download_components(DS, raised, V1, root, ["assets"], FAST)
+    assert result.status == "skipped" and result.members == len(packed_tree(producer / "assets"))
+    assert tree(root / DS / V1 / "assets") == packed_tree(producer / "assets")
 
 
 def test_a_second_download_fetches_nothing_and_keeps_the_extracted_tree(static_server: StaticServer,

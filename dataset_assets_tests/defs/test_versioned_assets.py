@@ -19,7 +19,7 @@ from dagster import (
 from dataset_assets.core.catalog import Catalog
 from dataset_assets.core.errors import UnsafeArchiveError
 from dataset_assets.core.publish import publish_folder, version_destination
-from dataset_assets.core.versioned import pack_assets
+from dataset_assets.core.versioned import DEFAULT_MAX_EXTRACT_BYTES, pack_assets
 from dataset_assets.defs.builder import build_definitions
 from dataset_assets.defs.resources import DatasetHome, TransferResource
 from dataset_assets_tests import s3_fixtures
@@ -102,6 +102,23 @@ def test_a_crafted_assets_tar_fails_its_version_partition_and_extracts_nothing(
         run(defs, instance, V1, "assets")
     assert not (tmp_path / "cache" / DS / V1 / "assets").exists()
     assert run(defs, instance, V1, "annotations").success
+
+
+def test_an_assets_tar_over_the_catalogs_extract_limit_fails_its_partition_until_the_catalog_raises_it(
+        static_server: StaticServer, tmp_path: Path, instance: DagsterInstance) -> None:
+    producer = serve_version(static_server.folder, tmp_path / "producer", V1)
+    body = versioned_body(static_server.base_url)
+    strict = make_defs(write_catalog(tmp_path, {DS: {**body, "extract": {"max_members": 3}}}), tmp_path)
+    description = strict.resolve_assets_def(AssetKey([DS, "assets"])).descriptions_by_key[AssetKey([DS, "assets"])]
+    assert f"(at most {DEFAULT_MAX_EXTRACT_BYTES} bytes and 3 members: the catalog's extract limits)" in description
+
+    with pytest.raises(UnsafeArchiveError, match="more than 3 members .raise extract.max_members in the catalog"):
+        run(strict, instance, V1, "assets")
+    assert not (tmp_path / "cache" / DS / V1 / "assets").exists()
+
+    raised = make_defs(write_catalog(tmp_path, {DS: {**body, "extract": {"max_members": 100}}}), tmp_path)
+    assert run(raised, instance, V1, "assets").success
+    assert tree(tmp_path / "cache" / DS / V1 / "assets") == packed_tree(producer / "assets")
 
 
 def test_dynamic_versions_are_added_by_the_sensor_from_the_bucket_and_download_from_it(

@@ -2,9 +2,10 @@
 
 `<ds>/annotations`, `<ds>/assets`, `<ds>/features` and `<ds>/base_data` (those the catalog
 declares) download one version into `<versioned_root>/<ds>/<version>/` and extract tarballs
-safely; `<ds>/published` uploads that version to the catalog's bucket. Versions are static
-partitions from the catalog, or dynamic ones (`<ds>_versions`) that `<ds>_versions_sensor` adds
-for each version it finds published in the bucket, requesting its download.
+safely, within the catalog's `extract` limits; `<ds>/published` uploads that version to the
+catalog's bucket. Versions are static partitions from the catalog, or dynamic ones
+(`<ds>_versions`) that `<ds>_versions_sensor` adds for each version it finds published in the
+bucket, requesting its download.
 """
 from dagster import (
     AssetExecutionContext,
@@ -54,7 +55,9 @@ def version_partitions(spec: DatasetSpec) -> PartitionsDefinition:
 
 def _component_asset(spec: DatasetSpec, component: Component, partitions: PartitionsDefinition) -> AssetsDefinition:
     dataset, source, kind = spec.name, _source(spec), component.kind
-    extracted = f" and extracted safely into {kind.folder}/" if kind.folder else ""
+    limits = source.extract
+    extracted = (f" and extracted safely into {kind.folder}/ (at most {limits.max_bytes} bytes and "
+                 f"{limits.max_members} members: the catalog's extract limits)") if kind.folder else ""
 
     @asset(key=AssetKey([dataset, kind.name]), partitions_def=partitions, group_name=dataset,
            owners=list(spec.owners) or None, kinds={"tar" if kind.folder else "json"},
