@@ -3,8 +3,8 @@
 The demo server signs every link and validates with ETags; providers that do neither exist too.
 This one serves `files` (URL path -> bytes) with `Last-Modified` and no `ETag`, honours one
 `bytes=<first>-` range and an `If-Range` date equal to the file's `Last-Modified` (or, scripted,
-ignores If-Range), and answers a path with scripted statuses and headers (`fail`) or cuts its
-next body short (`drop_after`). It
+ignores If-Range), and answers a path with scripted statuses and headers (`fail`), cuts its
+next body short (`drop_after`) or goes silent partway through it (`stall_after`). It
 records each request and counts body bytes written per path, so tests assert what was fetched.
 """
 from __future__ import annotations
@@ -39,6 +39,8 @@ class _Script:
     files: dict[str, tuple[bytes, str, bool]] = field(default_factory=dict)
     failures: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)
+    stalls: dict[str, int] = field(default_factory=dict)
+    stopping: threading.Event = field(default_factory=threading.Event)
     requests: list[PlainRequest] = field(default_factory=list)
     body_bytes: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -55,21 +57,23 @@ class _Handler(BaseHTTPRequestHandler):
             failure = failures.pop(0) if failures else None
             served = script.files.get(self.path)
             drop = script.drops.pop(self.path, None)
+            stall = script.stalls.pop(self.path, None)
         if failure is not None:
             self._send(failure[0], failure[1], b"scripted failure")
         elif served is None:
             self._send(404, {}, b"not found")
         else:
-            self._send_file(*served, drop)
+            self._send_file(*served, drop, stall)
 
-    def _send_file(self, data: bytes, last_modified: str, honour_if_range: bool, drop: int | None) -> None:
+    def _send_file(self, data: bytes, last_modified: str, honour_if_range: bool, drop: int | None,
+                   stall: int | None) -> None:
         headers = {"Last-Modified": last_modified, "Accept-Ranges": "bytes"}
         first = self._range_start(last_modified if honour_if_range else None)
         if first is None or first >= len(data):
-            self._send(200, headers, data, drop)
+            self._send(200, headers, data, drop, stall)
             return
         headers["Content-Range"] = f"bytes {first}-{len(data) - 1}/{len(data)}"
-        self._send(206, headers, data[first:], drop)
+        self._send(206, headers, data[first:], drop, stall)
 
     def _range_start(self, last_modified: str | None) -> int | None:
         """The first byte of a `bytes=<n>-` range to honour: none if If-Range names another version than
@@ -82,17 +86,21 @@ class _Handler(BaseHTTPRequestHandler):
         start = asked[len("bytes="):-1]
         return int(start) if start.isdigit() else None
 
-    def _send(self, status: int, headers: dict[str, str], body: bytes, drop: int | None = None) -> None:
+    def _send(self, status: int, headers: dict[str, str], body: bytes, drop: int | None = None,
+              stall: int | None = None) -> None:
         self.send_response(status)
         for name, value in {**headers, "Content-Length": str(len(body))}.items():
             self.send_header(name, value)
         self.end_headers()
-        sent = body if drop is None else body[:drop]
+        cut = drop if drop is not None else stall
+        sent = body if cut is None else body[:cut]
         if status < 300:
             with self.server.script.lock:
                 counts = self.server.script.body_bytes
                 counts[self.path] = counts.get(self.path, 0) + len(sent)
         self.wfile.write(sent)
+        if stall is not None:
+            self.server.script.stopping.wait()
         if len(sent) < len(body):
             self.close_connection = True
 
@@ -138,6 +146,12 @@ class PlainServer:
         with self._script.lock:
             self._script.drops[path] = nbytes
 
+    def stall_after(self, path: str, nbytes: int) -> None:
+        """Send `nbytes` of the next body sent for `path`, then nothing more, the connection kept open, until
+        the server stops: a server gone silent mid-body."""
+        with self._script.lock:
+            self._script.stalls[path] = nbytes
+
     @property
     def requests(self) -> list[PlainRequest]:
         with self._script.lock:
@@ -153,6 +167,7 @@ class PlainServer:
         return self
 
     def stop(self) -> None:
+        self._script.stopping.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()

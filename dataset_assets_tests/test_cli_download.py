@@ -25,6 +25,7 @@ from dataset_assets.demo.server import DemoServer
 from dataset_assets_tests import s3_fixtures
 from dataset_assets_tests.cli_interrupt import interrupt_cli
 from dataset_assets_tests.demo import fixtures
+from dataset_assets_tests.plain_server import PlainServer
 from dataset_assets_tests.s3_fixtures import S3Bucket
 
 demo_source = fixtures.demo_source
@@ -47,6 +48,16 @@ def save_manifest(server: DemoServer, folder: Path) -> tuple[Path, UrlManifest]:
 def download_args(manifest_path: Path | str, out: Path, *extra: str) -> list[str]:
     return ["download", "--config-name", CONFIG, "--input-json-path", str(manifest_path),
             "--output-folder-path", str(out), *extra]
+
+
+def save_plain_manifest(folder: Path, path: str, data: bytes, url: str) -> Path:
+    """A manifest of one unsigned file of sequence seq_000, served at `url` with the bytes `data`."""
+    entry = {"filename": Path(path).name, "sha1sum": hashlib.sha1(data).hexdigest(), "file_size_bytes": len(data),
+             "download_url": url}
+    manifest = {"atek_data_for_all_configs": {CONFIG: {"wds_file_urls": {"seq_000": {"shards-0000_tar": entry}}}}}
+    saved = folder / "manifest.json"
+    saved.write_text(json.dumps(manifest))
+    return saved
 
 
 def read_tars(path: Path) -> dict[str, list[str]]:
@@ -362,3 +373,30 @@ def test_ctrl_c_while_the_manifest_is_fetched_exits_130_without_a_traceback(
     assert ended.returncode == 130, ended.stderr
     assert "Traceback" not in ended.stderr and "interrupted: run the same command again to resume" in ended.stderr
     assert not out.exists()
+
+
+def test_ctrl_c_while_a_server_is_silent_mid_body_exits_130_at_once_and_a_rerun_fetches_only_the_rest(
+    plain_server: PlainServer, tmp_path: Path
+) -> None:
+    """The silent server holds the read until the 60 s read timeout unless the stop ends it."""
+    path, data, cut = "/seq_000/shards-0000.tar", os.urandom(300_000), 100_000
+    plain_server.serve(path, data)
+    plain_server.stall_after(path, cut)
+    manifest_path = save_plain_manifest(tmp_path, path, data, plain_server.url(path))
+    out = tmp_path / "out"
+    part = out / "seq_000" / "shards-0000.tar.part"
+
+    ended = interrupt_cli(download_args(manifest_path, out, "--download-wds-to-local"), [
+        (lambda: part.exists() and part.stat().st_size == cut, "the bytes before the silence held")])
+
+    assert ended.seconds_to_exit < 10  # not the 60 s read timeout: a loaded machine has margin
+    assert ended.returncode == 130, ended.stderr
+    assert "Traceback" not in ended.stderr
+    assert "0 failed, 1 interrupted" in ended.stdout
+    assert part.read_bytes() == data[:cut]
+
+    assert main(download_args(manifest_path, out, "--download-wds-to-local")) == 0
+
+    assert (out / "seq_000" / "shards-0000.tar").read_bytes() == data
+    assert plain_server.body_bytes_sent(path) == len(data)
+    assert plain_server.requests[-1].range_header == f"bytes={cut}-"

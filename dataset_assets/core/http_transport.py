@@ -5,7 +5,8 @@ this spends about a third of the CPU per byte that h11's pure-Python parser does
 seconds per GiB, benchmarks/RESULTS.md "Downloads"). Everything above the wire stays httpx: the
 client API, redirects, content decoding. httpx ignores the environment's proxies for a client given
 a transport, so this transport honours them itself. urllib3's errors become the matching
-`httpx.TransportError`s, so retry policies keep working.
+`httpx.TransportError`s, so retry policies keep working. Each response carries, as the extension
+`INTERRUPT_READ`, a callable another thread may call to end a read blocked on a silent server at once.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from urllib3.exceptions import (
 )
 
 READ_BYTES = 1 << 20
+# The response extension holding a callable that ends a blocked read of the body from another thread.
+INTERRUPT_READ = "interrupt_read"
 
 
 def _as_httpx_error(error: urllib3.exceptions.HTTPError, request: httpx.Request) -> httpx.TransportError:
@@ -59,6 +62,15 @@ class _BodyStream(httpx.SyncByteStream):
         except urllib3.exceptions.HTTPError as error:
             raise _as_httpx_error(error, self._request) from error
         self._finished = True
+
+    def interrupt(self) -> None:
+        """Shut the socket for reading, from any thread: a read waiting for a silent server returns now, as a
+        broken connection (closing instead would wait for that read). Once the body is closed or its connection
+        released, there is no read to end."""
+        try:
+            self._response.shutdown()
+        except (ValueError, RuntimeError, OSError):
+            pass
 
     def close(self) -> None:
         if self._finished:
@@ -107,8 +119,9 @@ class Urllib3Transport(httpx.BaseTransport):
                 preload_content=False, decode_content=False, timeout=timeout)
         except urllib3.exceptions.HTTPError as error:
             raise _as_httpx_error(error, request) from error
-        return httpx.Response(response.status, headers=list(response.headers.items()),
-                              stream=_BodyStream(response, request), extensions={"http_version": b"HTTP/1.1"})
+        body = _BodyStream(response, request)
+        return httpx.Response(response.status, headers=list(response.headers.items()), stream=body,
+                              extensions={"http_version": b"HTTP/1.1", INTERRUPT_READ: body.interrupt})
 
     def close(self) -> None:
         self._pools.clear()

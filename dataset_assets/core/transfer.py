@@ -10,7 +10,8 @@ or whose content changed (its validator, the ETag or else the Last-Modified date
 differ from those the held bytes were fetched under) answers the whole file, or is asked again,
 and the transfer restarts cleanly from byte 0. Size and sha1 are verified (sha256 recorded) before
 the sink publishes atomically, and a file already complete and verified at the destination is
-never fetched again.
+never fetched again. Stopping (`TransferStop`) ends waits and also reads in flight, so a server gone
+silent mid-body does not hold the stop until the read timeout; the bytes received stay held.
 
 Signed links expire: an entry whose URL expiry has passed is not requested, and 401/403/410 is not
 retried; both end in `LinkExpired`, which names the files needing fresh links. An unsigned link (no
@@ -21,6 +22,7 @@ expiries, and continues from the bytes it already holds.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -29,8 +31,8 @@ import ssl
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -42,7 +44,7 @@ import httpx
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from dataset_assets.core.errors import DatasetAssetsError
-from dataset_assets.core.http_transport import Urllib3Transport
+from dataset_assets.core.http_transport import INTERRUPT_READ, Urllib3Transport
 from dataset_assets.core.manifest import (
     MAX_MANIFEST_BYTES,
     ManifestEntry,
@@ -66,6 +68,7 @@ logger = get_logger(__name__)
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 EXPIRY_STATUS = frozenset({401, 403, 410})
 MIB = 1 << 20
+STOP_POLL_SECONDS = 0.25  # how often a transfer waiting for its files looks whether it was stopped
 _DOCUMENT_ENCODINGS = frozenset({"identity", "gzip", "x-gzip", "deflate"})
 ProgressCallback = Callable[[int], None]
 Refresh = Callable[[], UrlManifest]
@@ -91,6 +94,55 @@ class ChecksumMismatch(TransferError):
 
 class TransferCancelled(TransferError):
     """The transfer was interrupted (Ctrl-C, its stop event); held bytes are kept for the next run."""
+
+
+class TransferStop:
+    """A transfer's stop: the event that sets it (Ctrl-C, a failing run) and the responses being read meanwhile.
+
+    Setting the event ends waits (backoff, locks) at once, but not a read from a server gone silent, which would
+    block until the read timeout: `interrupt_reads` ends every read within `reading`, which then raises
+    `TransferCancelled`. A transfer nobody stops keeps its full inactivity timeout.
+    """
+
+    def __init__(self, event: threading.Event | None = None) -> None:
+        self.event = event if event is not None else threading.Event()
+        self._lock = threading.Lock()
+        self._interrupts: list[Callable[[], None]] = []
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def set(self) -> None:
+        self.event.set()
+        self.interrupt_reads()
+
+    def interrupt_reads(self) -> None:
+        # Under the lock: a response leaves `reading` (and may then go back to the pool) only after this.
+        with self._lock:
+            for interrupt in self._interrupts:
+                interrupt()
+
+    @contextlib.contextmanager
+    def reading(self, response: httpx.Response, what: str) -> Iterator[None]:
+        """Within the block, stopping ends the read of `response`'s body, raising `TransferCancelled` naming
+        `what`. Bodies of a transport without the `INTERRUPT_READ` extension are read until the timeout."""
+        interrupt = response.extensions.get(INTERRUPT_READ)
+        if interrupt is not None:
+            with self._lock:
+                self._interrupts.append(interrupt)
+        try:
+            # Registered first, checked second: a stop set meanwhile is seen here or by its `interrupt_reads`.
+            if self.is_set():
+                raise TransferCancelled(f"{what}: cancelled")
+            yield
+        except httpx.TransportError:
+            if not self.is_set():
+                raise
+            raise TransferCancelled(f"{what}: cancelled while reading") from None
+        finally:
+            if interrupt is not None:
+                with self._lock:
+                    self._interrupts.remove(interrupt)
 
 
 class RetryableStatus(TransferError):
@@ -486,14 +538,14 @@ class _Engine:
     """Transfers single files; `run` records each outcome so every file is attempted, until `stop` is set."""
 
     def __init__(self, client: httpx.Client, destinations: Mapping[str, Destination], settings: TransferSettings,
-                 progress: TransferProgress, refresh: Refresh | None, stop: threading.Event) -> None:
+                 progress: TransferProgress, refresh: Refresh | None, stop: TransferStop) -> None:
         self._client = client
         self._destinations = destinations
         self._settings = settings
         self._progress = progress
         self._links = _FreshLinks(refresh) if refresh is not None else None
         self.stop = stop
-        self._retry = _retrying(settings, self.stop.wait)
+        self._retry = _retrying(settings, self.stop.event.wait)
         self.lock = threading.Lock()
         self.results: list[FileResult] = []
         self.failures: dict[str, str] = {}
@@ -531,10 +583,10 @@ class _Engine:
 
     def transfer(self, entry: ManifestEntry) -> FileResult:
         destination = self._destinations[entry.config]
-        existing = destination.verified(entry.relative_path, entry.size, entry.sha1, self.stop)
+        existing = destination.verified(entry.relative_path, entry.size, entry.sha1, self.stop.event)
         if existing is not None:
             return _skipped(entry, existing)
-        job = _Job(entry, destination.open(entry.relative_path, entry.sha1, self.stop))
+        job = _Job(entry, destination.open(entry.relative_path, entry.sha1, self.stop.event))
         try:
             existing = job.sink.published(entry.size, entry.sha1)
             if existing is not None:  # another run published it between the check above and `open`
@@ -543,7 +595,7 @@ class _Engine:
         except StorageError:
             # A destination without locks (S3) lets a concurrent run of the same partition publish the file
             # meanwhile, aborting this run's upload: its verified copy is as good as ours.
-            existing = _verified_or_none(destination, entry, self.stop)
+            existing = _verified_or_none(destination, entry, self.stop.event)
             if existing is None:
                 raise
             return _skipped(entry, existing)
@@ -564,7 +616,7 @@ class _Engine:
             fresh = self._links.fresh(job.entry)
             if (fresh.sha1, fresh.size) != (job.entry.sha1, job.entry.size):
                 job.sink.close()
-                job.sink = destination.open(fresh.relative_path, fresh.sha1, self.stop)
+                job.sink = destination.open(fresh.relative_path, fresh.sha1, self.stop.event)
             job.entry, refreshes = fresh, refreshes + 1
 
     def _attempt(self, job: _Job) -> FileDigest:
@@ -595,7 +647,8 @@ class _Engine:
             headers["Range"] = f"bytes={offset}-"
             if sink.validator and not sink.validator.startswith("W/"):
                 headers["If-Range"] = sink.validator
-        with self._client.stream("GET", entry.url, headers=headers) as response:
+        with (self._client.stream("GET", entry.url, headers=headers) as response,
+              self.stop.reading(response, entry.relative_path)):
             if response.status_code == 416 and offset and _announced_total(response) == offset:
                 return False  # the held bytes already are the whole file (a manifest without its size): verify them
             self._check_status(entry, response, offset, sink)
@@ -669,6 +722,18 @@ def _as_destination(target: Path | Destination) -> Destination:
     return LocalDestination(target) if isinstance(target, Path) else target
 
 
+def _wait_for(futures: list[Future[None]], stop: TransferStop) -> None:
+    """Wait for every file; once `stop` is set (a signal handler only sets the event), end the reads in flight
+    too, again each poll, since a file may start a read just after one."""
+    pending: set[Future[None]] = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=STOP_POLL_SECONDS)
+        for future in done:
+            future.result()
+        if stop.is_set():
+            stop.interrupt_reads()
+
+
 def transfer_entries(entries: Iterable[ManifestEntry], destinations: Mapping[str, Path | Destination],
                      settings: TransferSettings = TransferSettings(),
                      progress: TransferProgress | ProgressCallback | None = None,
@@ -679,7 +744,8 @@ def transfer_entries(entries: Iterable[ManifestEntry], destinations: Mapping[str
     Every file is attempted even when some fail, so verified bytes accumulate; failures are in
     the report, not raised. `refresh` returns a fresh manifest when links expire (see module doc).
     Setting `stop` (say, from a SIGINT handler) ends the transfer in order: files streaming or waiting
-    to retry stop at once, keeping their held bytes, and the report lists them as interrupted.
+    to retry stop at once (a read a silent server holds, within `STOP_POLL_SECONDS`), keeping their held
+    bytes, and the report lists them as interrupted.
     """
     entries = list(entries)
     targets = {config: _as_destination(target) for config, target in destinations.items()}
@@ -689,14 +755,13 @@ def transfer_entries(entries: Iterable[ManifestEntry], destinations: Mapping[str
     tracker = progress if progress is not None and not callable(progress) else _BytesProgress(progress)
     owned = client is None
     client = client or make_client(settings)
-    engine = _Engine(client, targets, settings, tracker, refresh, stop or threading.Event())
+    engine = _Engine(client, targets, settings, tracker, refresh, TransferStop(stop))
     started = time.monotonic()
     try:
         with ThreadPoolExecutor(max_workers=max(settings.workers, 1), thread_name_prefix="download") as pool:
             futures = [pool.submit(engine.run, entry) for entry in entries]
             try:
-                for future in as_completed(futures):
-                    future.result()
+                _wait_for(futures, engine.stop)
             except BaseException:
                 engine.stop.set()
                 for future in futures:

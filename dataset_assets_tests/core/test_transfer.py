@@ -694,6 +694,23 @@ def test_ctrl_c_stops_files_waiting_to_retry_without_further_requests(
     assert [r.status for r in requests_for(demo_server, waiting)] == [503]
 
 
+def test_a_server_silent_mid_body_fails_the_file_only_after_the_read_timeout_keeping_the_bytes_received(
+    plain_server: PlainServer, tmp_path: Path
+) -> None:
+    """Nobody stops: the inactivity timeout alone ends the read, no sooner than `timeout_seconds`."""
+    path, data, cut = "/silent.tar", b"s" * 50_000, 20_000
+    plain_server.serve(path, data)
+    plain_server.stall_after(path, cut)
+    entry = ManifestEntry("cubercnn", "seq_000", "silent.tar", plain_server.url(path), size=len(data))
+    settings = TransferSettings(workers=1, max_attempts=1, timeout_seconds=2)
+
+    report = transfer_entries([entry], folders(tmp_path), settings)
+
+    assert "ReadTimeout" in report.failures["cubercnn/seq_000/silent.tar"]
+    assert report.elapsed_seconds >= settings.timeout_seconds
+    assert (tmp_path / "cubercnn" / "seq_000" / "silent.tar.part").read_bytes() == data[:cut]
+
+
 # Holds the lock of the file `argv[1]` with some bytes in its `.part`, as a second run downloading it does,
 # until its stdin closes.
 LOCK_HOLDER = """
