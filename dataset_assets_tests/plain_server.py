@@ -39,7 +39,7 @@ class _Script:
     files: dict[str, tuple[bytes, str, bool]] = field(default_factory=dict)
     failures: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)
-    stalls: dict[str, int] = field(default_factory=dict)
+    stalls: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (requests to serve first, bytes)
     stopping: threading.Event = field(default_factory=threading.Event)
     requests: list[PlainRequest] = field(default_factory=list)
     body_bytes: dict[str, int] = field(default_factory=dict)
@@ -57,13 +57,25 @@ class _Handler(BaseHTTPRequestHandler):
             failure = failures.pop(0) if failures else None
             served = script.files.get(self.path)
             drop = script.drops.pop(self.path, None)
-            stall = script.stalls.pop(self.path, None)
+            stall = self._take_stall(script)
         if failure is not None:
             self._send(failure[0], failure[1], b"scripted failure")
         elif served is None:
             self._send(404, {}, b"not found")
         else:
             self._send_file(*served, drop, stall)
+
+    def _take_stall(self, script: _Script) -> int | None:
+        """The bytes to send before going silent, if this request is the one `stall_after` armed."""
+        armed = script.stalls.get(self.path)
+        if armed is None:
+            return None
+        skip, nbytes = armed
+        if skip:
+            script.stalls[self.path] = (skip - 1, nbytes)
+            return None
+        del script.stalls[self.path]
+        return nbytes
 
     def _send_file(self, data: bytes, last_modified: str, honour_if_range: bool, drop: int | None,
                    stall: int | None) -> None:
@@ -146,11 +158,11 @@ class PlainServer:
         with self._script.lock:
             self._script.drops[path] = nbytes
 
-    def stall_after(self, path: str, nbytes: int) -> None:
-        """Send `nbytes` of the next body sent for `path`, then nothing more, the connection kept open, until
-        the server stops: a server gone silent mid-body."""
+    def stall_after(self, path: str, nbytes: int, after_requests: int = 0) -> None:
+        """Send `nbytes` of the body of the request for `path` that follows the next `after_requests` ones, then
+        nothing more, the connection kept open, until the server stops: a server gone silent mid-body."""
         with self._script.lock:
-            self._script.stalls[path] = nbytes
+            self._script.stalls[path] = (after_requests, nbytes)
 
     @property
     def requests(self) -> list[PlainRequest]:

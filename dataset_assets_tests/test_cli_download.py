@@ -50,14 +50,12 @@ def download_args(manifest_path: Path | str, out: Path, *extra: str) -> list[str
             "--output-folder-path", str(out), *extra]
 
 
-def save_plain_manifest(folder: Path, path: str, data: bytes, url: str) -> Path:
-    """A manifest of one unsigned file of sequence seq_000, served at `url` with the bytes `data`."""
-    entry = {"filename": Path(path).name, "sha1sum": hashlib.sha1(data).hexdigest(), "file_size_bytes": len(data),
+def one_file_manifest(data: bytes, url: str) -> bytes:
+    """A manifest of one file, seq_000/shards-0000.tar, holding `data` and served at `url`."""
+    entry = {"filename": "shards-0000.tar", "sha1sum": hashlib.sha1(data).hexdigest(), "file_size_bytes": len(data),
              "download_url": url}
-    manifest = {"atek_data_for_all_configs": {CONFIG: {"wds_file_urls": {"seq_000": {"shards-0000_tar": entry}}}}}
-    saved = folder / "manifest.json"
-    saved.write_text(json.dumps(manifest))
-    return saved
+    return json.dumps({"atek_data_for_all_configs": {CONFIG: {"wds_file_urls": {"seq_000": {
+        "shards-0000_tar": entry}}}}}).encode()
 
 
 def read_tars(path: Path) -> dict[str, list[str]]:
@@ -382,7 +380,8 @@ def test_ctrl_c_while_a_server_is_silent_mid_body_exits_130_at_once_and_a_rerun_
     path, data, cut = "/seq_000/shards-0000.tar", os.urandom(300_000), 100_000
     plain_server.serve(path, data)
     plain_server.stall_after(path, cut)
-    manifest_path = save_plain_manifest(tmp_path, path, data, plain_server.url(path))
+    manifest_path = tmp_path / "manifest.json"
+    manifest_path.write_bytes(one_file_manifest(data, plain_server.url(path)))
     out = tmp_path / "out"
     part = out / "seq_000" / "shards-0000.tar.part"
 
@@ -400,3 +399,25 @@ def test_ctrl_c_while_a_server_is_silent_mid_body_exits_130_at_once_and_a_rerun_
     assert (out / "seq_000" / "shards-0000.tar").read_bytes() == data
     assert plain_server.body_bytes_sent(path) == len(data)
     assert plain_server.requests[-1].range_header == f"bytes={cut}-"
+
+
+def test_ctrl_c_while_fresh_links_are_fetched_from_a_silent_manifest_server_exits_130_at_once(
+    plain_server: PlainServer, tmp_path: Path
+) -> None:
+    """The file's signed link is refused, so the manifest is fetched again, and that answer stalls mid-body."""
+    path, data = "/seq_000/shards-0000.tar?Signature=abcdef", os.urandom(10_000)
+    plain_server.serve(path, data)
+    plain_server.fail(path, 403)
+    plain_server.serve("/manifest.json", one_file_manifest(data, plain_server.url(path)))
+    plain_server.stall_after("/manifest.json", 10, after_requests=1)
+    out = tmp_path / "out"
+
+    ended = interrupt_cli(download_args(plain_server.url("/manifest.json"), out, "--download-wds-to-local"), [
+        (lambda: [r.path for r in plain_server.requests].count("/manifest.json") == 2, "the manifest asked again")])
+
+    assert ended.seconds_to_exit < 10  # not the 60 s read timeout: a loaded machine has margin
+    assert ended.returncode == 130, ended.stderr
+    assert "Traceback" not in ended.stderr
+    assert "0 failed, 1 interrupted" in ended.stdout
+    assert [(r.path, r.status) for r in plain_server.requests] == [
+        ("/manifest.json", 200), (path, 403), ("/manifest.json", 200)]

@@ -106,7 +106,7 @@ def _make_output_folder(out: Path) -> None:
 def _refresh(location: str, client: httpx.Client) -> Refresh | None:
     if not location.startswith(("http://", "https://")):
         return None
-    return lambda: fetch_manifest(location, client)[0]
+    return lambda stop: fetch_manifest(location, client, stop=stop)[0]
 
 
 def _write_streamable(manifest: UrlManifest, config: str, split: Split, out: Path) -> dict[str, Path]:

@@ -17,8 +17,8 @@ Signed links expire: an entry whose URL expiry has passed is not requested, and 
 retried; both end in `LinkExpired`, which names the files needing fresh links. An unsigned link (no
 query string: `ManifestEntry.signed`) cannot expire, so its 401/403/410 is `AccessDenied`, a failure
 no later try can cure. Given `refresh` (a
-callable returning a fresh manifest), the engine fetches new links instead, once per wave of
-expiries, and continues from the bytes it already holds.
+callable returning a fresh manifest, which honours the transfer's stop it is given), the engine
+fetches new links instead, once per wave of expiries, and continues from the bytes it already holds.
 """
 from __future__ import annotations
 
@@ -71,7 +71,6 @@ MIB = 1 << 20
 STOP_POLL_SECONDS = 0.25  # how often a transfer waiting for its files looks whether it was stopped
 _DOCUMENT_ENCODINGS = frozenset({"identity", "gzip", "x-gzip", "deflate"})
 ProgressCallback = Callable[[int], None]
-Refresh = Callable[[], UrlManifest]
 T = TypeVar("T")
 
 
@@ -143,6 +142,10 @@ class TransferStop:
             if interrupt is not None:
                 with self._lock:
                     self._interrupts.remove(interrupt)
+
+
+# Returns a fresh manifest; given the transfer's stop, so that stopping ends its fetch too (`fetch_manifest(stop=)`).
+Refresh = Callable[[TransferStop], UrlManifest]
 
 
 class RetryableStatus(TransferError):
@@ -416,12 +419,17 @@ def _read_document(response: httpx.Response, url: str, max_bytes: int) -> bytes:
 
 
 def fetch_bytes(client: httpx.Client, url: str, settings: TransferSettings = TransferSettings(),
-                max_bytes: int = MAX_MANIFEST_BYTES) -> bytes:
-    """GET a small document (a manifest) of at most `max_bytes` under the retry policy."""
+                max_bytes: int = MAX_MANIFEST_BYTES, stop: TransferStop | None = None) -> bytes:
+    """GET a small document (a manifest) of at most `max_bytes` under the retry policy; `stop` ends it
+    (`TransferCancelled`), also while it waits to retry or reads from a silent server."""
+    stop = stop if stop is not None else TransferStop()
 
-    @_retrying(settings)
+    @_retrying(settings, stop.event.wait)
     def attempt() -> bytes:
-        with client.stream("GET", url, headers={"Accept-Encoding": "gzip, deflate"}) as response:
+        if stop.is_set():
+            raise TransferCancelled(f"{url}: cancelled")
+        with (client.stream("GET", url, headers={"Accept-Encoding": "gzip, deflate"}) as response,
+              stop.reading(response, url)):
             if response.status_code in RETRYABLE_STATUS:
                 raise RetryableStatus(f"{url}: HTTP {response.status_code}", _retry_after_seconds(response))
             if response.status_code != 200:
@@ -431,9 +439,10 @@ def fetch_bytes(client: httpx.Client, url: str, settings: TransferSettings = Tra
     return attempt()
 
 
-def fetch_manifest(location: str, client: httpx.Client | None = None,
-                   max_bytes: int = MAX_MANIFEST_BYTES) -> tuple[UrlManifest, bytes]:
-    """Read the manifest (at most `max_bytes`) at an http(s) URL or a local path; return it and its raw bytes."""
+def fetch_manifest(location: str, client: httpx.Client | None = None, max_bytes: int = MAX_MANIFEST_BYTES,
+                   stop: TransferStop | None = None) -> tuple[UrlManifest, bytes]:
+    """Read the manifest (at most `max_bytes`) at an http(s) URL or a local path; return it and its raw bytes.
+    Setting `stop` ends the fetch with `TransferCancelled`."""
     if not location.startswith(("http://", "https://")):
         path = Path(location)
         data = read_manifest_bytes(path, max_bytes)
@@ -441,7 +450,7 @@ def fetch_manifest(location: str, client: httpx.Client | None = None,
     owned = client is None
     client = client or make_client()
     try:
-        data = fetch_bytes(client, location, max_bytes=max_bytes)
+        data = fetch_bytes(client, location, max_bytes=max_bytes, stop=stop)
     except (httpx.HTTPError, httpx.InvalidURL) as error:
         raise TransferError(f"{location}: could not fetch the manifest: {type(error).__name__}: {error}") from None
     finally:
@@ -492,12 +501,15 @@ class _FreshLinks:
         entries = self._manifest.entries(stale.config, stale.sequence)
         return next((entry for entry in entries if entry.filename == stale.filename), None)
 
-    def fresh(self, stale: ManifestEntry) -> ManifestEntry:
+    def fresh(self, stale: ManifestEntry, stop: TransferStop) -> ManifestEntry:
         with self._lock:
             current = self._lookup(stale)
             if current is None or current.url == stale.url:
+                # Checked here too: files of a wave waited for this lock while a stopped fetch ended.
+                if stop.is_set():
+                    raise TransferCancelled(f"{stale.relative_path}: cancelled before fetching fresh links")
                 logger.info("%s: link expired; fetching a fresh manifest", stale.relative_path)
-                self._manifest = self._refresh()
+                self._manifest = self._refresh(stop)
                 current = self._lookup(stale)
         if current is None:
             raise TransferError(f"{stale.relative_path}: not in the refreshed manifest (config {stale.config})")
@@ -613,7 +625,7 @@ class _Engine:
             except LinkExpired:
                 if self._links is None or refreshes >= self._settings.max_link_refreshes:
                     raise
-            fresh = self._links.fresh(job.entry)
+            fresh = self._links.fresh(job.entry, self.stop)
             if (fresh.sha1, fresh.size) != (job.entry.sha1, job.entry.size):
                 job.sink.close()
                 job.sink = destination.open(fresh.relative_path, fresh.sha1, self.stop.event)

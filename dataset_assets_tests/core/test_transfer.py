@@ -580,7 +580,7 @@ def test_a_refused_unsigned_link_fails_at_once_as_permanent_access_denied_not_as
     entry = ManifestEntry("cubercnn", "seq_000", "shards-0000.tar", url)
     refreshes: list[int] = []
 
-    def refresh() -> UrlManifest:
+    def refresh(stop: transfer.TransferStop) -> UrlManifest:
         refreshes.append(1)
         return UrlManifest("refresh", {"cubercnn": {"seq_000": (entry,)}})
 
@@ -632,7 +632,7 @@ def test_refresh_fetches_fresh_links_once_and_continues_from_held_bytes(
     demo_server.advance_clock(3601)
     entries = [*manifest.entries("cubercnn", "seq_000"), *manifest.entries("efm", "seq_001")]
 
-    report = download_entries(entries, folders(tmp_path), FAST, refresh=lambda: fetch_manifest(demo_server))
+    report = download_entries(entries, folders(tmp_path), FAST, refresh=lambda stop: fetch_manifest(demo_server))
 
     assert [r.path for r in demo_server.stats.requests].count("/manifest.json") == 1
     assert [(r.range_header, r.status) for r in requests_for(demo_server, entry)] == [
@@ -649,7 +649,7 @@ def test_links_expired_before_start_are_refreshed_when_a_source_is_given(
     demo_server.stats.reset()
 
     report = download_entries(manifest.all_entries(), folders(tmp_path), FAST,
-                              refresh=lambda: fetch_manifest(demo_server))
+                              refresh=lambda stop: fetch_manifest(demo_server))
 
     assert report.count("downloaded") == len(manifest.all_entries())
     assert {r.status for r in demo_server.stats.requests} == {200}

@@ -208,7 +208,7 @@ def test_fault_ends_verified_or_with_a_specific_error_and_never_downloads_a_file
     demo_server.stats.reset()
     fault.arm.apply(demo_server, target)
     progress = ClockJump(demo_server, TARGET) if fault.expire_mid_transfer else None
-    refresh = (lambda: fetch_manifest(demo_server)) if fault.refresh else None
+    refresh = (lambda stop: fetch_manifest(demo_server)) if fault.refresh else None
 
     started = time.monotonic()
     if fault.error is None:
