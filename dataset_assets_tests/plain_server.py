@@ -2,13 +2,15 @@
 
 The demo server signs every link and validates with ETags; providers that do neither exist too.
 This one serves `files` (URL path -> bytes) with `Last-Modified` and no `ETag`, honours one
-`bytes=<first>-` range and an `If-Range` date equal to the file's `Last-Modified` (or, scripted,
-ignores If-Range), and answers a path with scripted statuses and headers (`fail`), cuts its
+`bytes=<first>-[<last>]` range and an `If-Range` date equal to the file's `Last-Modified` (or, scripted,
+ignores If-Range), answers a range past the end 416 with the size in `Content-Range` (or, as S3 and
+moto do, without it), and answers a path with scripted statuses and headers (`fail`), cuts its
 next body short (`drop_after`) or goes silent partway through it (`stall_after`). It
 records each request and counts body bytes written per path, so tests assert what was fetched.
 """
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ class PlainRequest:
 class _Script:
     """What the server serves and the faults armed on it; `lock` guards every field."""
 
-    files: dict[str, tuple[bytes, str, bool]] = field(default_factory=dict)
+    files: dict[str, tuple[bytes, str, bool, bool]] = field(default_factory=dict)
     failures: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)
     stalls: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (requests to serve first, bytes)
@@ -77,26 +79,28 @@ class _Handler(BaseHTTPRequestHandler):
         del script.stalls[self.path]
         return nbytes
 
-    def _send_file(self, data: bytes, last_modified: str, honour_if_range: bool, drop: int | None,
-                   stall: int | None) -> None:
+    def _send_file(self, data: bytes, last_modified: str, honour_if_range: bool, total_in_416: bool,
+                   drop: int | None, stall: int | None) -> None:
         headers = {"Last-Modified": last_modified, "Accept-Ranges": "bytes"}
-        first = self._range_start(last_modified if honour_if_range else None)
-        if first is None or first >= len(data):
+        span = self._range(len(data), last_modified if honour_if_range else None)
+        if span is None:
             self._send(200, headers, data, drop, stall)
-            return
-        headers["Content-Range"] = f"bytes {first}-{len(data) - 1}/{len(data)}"
-        self._send(206, headers, data[first:], drop, stall)
+        elif span[0] >= len(data):
+            self._send(416, {"Content-Range": f"bytes */{len(data)}"} if total_in_416 else {}, b"not satisfiable")
+        else:
+            headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{len(data)}"
+            self._send(206, headers, data[span[0]:span[1] + 1], drop, stall)
 
-    def _range_start(self, last_modified: str | None) -> int | None:
-        """The first byte of a `bytes=<n>-` range to honour: none if If-Range names another version than
-        `last_modified` (None: If-Range is ignored)."""
+    def _range(self, size: int, last_modified: str | None) -> tuple[int, int] | None:
+        """The first and last byte of a `bytes=<first>-[<last>]` range of a `size`-byte file to honour: none if
+        If-Range names another version than `last_modified` (None: If-Range is ignored)."""
         asked = self.headers.get("Range", "")
         if_range = self.headers.get("If-Range")
         stale = last_modified is not None and if_range not in (None, last_modified)
-        if not asked.startswith("bytes=") or not asked.endswith("-") or stale:
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", asked)
+        if match is None or stale:
             return None
-        start = asked[len("bytes="):-1]
-        return int(start) if start.isdigit() else None
+        return int(match[1]), min(int(match[2] or size - 1), size - 1)
 
     def _send(self, status: int, headers: dict[str, str], body: bytes, drop: int | None = None,
               stall: int | None = None) -> None:
@@ -143,10 +147,11 @@ class PlainServer:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}{path}"
 
-    def serve(self, path: str, data: bytes, last_modified: str = LAST_MODIFIED, honour_if_range: bool = True) -> None:
+    def serve(self, path: str, data: bytes, last_modified: str = LAST_MODIFIED, honour_if_range: bool = True,
+              total_in_416: bool = True) -> None:
         """Serve `data` at `path` from now on, last modified at `last_modified` (an HTTP date)."""
         with self._script.lock:
-            self._script.files[path] = (data, last_modified, honour_if_range)
+            self._script.files[path] = (data, last_modified, honour_if_range, total_in_416)
 
     def fail(self, path: str, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
         """Answer the next `times` requests for `path` with `status` and `headers`."""

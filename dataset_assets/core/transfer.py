@@ -661,7 +661,7 @@ class _Engine:
                 headers["If-Range"] = sink.validator
         with (self._client.stream("GET", entry.url, headers=headers) as response,
               self.stop.reading(response, entry.relative_path)):
-            if response.status_code == 416 and offset and _announced_total(response) == offset:
+            if response.status_code == 416 and offset and self._total_size(job, response) == offset:
                 return False  # the held bytes already are the whole file (a manifest without its size): verify them
             self._check_status(entry, response, offset, sink)
             validator, total = _validator(response), _announced_total(response)
@@ -686,6 +686,21 @@ class _Engine:
                 job.fetched += len(chunk)
                 self._progress.advance(job.key, len(chunk))
             return response.status_code == 206 and total is not None and offset < sink.held < total
+
+    def _total_size(self, job: _Job, unsatisfiable: httpx.Response) -> int | None:
+        """The file's size, as a 416 to the range after the held bytes gives it (`Content-Range: bytes */N`) or,
+        where it does not (S3, moto), a one-byte range of the version the held bytes are of says; None if unknown
+        or that version changed (the server then answers the whole file, left unread)."""
+        total = _announced_total(unsatisfiable)
+        if total is not None:
+            return total
+        entry, validator = job.entry, job.sink.validator
+        headers = {"Accept-Encoding": "identity", "Range": "bytes=0-0"}
+        if validator and not validator.startswith("W/"):
+            headers["If-Range"] = validator
+        with (self._client.stream("GET", entry.url, headers=headers) as probe,
+              self.stop.reading(probe, entry.relative_path)):
+            return _announced_total(probe) if probe.status_code == 206 else None
 
     @staticmethod
     def _check_status(entry: ManifestEntry, response: httpx.Response, offset: int, sink: FileSink) -> None:

@@ -513,6 +513,46 @@ def test_held_bytes_covering_a_file_the_manifest_gives_no_size_for_are_verified_
     assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == source_bytes(demo_source, entry)
 
 
+SIZELESS = bytes(range(256)) * 400
+
+
+def sizeless_entry(plain_server: PlainServer, path: str) -> ManifestEntry:
+    """`SIZELESS` served at `path` as S3 and moto serve it: a 416 without the size; the manifest gives no size."""
+    plain_server.serve(path, SIZELESS, total_in_416=False)
+    return ManifestEntry("cubercnn", "seq_000", "sizeless.tar", plain_server.url(path),
+                         sha1=hashlib.sha1(SIZELESS).hexdigest())
+
+
+def test_held_bytes_of_a_file_without_a_size_are_verified_not_fetched_again_after_a_416_without_the_size(
+    plain_server: PlainServer, tmp_path: Path
+) -> None:
+    """Neither the manifest nor the 416 tells the held bytes are the whole file: a one-byte range's answer does."""
+    entry = sizeless_entry(plain_server, "/sizeless.tar")
+    hold(tmp_path, entry, SIZELESS)
+
+    report = download_entries([entry], folders(tmp_path), FAST)
+
+    assert [(r.range_header, r.status) for r in plain_server.requests] == [
+        (f"bytes={len(SIZELESS)}-", 416), ("bytes=0-0", 206)]
+    assert plain_server.body_bytes_sent("/sizeless.tar") == 1
+    assert report.results[0].status == "resumed"
+    assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == SIZELESS
+
+
+def test_held_bytes_as_long_as_a_file_without_a_size_but_failing_its_sha1_are_fetched_again_after_a_416(
+    plain_server: PlainServer, tmp_path: Path
+) -> None:
+    entry = sizeless_entry(plain_server, "/sizeless.tar")
+    hold(tmp_path, entry, b"\xff" * len(SIZELESS))
+
+    report = download_entries([entry], folders(tmp_path), FAST)
+
+    assert [(r.range_header, r.status) for r in plain_server.requests] == [
+        (f"bytes={len(SIZELESS)}-", 416), ("bytes=0-0", 206), (None, 200)]
+    assert report.results[0].status == "downloaded"
+    assert (tmp_path / "cubercnn" / entry.relative_path).read_bytes() == SIZELESS
+
+
 def test_a_garbled_resume_sidecar_is_ignored_and_the_download_completes(
     demo_server: DemoServer, demo_source: Path, tmp_path: Path
 ) -> None:
