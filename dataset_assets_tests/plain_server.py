@@ -39,7 +39,7 @@ class _Script:
     """What the server serves and the faults armed on it; `lock` guards every field."""
 
     files: dict[str, tuple[bytes, str, bool, bool]] = field(default_factory=dict)
-    failures: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    failures: dict[str, list[tuple[int, dict[str, str], bytes]]] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)
     stalls: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (requests to serve first, bytes)
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -61,7 +61,7 @@ class _Handler(BaseHTTPRequestHandler):
             drop = script.drops.pop(self.path, None)
             stall = self._take_stall(script)
         if failure is not None:
-            self._send(failure[0], failure[1], b"scripted failure")
+            self._send(*failure)
         elif served is None:
             self._send(404, {}, b"not found")
         else:
@@ -153,10 +153,11 @@ class PlainServer:
         with self._script.lock:
             self._script.files[path] = (data, last_modified, honour_if_range, total_in_416)
 
-    def fail(self, path: str, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
-        """Answer the next `times` requests for `path` with `status` and `headers`."""
+    def fail(self, path: str, status: int, times: int = 1, headers: dict[str, str] | None = None,
+             body: bytes = b"scripted failure") -> None:
+        """Answer the next `times` requests for `path` with `status`, `headers` and `body`."""
         with self._script.lock:
-            self._script.failures.setdefault(path, []).extend([(status, dict(headers or {}))] * times)
+            self._script.failures.setdefault(path, []).extend([(status, dict(headers or {}), body)] * times)
 
     def drop_after(self, path: str, nbytes: int) -> None:
         """Close the connection after `nbytes` of the next body sent for `path`."""

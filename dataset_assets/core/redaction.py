@@ -2,7 +2,8 @@
 
 Signed URLs carry their credential in the query string, so every query string is treated as
 secret: `https://h/p?Expires=1&Signature=abc` becomes `https://h/p?<redacted>`. User info in
-the authority (`https://user:pass@h`) is dropped the same way.
+the authority (`https://user:pass@h`) is dropped the same way. Servers may quote request headers
+in their errors, so an `Authorization` value and a `Bearer` token are secret too.
 """
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ _SECRET_ASSIGNMENT = re.compile(
     r"(?i)(?<![a-z0-9])(aws_secret_access_key|aws_session_token|secret|token|password|signature|sig)"
     r"(['\"]?\s*[=:]\s*(?:b(?=['\"]))?['\"]?)[A-Za-z0-9/+=%._-]{6,}"
 )
+
+# An Authorization value is a scheme and credentials that may hold spaces, commas and escaped quotes (Digest, AWS
+# SigV4): it goes whole, to its closing quote or the end of its line. A bearer token without the header name goes too.
+_AUTHORIZATION = re.compile(
+    r"(?i)(?<![a-z0-9-])((?:proxy-)?authorization['\"]?\s*[=:]\s*(?:b(?=['\"]))?['\"]?)(?:\\.|[^'\"\\\r\n])+")
+_BEARER = re.compile(r"(?i)(?<![a-z0-9])(bearer\s+)[A-Za-z0-9._~+/=-]{6,}")
 
 
 def may_be_signed(url: str) -> bool:
@@ -64,11 +71,14 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """Redact every URL, every request target's query and every `token=...`-like assignment in free text."""
+    """Redact every URL, every request target's query, every `token=...`-like assignment and every Authorization
+    value or bearer token in free text."""
     redacted = _URL_IN_TEXT.sub(lambda m: m.group("prefix") + redact_url(m.group("url")), text)
     redacted = _TARGET_QUERY.sub(lambda m: f"{m.group('path')}?{REDACTED}" if m.group("query") else m.group(0),
                                  redacted)
-    return _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", redacted)
+    redacted = _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", redacted)
+    redacted = _AUTHORIZATION.sub(lambda m: f"{m.group(1)}{REDACTED}", redacted)
+    return _BEARER.sub(lambda m: f"{m.group(1)}{REDACTED}", redacted)
 
 
 class RedactingFilter(logging.Filter):
@@ -95,5 +105,5 @@ def get_logger(name: str) -> logging.Logger:
 
 
 for _third_party in ("httpx", "httpcore", "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry",
-                     "botocore.endpoint", "botocore.auth"):
+                     "botocore.endpoint", "botocore.auth", "botocore.parsers"):
     get_logger(_third_party)

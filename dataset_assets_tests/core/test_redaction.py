@@ -11,6 +11,8 @@ import pytest
 
 from dataset_assets.core.manifest import ManifestEntry
 from dataset_assets.core.redaction import get_logger, redact_text, redact_url
+from dataset_assets.core.s3 import S3Destination, S3Url, make_s3_client
+from dataset_assets.core.storage import StorageError
 from dataset_assets.core.transfer import TransferError, TransferSettings, download_entries
 from dataset_assets_tests import s3_fixtures
 from dataset_assets_tests.plain_server import PlainServer
@@ -89,7 +91,7 @@ def test_s3_client_debug_logs_keep_credentials_and_signatures_out(
 
     assert "x-amz-security-token" in caplog.text.lower()
     assert "SESSIONTOKEN1234567" not in caplog.text and "SECRETKEY1234567" not in caplog.text
-    assert "Signature=<redacted>" in caplog.text
+    assert "'Authorization': b'<redacted>'" in caplog.text  # SigV4's Signature= and all the rest of the value
 
 
 @pytest.mark.parametrize("secret_part", ["user:pa(ss)word@", "user:it's-a-secret@"], ids=["paren", "quote"])
@@ -115,3 +117,37 @@ def test_a_secret_value_starting_with_b_is_redacted_whole_and_bytes_reprs_still_
     """botocore's hex signatures start with `b` one time in 16; only `b'` or `b"` opens a bytes repr."""
     assert redact_text("Signature=b1e0c3d2a4f5") == "Signature=<redacted>"
     assert redact_text("{'X-Amz-Security-Token': b'bTOKEN123456'}") == "{'X-Amz-Security-Token': b'<redacted>'}"
+
+
+def test_authorization_values_and_bearer_tokens_a_server_quotes_are_redacted() -> None:
+    texts = ["rejected Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.SECRET1 (expired)",
+             "{'Authorization': 'Basic dXNlcjpTRUNSRVQy', 'Accept': '*/*'}",
+             '{"proxy-authorization": "Digest username=\\"u\\", response=\\"SECRET3\\""}',
+             "invalid token in header: bearer SECRET4abcdef"]
+    redacted = [redact_text(text) for text in texts]
+
+    assert redacted[0] == "rejected Authorization: <redacted>"
+    assert redacted[1] == "{'Authorization': '<redacted>', 'Accept': '*/*'}"
+    assert redacted[3] == "invalid token in header: bearer <redacted>"
+    for secret in ("SECRET1", "dXNlcjpTRUNSRVQy", "SECRET3", "SECRET4"):
+        assert not any(secret in text for text in redacted)
+    assert redact_text("Authorization failed; a bearer of bad news") == "Authorization failed; a bearer of bad news"
+
+
+def test_an_s3_error_quoting_the_request_authorization_reaches_errors_and_logs_redacted(
+    plain_server: PlainServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An S3-compatible server (or a proxy before it) may echo the request's Authorization header in its message;
+    botocore puts that message in the error and logs the whole response body at DEBUG."""
+    for name, value in s3_fixtures.DUMMY_AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    message = b"<Error><Code>AccessDenied</Code><Message>token rejected: Authorization: Bearer BEARERSECRET123" \
+              b"</Message></Error>"
+    plain_server.fail("/bucket/seq_000/a.tar", 403, headers={"Content-Type": "application/xml"}, body=message)
+    destination = S3Destination(make_s3_client(plain_server.url("")), S3Url("bucket"))
+
+    with caplog.at_level(logging.DEBUG), pytest.raises(StorageError) as raised:
+        destination.call("get_object", "seq_000/a.tar")
+
+    assert "token rejected: Authorization: <redacted>" in str(raised.value)
+    assert "Response body" in caplog.text and "BEARERSECRET123" not in caplog.text
