@@ -1,15 +1,19 @@
 """`dataset-assets download`: ATEK flags and outputs, run in-process and as a killed or interrupted subprocess."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -399,6 +403,50 @@ def test_ctrl_c_while_a_server_is_silent_mid_body_exits_130_at_once_and_a_rerun_
     assert (out / "seq_000" / "shards-0000.tar").read_bytes() == data
     assert plain_server.body_bytes_sent(path) == len(data)
     assert plain_server.requests[-1].range_header == f"bytes={cut}-"
+
+
+@contextlib.contextmanager
+def server_that_never_answers() -> Iterator[tuple[str, list[socket.socket]]]:
+    """The base URL of a loopback TCP server that accepts connections but reads and answers nothing, and the
+    connections it holds."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", held
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+
+
+def test_a_second_ctrl_c_quits_at_once_while_a_server_never_answers_and_a_rerun_completes(
+    plain_server: PlainServer, tmp_path: Path
+) -> None:
+    """No response to interrupt: the orderly stop would wait for the 60 s read timeout; a second Ctrl-C does not."""
+    path, data = "/seq_000/shards-0000.tar", os.urandom(10_000)
+    manifest_path, out = tmp_path / "manifest.json", tmp_path / "out"
+    with server_that_never_answers() as (silent, connections):
+        manifest_path.write_bytes(one_file_manifest(data, silent + path))
+        ended = interrupt_cli(download_args(manifest_path, out, "--download-wds-to-local"),
+                              [(lambda: bool(connections), "a connection to the silent server")],
+                              again_after="Ctrl-C again quits at once")
+
+    assert ended.seconds_to_exit < 10
+    assert ended.returncode == 130, ended.stderr
+    assert "quitting now; run the same command again to resume" in ended.stderr
+    assert "Traceback" not in ended.stderr
+
+    plain_server.serve(path, data)
+    manifest_path.write_bytes(one_file_manifest(data, plain_server.url(path)))
+    assert main(download_args(manifest_path, out, "--download-wds-to-local")) == 0
+    assert (out / "seq_000" / "shards-0000.tar").read_bytes() == data
 
 
 def test_ctrl_c_while_fresh_links_are_fetched_from_a_silent_manifest_server_exits_130_at_once(

@@ -9,12 +9,16 @@ split is downloaded, resumed and verified into `--output-folder-path` (or stream
 verified files as `<sequence>/<file>`. A summary says what was downloaded, resumed, skipped and
 what failed and why; the exit status is 1 if any file failed (or, with an S3 destination, the YAMLs
 could not be put beside the files), 2 on bad input. Ctrl-C stops the files in flight, keeping their
-bytes for the next run, prints the summary without writing the YAMLs, and exits with status 130.
+bytes for the next run, prints the summary without writing the YAMLs, and exits with status 130. A
+second Ctrl-C quits at once (status 130): for a server that holds a connection without answering,
+which the orderly stop would wait for until the read timeout. What is on disk then is what a killed
+run leaves, and the same command resumes from it.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -141,9 +145,20 @@ def _put_beside_files(written: dict[str, Path], destination: Destination) -> boo
 @contextlib.contextmanager
 def _stop_on_ctrl_c() -> Iterator[threading.Event]:
     """Within the block, SIGINT sets the yielded event instead of raising KeyboardInterrupt wherever the main
-    thread happens to be, so the transfer stops in order and still reports what it did."""
+    thread happens to be, so the transfer stops in order and still reports what it did. A second SIGINT
+    ends the process at once: waiting threads cannot be interrupted from Python, and a server that never
+    answers a request would hold the orderly stop until the read timeout."""
     stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop.is_set():
+            print("interrupted again: quitting now; run the same command again to resume", file=sys.stderr,
+                  flush=True)
+            os._exit(130)
+        stop.set()
+        print("stopping the files in flight (Ctrl-C again quits at once)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         yield stop
     finally:
