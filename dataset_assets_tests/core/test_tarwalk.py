@@ -16,17 +16,23 @@ from dataset_assets.core.shards import Compression
 from dataset_assets_tests.core.test_shards import SEQUENCE, reader_outcomes, write_set
 
 
-def _counting_walk(data: bytes) -> tuple[list[tuple[object, object]], list[int]]:
-    """The samples the compiled walker yields over `data`, and the positions it asked Python to parse."""
+def _counting_walk(data: bytes) -> tuple[list[tuple[object, object]], list[int], list[str]]:
+    """The samples the compiled walker yields over `data`, the positions it asked Python to parse, and the
+    zstd blocks it handed over to be expanded."""
     view = memoryview(data)
     asked: list[int] = []
+    blocks: list[str] = []
 
     def slow(position: int, previous: str | None) -> object:
         asked.append(position)
         return shards._member_at(view, "shard.tar", position, previous)
 
-    walked = list(SampleWalker(view, "shard.tar", False, slow, DatasetAssetsError))
-    return walked, asked
+    def expand(name: str, block: memoryview) -> object:
+        blocks.append(name)
+        return shards._block_samples("shard.tar", False, False, name, block)
+
+    walked = list(SampleWalker(view, "shard.tar", False, slow, expand, DatasetAssetsError))
+    return walked, asked, blocks
 
 
 @pytest.mark.parametrize("compression", [None, Compression(block_samples=4)], ids=["plain", "zstd"])
@@ -35,15 +41,12 @@ def test_shards_we_write_are_walked_in_compiled_code_up_to_the_end_block(
     write_set(tmp_path, SEQUENCE, compression=compression)
     data = next(tmp_path.glob("*.tar")).read_bytes()
 
-    walked, asked = _counting_walk(data)
+    walked, asked, blocks = _counting_walk(data)
 
     assert len(asked) == 1  # the end-of-archive block, and nothing before it
     assert data[asked[0]:asked[0] + tarfile.BLOCKSIZE] == b"\0" * tarfile.BLOCKSIZE
-    if compression is None:
-        assert walked == SEQUENCE
-    else:
-        assert all(key is None for key, _ in walked)  # one block item per 4 samples, expanded by the caller
-        assert len(walked) == len(SEQUENCE) // 4
+    assert walked == SEQUENCE
+    assert len(blocks) == (0 if compression is None else len(SEQUENCE) // 4)  # one block per 4 samples
 
 
 def _with_checksum(block: bytearray) -> bytearray:
@@ -100,7 +103,7 @@ def test_a_parser_result_outside_the_buffer_is_refused_before_any_byte_is_read()
     impossible = [("k.bin", "k", "bin", 512, 4096, 4608, False), ("k.bin", "k", "bin", 512, 10, 0, False)]
     for member in impossible:
         with pytest.raises(SystemError, match="impossible member"):
-            list(SampleWalker(view, "x.tar", False, functools.partial(lambda m, *_: m, member),
+            list(SampleWalker(view, "x.tar", False, functools.partial(lambda m, *_: m, member), iter,
                               DatasetAssetsError))
 
 
