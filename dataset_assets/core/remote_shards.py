@@ -24,7 +24,7 @@ from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.redaction import may_be_signed, redact_text, redact_url
 from dataset_assets.core.s3 import make_s3_client
 from dataset_assets.core.tar_lists import URL_SCHEMES, url_scheme
-from dataset_assets.core.transfer import make_client
+from dataset_assets.core.transfer import make_client, range_headers
 
 CHUNK_BYTES = 1 << 20
 RESUME_ATTEMPTS = 3
@@ -108,13 +108,8 @@ def _http_chunks(client: httpx.Client, url: str) -> Iterator[bytes]:
     """A GET response body as chunks, asked for again from the byte reached when the connection drops."""
     received, etag, losses, started = 0, None, _Losses(url), False
     while True:
-        headers = {"Accept-Encoding": "identity"}
-        if received:
-            headers["Range"] = f"bytes={received}-"
-            if etag is not None and not etag.startswith("W/"):
-                headers["If-Range"] = etag
         try:
-            with client.stream("GET", url, headers=headers) as response:
+            with client.stream("GET", url, headers=range_headers(received, etag)) as response:
                 if not received:
                     if response.status_code != 200:
                         raise _status_error(url, response.status_code)

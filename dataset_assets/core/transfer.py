@@ -478,6 +478,20 @@ def _validator(response: httpx.Response) -> str | None:
     return response.headers.get("ETag") or response.headers.get("Last-Modified")
 
 
+def range_headers(first: int, validator: str | None, last: int | None = None) -> dict[str, str]:
+    """Request headers for bytes `first` to `last` (the end if None) of a file, the whole file without a Range.
+
+    Identity encoding, since byte offsets must mean bytes of the file itself; If-Range with a strong
+    validator of the bytes already held, so that a file changed meanwhile is answered whole, not spliced.
+    """
+    headers = {"Accept-Encoding": "identity"}
+    if first or last is not None:
+        headers["Range"] = f"bytes={first}-{'' if last is None else last}"
+        if validator and not validator.startswith("W/"):
+            headers["If-Range"] = validator
+    return headers
+
+
 def _announced_total(response: httpx.Response) -> int | None:
     """The full size the server announces: Content-Range's `/total` for 206 and 416, Content-Length for 200."""
     if response.status_code in (206, 416):
@@ -653,13 +667,7 @@ class _Engine:
         range's size), so the rest is still to be asked for."""
         entry, sink = job.entry, job.sink
         offset = sink.held
-        # Identity encoding: byte offsets in Range and in the held bytes must mean bytes of the file itself.
-        headers = {"Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-            if sink.validator and not sink.validator.startswith("W/"):
-                headers["If-Range"] = sink.validator
-        with (self._client.stream("GET", entry.url, headers=headers) as response,
+        with (self._client.stream("GET", entry.url, headers=range_headers(offset, sink.validator)) as response,
               self.stop.reading(response, entry.relative_path)):
             if response.status_code == 416 and offset and self._total_size(job, response) == offset:
                 return False  # the held bytes already are the whole file (a manifest without its size): verify them
@@ -694,11 +702,8 @@ class _Engine:
         total = _announced_total(unsatisfiable)
         if total is not None:
             return total
-        entry, validator = job.entry, job.sink.validator
-        headers = {"Accept-Encoding": "identity", "Range": "bytes=0-0"}
-        if validator and not validator.startswith("W/"):
-            headers["If-Range"] = validator
-        with (self._client.stream("GET", entry.url, headers=headers) as probe,
+        entry = job.entry
+        with (self._client.stream("GET", entry.url, headers=range_headers(0, job.sink.validator, last=0)) as probe,
               self.stop.reading(probe, entry.relative_path)):
             return _announced_total(probe) if probe.status_code == 206 else None
 
