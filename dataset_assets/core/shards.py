@@ -792,8 +792,7 @@ def _stream_samples(members: Iterable[tuple[str, bytes]], archive: str) -> Itera
             if key is not None:
                 yield key, sample
             key, sample = None, {}
-            where = f"{archive}:{name}"
-            yield from _buffer_samples(decompress_block(data, where), where, False, in_block=True)  # type: ignore[misc]
+            yield from _block_samples(archive, False, False, name, data)  # type: ignore[misc]
             continue
         member_key, extension = split
         if member_key != key:
@@ -886,9 +885,9 @@ def _buffer_samples(buffer: Buffer, archive: str, views: bool, in_block: bool = 
     return SampleWalker(view, archive, views, slow, expand, DatasetAssetsError)
 
 
-def _block_samples(archive: str, views: bool, in_block: bool, name: str, data: memoryview
+def _block_samples(archive: str, views: bool, in_block: bool, name: str, data: bytes | memoryview
                    ) -> Iterator[tuple[str, dict[str, MemberData]]]:
-    """The samples of the zstd block member `name` of `archive`."""
+    """The samples of the zstd block member `name` of `archive` (itself inside a block if `in_block`)."""
     if in_block:
         raise UnsafeArchiveError(archive, name, "nested zstd blocks are not allowed")
     where = f"{archive}:{name}"
