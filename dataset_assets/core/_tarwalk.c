@@ -87,14 +87,10 @@ static int octal_field(const unsigned char *field, Py_ssize_t digits, Py_ssize_t
     return 1;
 }
 
-static int is_block_name(const unsigned char *name, Py_ssize_t length)
+/* Whether the basename `base[:length]` (what follows a member name's last slash) names a zstd block. */
+static int is_block_name(const unsigned char *base, Py_ssize_t length)
 {
-    const unsigned char *slash = NULL;
-    for (Py_ssize_t i = 0; i < length; i++)
-        if (name[i] == '/')
-            slash = name + i;
-    const unsigned char *base = slash ? slash + 1 : name;
-    Py_ssize_t digits = name + length - base - BLOCK_PREFIX_BYTES - BLOCK_SUFFIX_BYTES;
+    Py_ssize_t digits = length - BLOCK_PREFIX_BYTES - BLOCK_SUFFIX_BYTES;
     if (digits < BLOCK_DIGITS || memcmp(base, BLOCK_PREFIX, BLOCK_PREFIX_BYTES) != 0)
         return 0;
     for (Py_ssize_t i = 0; i < digits; i++)
@@ -193,7 +189,7 @@ static int fast_member(Walker *self, Py_ssize_t position, Member *member)
     member->data_start = position + BLOCK;
     member->size = size;
     member->next = position + BLOCK + padded;
-    member->is_block = is_block_name(header, length);
+    member->is_block = is_block_name(header + base, length - base);
     /* Headers lie a member apart, too far for the hardware prefetcher: without this, loading each
      * header from memory was most of the time per member for 4 KiB members. */
     if (end - member->next >= BLOCK)
