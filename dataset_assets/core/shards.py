@@ -50,6 +50,7 @@ import zstandard
 
 from dataset_assets.core import storage
 from dataset_assets.core._tarwalk import SampleWalker
+from dataset_assets.core.aligned_writes import AlignedFile
 from dataset_assets.core.errors import DatasetAssetsError, UnsafeArchiveError
 from dataset_assets.core.index import (
     INDEX_FILE,
@@ -79,7 +80,6 @@ BLOCK_NAME = re.compile(r"zstd-block-\d{6,}\.tar\.zst")  # 6 digits, more from t
 MAX_BLOCK_BYTES = 1 << 30
 MAX_STREAMED_MEMBER_BYTES = 1 << 30
 SKIP_READ_BYTES = 1 << 20
-WRITE_BUFFER_BYTES = 1 << 20
 SMALL_MEMBER_BYTES = 1 << 16
 SPAN_READ_BYTES = 1 << 16
 # Member names webdataset skips, as metadata, without a word: `__name__`, and anything below `__name__/`.
@@ -186,7 +186,7 @@ def _member_bytes(key: str, extension: str, data: object) -> MemberData:
 class _TarBuilder:
     """Appends deterministic members to a byte sink, recording where each member's data starts."""
 
-    def __init__(self, sink: BinaryIO, hashing: bool) -> None:
+    def __init__(self, sink: BinaryIO | AlignedFile, hashing: bool) -> None:
         self.sink = sink
         self.size = 0
         self.sha256 = hashlib.sha256() if hashing else None
@@ -267,7 +267,7 @@ class ShardWriter:
         self._pending_bytes = 0
         self._pending_tar_bytes = 0
         self._keys: set[str] = set()
-        self._file: BinaryIO | None = None
+        self._file: AlignedFile | None = None
         self._tar: _TarBuilder | None = None
         self._samples_in_shard = 0
         self._name = ""
@@ -281,7 +281,7 @@ class ShardWriter:
         self._name = self.pattern.format(index=self.start + len(self.shards))
         path = self.folder / self._name
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "wb", buffering=WRITE_BUFFER_BYTES)
+        self._file = AlignedFile(path)
         self._tar = _TarBuilder(self._file, hashing=True)
         self._samples_in_shard = 0
 
