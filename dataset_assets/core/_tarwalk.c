@@ -1,9 +1,10 @@
 /* The hot loop of reading a local shard: walk the tar headers of a buffer and group members into samples.
  *
- * `SampleWalker(view, archive, views, slow, expand, error)` iterates `(key, {extension: data})` over the tar
- * in `view` (a C-contiguous memoryview), data being `bytes` copies or, with `views`, memoryview slices of
- * `view`. A zstd block member is handed to `expand(name, data)`, data a slice of `view`, and the samples of
- * the iterator it returns are yielded in its place: no Python frame runs per sample of a plain shard.
+ * `SampleWalker(view, archive, views, slow, expand, error, tag=None)` iterates `(key, {extension: data})`
+ * over the tar in `view` (a C-contiguous memoryview), data being `bytes` copies or, with `views`, memoryview
+ * slices of `view`; given a `tag`, it iterates `(tag, key, {extension: data})`. A zstd block member is handed
+ * to `expand(name, data)`, data a slice of `view`, and the `(key, sample)` items of the iterator it returns
+ * are yielded in its place: no Python frame runs per sample of a plain shard.
  *
  * Only the common member is handled here: a ustar header of a regular file ('0') whose fields are as tar
  * writes them (octal digits, NUL/space terminators), whose byte sum matches its checksum exactly, with no
@@ -39,6 +40,7 @@ typedef struct {
     PyObject *slow;
     PyObject *expand;
     PyObject *error;
+    PyObject *tag;  /* NULL: items are (key, sample) */
     int views;
     int done;
     Py_ssize_t position;
@@ -276,10 +278,11 @@ static PyObject *member_name(Walker *self, Member *member)
     return PyUnicode_FromStringAndSize((const char *)self->buffer.buf + member->name_start, member->name_length);
 }
 
-/* Hand over the sample being grouped as `(key, sample)`. */
+/* Hand over the sample being grouped as `(key, sample)` or `(tag, key, sample)`. */
 static PyObject *take_sample(Walker *self)
 {
-    PyObject *item = PyTuple_Pack(2, self->key, self->sample);
+    PyObject *item = self->tag != NULL ? PyTuple_Pack(3, self->tag, self->key, self->sample)
+                                       : PyTuple_Pack(2, self->key, self->sample);
     Py_CLEAR(self->key);
     Py_CLEAR(self->sample);
     return item;
@@ -314,9 +317,19 @@ static PyObject *expand_block(Walker *self, Member *member)
 static PyObject *next_block_sample(Walker *self)
 {
     PyObject *item = PyIter_Next(self->block_samples);
-    if (item == NULL)
+    if (item == NULL) {
         Py_CLEAR(self->block_samples);
-    return item;
+        return NULL;
+    }
+    if (self->tag == NULL)
+        return item;
+    PyObject *tagged = NULL;
+    if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2)
+        tagged = PyTuple_Pack(3, self->tag, PyTuple_GET_ITEM(item, 0), PyTuple_GET_ITEM(item, 1));
+    else
+        PyErr_Format(PyExc_SystemError, "expand must yield (key, sample) pairs, not %R", item);
+    Py_DECREF(item);
+    return tagged;
 }
 
 /* Add a member to the sample being grouped, or start a new sample with it and hand over the finished
@@ -400,11 +413,11 @@ static PyObject *walker_next(Walker *self)
 
 static int walker_init(Walker *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"view", "archive", "views", "slow", "expand", "error", NULL};
-    PyObject *view, *archive, *slow, *expand, *error;
+    static char *keywords[] = {"view", "archive", "views", "slow", "expand", "error", "tag", NULL};
+    PyObject *view, *archive, *slow, *expand, *error, *tag = Py_None;
     int views;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!UpOOO", keywords, &PyMemoryView_Type, &view, &archive,
-                                     &views, &slow, &expand, &error))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!UpOOO|O", keywords, &PyMemoryView_Type, &view, &archive,
+                                     &views, &slow, &expand, &error, &tag))
         return -1;
     if (self->have_buffer) {
         PyErr_SetString(PyExc_TypeError, "SampleWalker is initialised once");
@@ -418,6 +431,7 @@ static int walker_init(Walker *self, PyObject *args, PyObject *kwargs)
     self->slow = Py_NewRef(slow);
     self->expand = Py_NewRef(expand);
     self->error = Py_NewRef(error);
+    self->tag = tag == Py_None ? NULL : Py_NewRef(tag);
     self->views = views;
     self->previous_start = -1;
     return 0;
@@ -430,6 +444,7 @@ static int walker_traverse(Walker *self, visitproc visit, void *arg)
     Py_VISIT(self->slow);
     Py_VISIT(self->expand);
     Py_VISIT(self->error);
+    Py_VISIT(self->tag);
     Py_VISIT(self->previous);
     Py_VISIT(self->key);
     Py_VISIT(self->sample);
@@ -450,6 +465,7 @@ static int walker_clear(Walker *self)
     Py_CLEAR(self->slow);
     Py_CLEAR(self->expand);
     Py_CLEAR(self->error);
+    Py_CLEAR(self->tag);
     Py_CLEAR(self->previous);
     Py_CLEAR(self->key);
     Py_CLEAR(self->sample);
@@ -472,7 +488,8 @@ static PyTypeObject WalkerType = {
     .tp_name = "dataset_assets.core._tarwalk.SampleWalker",
     .tp_basicsize = sizeof(Walker),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = PyDoc_STR("Iterate (key, {extension: data}) over the tar in a memoryview; see the module source."),
+    .tp_doc = PyDoc_STR("Iterate (key, {extension: data}), or (tag, key, {extension: data}), over the tar in a "
+                        "memoryview; see the module source."),
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)walker_init,
     .tp_traverse = (traverseproc)walker_traverse,

@@ -13,6 +13,7 @@ Nothing is ever unpickled or `torch.load`-ed, whatever a shard contains.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import multiprocessing
 import operator
@@ -30,7 +31,7 @@ from dataset_assets.core.index import INDEX_FILE, Block, IndexEntry, Member, rea
 from dataset_assets.core.preprocess import check_image_pixels
 from dataset_assets.core.redaction import redact_text, redact_url
 from dataset_assets.core.remote_shards import open_url
-from dataset_assets.core.shards import SAMPLE_FIELDS, ShardFiles, iter_stream_samples, iter_tar_samples
+from dataset_assets.core.shards import SAMPLE_FIELDS, ShardFiles, iter_shard_samples, iter_stream_samples
 from dataset_assets.core.tar_lists import is_url, load_yaml_and_extract_tar_list, url_scheme
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff"})
@@ -146,6 +147,12 @@ def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
+def _url_samples(url: str) -> Iterator[tuple[str, str, RawSample]]:
+    with open_url(url) as stream:
+        for key, sample in iter_stream_samples(stream, redact_url(url)):
+            yield url, key, sample
+
+
 def _shuffled(samples: Iterator[tuple[str, str, RawSample]], size: int,
               rng: random.Random) -> Iterator[tuple[str, str, RawSample]]:
     """Reservoir-style shuffle buffer: each incoming sample swaps with a random buffered one."""
@@ -238,14 +245,10 @@ class ShardStream(IterableDataset):
 
     def raw_samples(self) -> Iterator[tuple[str, str, RawSample]]:
         """`(shard, key, {extension: data})` of this slot's shards, undecoded and unshuffled."""
-        for tar in self.shards_for_this_worker():
-            if not is_url(tar):
-                for key, sample in iter_tar_samples(Path(tar), self.views):
-                    yield tar, key, sample
-                continue
-            with open_url(tar) as stream:
-                for key, sample in iter_stream_samples(stream, redact_url(tar)):
-                    yield tar, key, sample
+        return itertools.chain.from_iterable(map(self._shard_samples, self.shards_for_this_worker()))
+
+    def _shard_samples(self, tar: str) -> Iterator[tuple[str, str, RawSample]]:
+        return _url_samples(tar) if is_url(tar) else iter_shard_samples(tar, self.views)
 
     def __iter__(self) -> Iterator[object]:
         samples = self.raw_samples()

@@ -869,9 +869,10 @@ def _named_member_at(view: memoryview, archive: str, position: int, previous: st
     return name, data_start, size, position
 
 
-def _buffer_samples(buffer: Buffer, archive: str, views: bool, in_block: bool = False
-                    ) -> Iterator[tuple[str, dict[str, MemberData]]]:
-    """`(key, {extension: data})` of each sample of a tar in memory or mapped, refusing unsafe members.
+def _buffer_samples(buffer: Buffer, archive: str, views: bool, in_block: bool = False, tag: str | None = None
+                    ) -> SampleWalker:
+    """`(key, {extension: data})` of each sample of a tar in memory or mapped, refusing unsafe members;
+    `(tag, key, {extension: data})` given a `tag`.
 
     Member data is a slice of the buffer, copied into its own `bytes` or, with `views`, a zero-copy
     `memoryview`. The header walk and grouping run in compiled code (`_tarwalk`), which hands any
@@ -882,7 +883,7 @@ def _buffer_samples(buffer: Buffer, archive: str, views: bool, in_block: bool = 
     view = memoryview(buffer)
     slow = functools.partial(_member_at, view, archive)
     expand = functools.partial(_block_samples, archive, views, in_block)
-    return SampleWalker(view, archive, views, slow, expand, DatasetAssetsError)
+    return SampleWalker(view, archive, views, slow, expand, DatasetAssetsError, tag=tag)
 
 
 def _block_samples(archive: str, views: bool, in_block: bool, name: str, data: bytes | memoryview
@@ -936,6 +937,15 @@ def iter_tar_samples(path: Path, views: bool = False) -> Iterator[tuple[str, dic
     """
     mapping = map_shard(path)
     return iter(()) if mapping is None else _buffer_samples(mapping, str(path), views)
+
+
+def iter_shard_samples(shard: str, views: bool = False) -> Iterator[tuple[str, str, dict[str, MemberData]]]:
+    """`(shard, key, {extension: data})` of each sample of the local shard `shard`, as `iter_tar_samples`
+    reads them. The compiled walk puts `shard` in each item, where a generator adding it would cost a
+    Python frame per sample, a tenth of a 4 KiB sample's read (benchmarks/RESULTS.md "Shards")."""
+    path = Path(shard)
+    mapping = map_shard(path)
+    return iter(()) if mapping is None else _buffer_samples(mapping, str(path), views, tag=shard)
 
 
 def count_samples(path: Path) -> int:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tarfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,10 +28,12 @@ from dataset_assets.core.shards import (
     MAX_STREAMED_MEMBER_BYTES,
     SKIP_READ_BYTES,
     Compression,
+    MemberData,
     ShardFiles,
     ShardWriter,
     append_shards,
     count_samples,
+    iter_shard_samples,
     iter_stream_samples,
     iter_tar_members,
     iter_tar_samples,
@@ -311,7 +313,8 @@ def test_samples_before_between_and_after_zstd_blocks_come_out_in_order_from_eve
 
     expected = [("seq_a_f0000", {"jpg": b"0j", "json": b"0"}), ("seq_a_f0001", {"json": b"1"}),
                 ("seq_a_f0002", {"json": b"2"}), ("seq_a_f0004", {"json": b"4"}), ("seq_a_f0004", {"jpg": b"4j"})]
-    assert outcomes == {reader: ("samples", expected) for reader in ("mapped bytes", "mapped views", "stream")}
+    readers = ("mapped bytes", "mapped views", "mapped, tagged", "stream")
+    assert outcomes == {reader: ("samples", expected) for reader in readers}
     assert count_samples(shard) == len(expected)
 
 
@@ -390,6 +393,7 @@ def reader_outcomes(path: Path, data: bytes) -> dict[str, Outcome]:
     readers = {
         "mapped bytes": lambda: iter_tar_samples(path),
         "mapped views": lambda: iter_tar_samples(path, views=True),
+        "mapped, tagged": lambda: _untagged(str(path)),
         "stream": lambda: iter_stream_samples(io.BytesIO(data), str(path)),
     }
     outcomes: dict[str, Outcome] = {}
@@ -400,6 +404,13 @@ def reader_outcomes(path: Path, data: bytes) -> dict[str, Outcome]:
         except DatasetAssetsError as error:
             outcomes[name] = (type(error).__name__, _comparable(str(error)))
     return outcomes
+
+
+def _untagged(shard: str) -> Iterator[tuple[str, dict[str, MemberData]]]:
+    """`iter_shard_samples(shard)` without the tag it puts first, which must be `shard`."""
+    for tag, key, sample in iter_shard_samples(shard):
+        assert tag is shard
+        yield key, sample
 
 
 def _comparable(message: str) -> str:
@@ -958,7 +969,7 @@ def test_extensions_equal_but_for_case_are_one_member_twice_to_every_reader(tmp_
 
     with pytest.raises(ValueError, match="duplicate file name"):
         list(webdataset.WebDataset(str(path), shardshuffle=False, empty_check=False))
-    assert list(reader_outcomes(path, path.read_bytes()).values()) == 3 * [
+    assert list(reader_outcomes(path, path.read_bytes()).values()) == 4 * [
         ("DatasetAssetsError", f"{path}: sample 'k' has member 'jpg' twice")]
 
 

@@ -116,3 +116,28 @@ def test_a_member_twice_in_one_sample_is_refused_by_the_compiled_walk(tmp_path: 
 
     assert set(map(repr, outcomes.values())) == {repr(("DatasetAssetsError",
                                                        f"{tmp_path / 'twice.tar'}: sample 'k' has member 'jpg' twice"))}
+
+
+@pytest.mark.parametrize("views", [False, True], ids=["bytes", "views"])
+@pytest.mark.parametrize("compression", [None, Compression(block_samples=4)], ids=["plain", "zstd"])
+def test_a_tag_comes_first_in_every_sample_of_plain_members_and_of_blocks(
+        tmp_path: Path, compression: Compression | None, views: bool) -> None:
+    write_set(tmp_path, SEQUENCE, compression=compression)
+    shard = str(next(tmp_path.glob("*.tar")))
+
+    tagged = [(tag, key, {ext: bytes(data) for ext, data in sample.items()})
+              for tag, key, sample in shards.iter_shard_samples(shard, views)]
+
+    assert tagged == [(shard, key, sample) for key, sample in SEQUENCE]
+
+
+def test_a_tagging_walker_refuses_block_items_that_are_not_pairs(tmp_path: Path) -> None:
+    write_set(tmp_path, SEQUENCE, compression=Compression(block_samples=4))
+    view = memoryview(next(tmp_path.glob("*.tar")).read_bytes())
+    slow = functools.partial(shards._member_at, view, "shard.tar")
+
+    walker = SampleWalker(view, "shard.tar", False, slow, lambda name, data: iter([("k", {}, "extra")]),
+                          DatasetAssetsError, tag="shard.tar")
+
+    with pytest.raises(SystemError, match="expand must yield"):
+        list(walker)
