@@ -268,7 +268,11 @@ static PyObject *member_key(Walker *self, Member *member)
 {
     if (member->key != NULL)
         return Py_NewRef(member->key);
-    return PyUnicode_FromStringAndSize((const char *)self->buffer.buf + member->name_start, member->key_length);
+    /* the fast path's names are printable ASCII: copied, not decoded */
+    PyObject *key = PyUnicode_New(member->key_length, 127);
+    if (key != NULL)
+        memcpy(PyUnicode_1BYTE_DATA(key), (const char *)self->buffer.buf + member->name_start, member->key_length);
+    return key;
 }
 
 static PyObject *member_name(Walker *self, Member *member)
@@ -338,16 +342,19 @@ static int group(Walker *self, Member *member, PyObject **finished)
 {
     *finished = NULL;
     if (same_key(self, member)) {
-        int present = PyDict_Contains(self->sample, member->extension);
-        if (present > 0)
+        PyObject *data = member_data(self, member);
+        if (data == NULL)
+            return -1;
+        /* one lookup: the sample grows unless it holds the extension already (`data` may be the shared
+         * empty bytes, so identity with the value held tells nothing) */
+        Py_ssize_t before = PyDict_GET_SIZE(self->sample);
+        PyObject *held = PyDict_SetDefault(self->sample, member->extension, data);
+        int added = PyDict_GET_SIZE(self->sample) > before;
+        Py_DECREF(data);
+        if (held != NULL && !added)
             PyErr_Format(self->error, "%U: sample %R has member %R twice", self->archive, self->key,
                          member->extension);
-        if (present != 0)
-            return -1;
-        PyObject *data = member_data(self, member);
-        int failed = data == NULL || PyDict_SetItem(self->sample, member->extension, data) < 0;
-        Py_XDECREF(data);
-        return failed ? -1 : 0;
+        return added ? 0 : -1;
     }
     PyObject *key = member_key(self, member);
     PyObject *data = key == NULL ? NULL : member_data(self, member);
