@@ -57,7 +57,10 @@ def _with_checksum(block: bytearray) -> bytearray:
 
 NAMES = ["seq_a_f0000.jpg", "seq_a_f0000.json", "seq_a_f0001.jpg", "a/b.c.d", "ü.txt", "with space.jpg",
          "x\\y.jpg", "\\abs.jpg", "a\\..\\b.jpg", "../up.jpg", "/abs.jpg", "C:drive.jpg", "a..b.jpg", "noext", "dir/",
-         "zstd-block-000001.tar.zst", "d/zstd-block-12345.tar.zst", "zstd-block-00000a.tar.zst", "n" * 100]
+         "zstd-block-000001.tar.zst", "d/zstd-block-12345.tar.zst", "zstd-block-00000a.tar.zst", "n" * 100,
+         # around the 16-byte chunks the compiled name scan reads: dots, slashes and ends at their edges
+         "a" * 15 + ".jpg", "a" * 15 + "..b.jpg", "dir_long_name_x/k.jpg", "sub/" * 5 + "k.jpg", "k" * 31 + ".jpg",
+         "k" * 95 + ".jpg", "k" * 96 + ".jpg", "k" * 99 + ".", "a" * 14 + "/../k.jpg"]
 SIZE, CHECKSUM_END_AND_TYPE, PREFIX_START = range(124, 136), range(154, 157), range(345, 350)
 # byte values a mutation writes: around every test the fast path makes on a name, type, size or prefix
 VALUES = [0, 0x20, 0x21, ord("."), ord("/"), ord("\\"), ord(":"), ord("0"), ord("7"), ord("8"), ord("x"), 0x7E,
@@ -94,6 +97,23 @@ def test_compiled_walk_and_stream_reader_agree_on_headers_with_valid_checksums(t
         if len({repr(outcome) for outcome in outcomes.values()}) != 1:
             disagreements.append((case, outcomes))
     assert disagreements == []
+
+
+def test_a_member_past_16_mib_is_walked_in_compiled_code_with_its_exact_size() -> None:
+    """Sizes are read eight octal digits at a time: this one has digits set on both sides of that split."""
+    size = 8 ** 8 + 3 * 8 ** 7 + 0o7654321
+    payload = random.Random(3).randbytes(size)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in [("k.bin", payload), ("k.json", b"{}")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+    walked, asked, _ = _counting_walk(buffer.getvalue())
+
+    assert len(asked) == 1  # the end-of-archive block only
+    assert walked == [("k", {"bin": payload, "json": b"{}"})]
 
 
 def test_a_parser_result_outside_the_buffer_is_refused_before_any_byte_is_read() -> None:
