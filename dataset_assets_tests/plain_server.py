@@ -5,8 +5,9 @@ This one serves `files` (URL path -> bytes) with `Last-Modified` and no `ETag`, 
 `bytes=<first>-[<last>]` range and an `If-Range` date equal to the file's `Last-Modified` (or, scripted,
 ignores If-Range), answers a range past the end 416 with the size in `Content-Range` (or, as S3 and
 moto do, without it), and answers a path with scripted statuses and headers (`fail`), cuts its
-next body short (`drop_after`) or goes silent partway through it (`stall_after`). It
-records each request and counts body bytes written per path, so tests assert what was fetched.
+next body short (`drop_after`), goes silent partway through it (`stall_after`) or reads its next
+request and never answers it (`never_answer`). It records each request (those left unanswered
+apart) and counts body bytes written per path, so tests assert what was fetched.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ class _Script:
     failures: dict[str, list[tuple[int, dict[str, str], bytes]]] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)
     stalls: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (requests to serve first, bytes)
+    silences: set[str] = field(default_factory=set)
+    unanswered: list[str] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
     requests: list[PlainRequest] = field(default_factory=list)
     body_bytes: dict[str, int] = field(default_factory=dict)
@@ -60,7 +63,14 @@ class _Handler(BaseHTTPRequestHandler):
             served = script.files.get(self.path)
             drop = script.drops.pop(self.path, None)
             stall = self._take_stall(script)
-        if failure is not None:
+            silent = self.path in script.silences
+            script.silences.discard(self.path)
+            if silent:
+                script.unanswered.append(self.path)
+        if silent:
+            script.stopping.wait()
+            self.close_connection = True
+        elif failure is not None:
             self._send(*failure)
         elif served is None:
             self._send(404, {}, b"not found")
@@ -170,10 +180,22 @@ class PlainServer:
         with self._script.lock:
             self._script.stalls[path] = (after_requests, nbytes)
 
+    def never_answer(self, path: str) -> None:
+        """Read the next request for `path` and send nothing, not even a status line, the connection kept open,
+        until the server stops: a server that accepts a request and hangs before its response's headers."""
+        with self._script.lock:
+            self._script.silences.add(path)
+
     @property
     def requests(self) -> list[PlainRequest]:
         with self._script.lock:
             return list(self._script.requests)
+
+    @property
+    def unanswered(self) -> list[str]:
+        """The paths of the requests received and left unanswered (`never_answer`), in order."""
+        with self._script.lock:
+            return list(self._script.unanswered)
 
     def body_bytes_sent(self, path: str) -> int:
         """Bytes of 2xx bodies written for `path` so far."""
