@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -405,37 +404,56 @@ def test_ctrl_c_while_a_server_is_silent_mid_body_exits_130_at_once_and_a_rerun_
     assert plain_server.requests[-1].range_header == f"bytes={cut}-"
 
 
-@contextlib.contextmanager
-def server_that_never_answers() -> Iterator[tuple[str, list[socket.socket]]]:
-    """The base URL of a loopback TCP server that accepts connections but reads and answers nothing, and the
-    connections it holds."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                held.append(listener.accept()[0])
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}", held
-    finally:
-        listener.close()
-        for connection in held:
-            connection.close()
-
-
-def test_a_second_ctrl_c_quits_at_once_while_a_server_never_answers_and_a_rerun_completes(
+def test_ctrl_c_while_a_server_never_answers_the_request_exits_130_at_once_and_a_rerun_completes(
     plain_server: PlainServer, tmp_path: Path
 ) -> None:
-    """No response to interrupt: the orderly stop would wait for the 60 s read timeout; a second Ctrl-C does not."""
+    """The server reads the request and sends no status line: the stop ends the wait for the response's headers,
+    which would otherwise last the 60 s read timeout."""
+    path, data = "/seq_000/shards-0000.tar", os.urandom(10_000)
+    plain_server.serve(path, data)
+    plain_server.never_answer(path)
+    manifest_path, out = tmp_path / "manifest.json", tmp_path / "out"
+    manifest_path.write_bytes(one_file_manifest(data, plain_server.url(path)))
+
+    ended = interrupt_cli(download_args(manifest_path, out, "--download-wds-to-local"),
+                          [(lambda: plain_server.unanswered == [path], "the request held by the server")])
+
+    assert ended.seconds_to_exit < 10  # not the 60 s read timeout: a loaded machine has margin
+    assert ended.returncode == 130, ended.stderr
+    assert "Traceback" not in ended.stderr and "quitting now" not in ended.stderr
+    assert "0 failed, 1 interrupted" in ended.stdout
+
+    assert main(download_args(manifest_path, out, "--download-wds-to-local")) == 0
+    assert (out / "seq_000" / "shards-0000.tar").read_bytes() == data
+
+
+@contextlib.contextmanager
+def server_that_never_accepts() -> Iterator[int]:
+    """The port of a loopback listener whose accept queue is full: Linux drops the SYN of every further connect,
+    which then hangs until its timeout."""
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):
+            yield port
+
+
+def connecting_to(port: int) -> bool:
+    """Whether a socket on this machine is sending its SYN to 127.0.0.1:`port` (state 02 in /proc/net/tcp)."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(row.split()[2] == f"0100007F:{port:04X}" and row.split()[3] == "02" for row in rows)
+
+
+def test_a_second_ctrl_c_quits_at_once_while_a_connect_hangs_and_a_rerun_completes(
+    plain_server: PlainServer, tmp_path: Path
+) -> None:
+    """A connect has no socket for the stop to shut: the orderly stop would wait for the 60 s connect timeout;
+    a second Ctrl-C does not."""
     path, data = "/seq_000/shards-0000.tar", os.urandom(10_000)
     manifest_path, out = tmp_path / "manifest.json", tmp_path / "out"
-    with server_that_never_answers() as (silent, connections):
-        manifest_path.write_bytes(one_file_manifest(data, silent + path))
+    with server_that_never_accepts() as port:
+        manifest_path.write_bytes(one_file_manifest(data, f"http://127.0.0.1:{port}{path}"))
         ended = interrupt_cli(download_args(manifest_path, out, "--download-wds-to-local"),
-                              [(lambda: bool(connections), "a connection to the silent server")],
+                              [(lambda: connecting_to(port), "a connect to the full listener")],
                               again_after="Ctrl-C again quits at once")
 
     assert ended.seconds_to_exit < 10

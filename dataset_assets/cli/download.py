@@ -10,8 +10,8 @@ verified files as `<sequence>/<file>`. A summary says what was downloaded, resum
 what failed and why; the exit status is 1 if any file failed (or, with an S3 destination, the YAMLs
 could not be put beside the files), 2 on bad input. Ctrl-C stops the files in flight, keeping their
 bytes for the next run, prints the summary without writing the YAMLs, and exits with status 130. A
-second Ctrl-C quits at once (status 130): for a server that holds a connection without answering,
-which the orderly stop would wait for until the read timeout. What is on disk then is what a killed
+second Ctrl-C quits at once (status 130): for a connect that hangs (a server that never accepts it),
+which the orderly stop would wait for until the connect timeout. What is on disk then is what a killed
 run leaves, and the same command resumes from it.
 """
 from __future__ import annotations
@@ -146,8 +146,8 @@ def _put_beside_files(written: dict[str, Path], destination: Destination) -> boo
 def _stop_on_ctrl_c() -> Iterator[threading.Event]:
     """Within the block, SIGINT sets the yielded event instead of raising KeyboardInterrupt wherever the main
     thread happens to be, so the transfer stops in order and still reports what it did. A second SIGINT
-    ends the process at once: waiting threads cannot be interrupted from Python, and a server that never
-    answers a request would hold the orderly stop until the read timeout."""
+    ends the process at once: a connect that hangs cannot be interrupted from Python, and would hold the
+    orderly stop until the connect timeout."""
     stop = threading.Event()
 
     def on_sigint(signum: int, frame: object) -> None:

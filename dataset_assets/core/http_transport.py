@@ -5,18 +5,24 @@ this spends about a third of the CPU per byte that h11's pure-Python parser does
 seconds per GiB, benchmarks/RESULTS.md "Downloads"). Everything above the wire stays httpx: the
 client API, redirects, content decoding. httpx ignores the environment's proxies for a client given
 a transport, so this transport honours them itself. urllib3's errors become the matching
-`httpx.TransportError`s, so retry policies keep working. Each response carries, as the extension
-`INTERRUPT_READ`, a callable another thread may call to end a read blocked on a silent server at once.
+`httpx.TransportError`s, so retry policies keep working. A request may carry an `Interrupt` as the extension
+`INTERRUPT`: another thread calling it ends at once the request's wait on a silent server, for the response's
+headers or for its body.
 """
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
+import threading
 import urllib.request
 from collections.abc import Iterator
+from contextvars import ContextVar
 from urllib.parse import unquote
 
 import httpx
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import (
     ConnectTimeoutError,
     NewConnectionError,
@@ -27,8 +33,74 @@ from urllib3.exceptions import (
 )
 
 READ_BYTES = 1 << 20
-# The response extension holding a callable that ends a blocked read of the body from another thread.
-INTERRUPT_READ = "interrupt_read"
+# The request extension holding the request's `Interrupt`.
+INTERRUPT = "interrupt"
+
+
+class Interrupt:
+    """Ends one request's waits on its server, from another thread: for the response's headers, then for its body.
+
+    Calling it shuts the socket of the request's connection for reading, so that a read waiting for a silent
+    server returns at once, as a broken connection (closing instead would wait for that read). Called before the
+    request is sent, it ends the wait as soon as the request is; once the body is closed, and its connection
+    perhaps back in the pool for another request, there is nothing left to end. A connect is not ended: it has no
+    socket to shut until it succeeds (then the wait for headers ends) or times out.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._called = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            self._called = True
+            self._shut()
+
+    def attach(self, sock: socket.socket) -> None:
+        """The request waits on `sock` from now on."""
+        with self._lock:
+            self._socket = sock
+            if self._called:
+                self._shut()
+
+    def detach(self) -> None:
+        """The request waits on its socket no more."""
+        with self._lock:
+            self._socket = None
+
+    def _shut(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RD)
+
+
+# The `Interrupt` of the request this thread is sending: urllib3 picks the connection, which hands it its socket.
+_sending: ContextVar[Interrupt] = ContextVar("sending")
+
+
+class _InterruptibleConnection(HTTPConnection):
+    """A connection whose socket the `Interrupt` of the request it sends can shut, once the request is sent."""
+
+    def getresponse(self) -> urllib3.HTTPResponse:
+        if self.sock is not None:
+            _sending.get().attach(self.sock)
+        return super().getresponse()
+
+
+class _InterruptibleHTTPSConnection(_InterruptibleConnection, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _InterruptibleConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _InterruptibleHTTPSConnection
+
+
+_POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 def _as_httpx_error(error: urllib3.exceptions.HTTPError, request: httpx.Request) -> httpx.TransportError:
@@ -51,8 +123,8 @@ def _as_httpx_error(error: urllib3.exceptions.HTTPError, request: httpx.Request)
 class _BodyStream(httpx.SyncByteStream):
     """A response body as it arrives; the connection goes back to the pool only if read to its end."""
 
-    def __init__(self, response: urllib3.HTTPResponse, request: httpx.Request) -> None:
-        self._response, self._request = response, request
+    def __init__(self, response: urllib3.HTTPResponse, request: httpx.Request, interrupt: Interrupt) -> None:
+        self._response, self._request, self._interrupt = response, request, interrupt
         self._finished = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -63,16 +135,8 @@ class _BodyStream(httpx.SyncByteStream):
             raise _as_httpx_error(error, self._request) from error
         self._finished = True
 
-    def interrupt(self) -> None:
-        """Shut the socket for reading, from any thread: a read waiting for a silent server returns now, as a
-        broken connection (closing instead would wait for that read). Once the body is closed or its connection
-        released, there is no read to end."""
-        try:
-            self._response.shutdown()
-        except (ValueError, RuntimeError, OSError):
-            pass
-
     def close(self) -> None:
+        self._interrupt.detach()
         if self._finished:
             self._response.release_conn()
         else:
@@ -83,8 +147,10 @@ def _proxy_manager(proxy_url: str, connections: int, ssl_context: ssl.SSLContext
     """A pool manager sending requests through `proxy_url`, authenticating with the URL's user info if any."""
     auth = urllib3.util.parse_url(proxy_url).auth
     proxy_headers = urllib3.util.make_headers(proxy_basic_auth=unquote(auth)) if auth else None
-    return urllib3.ProxyManager(proxy_url, proxy_headers=proxy_headers, maxsize=connections, ssl_context=ssl_context,
-                                retries=False)
+    manager = urllib3.ProxyManager(proxy_url, proxy_headers=proxy_headers, maxsize=connections,
+                                   ssl_context=ssl_context, retries=False)
+    manager.pool_classes_by_scheme = _POOL_CLASSES
+    return manager
 
 
 class Urllib3Transport(httpx.BaseTransport):
@@ -96,6 +162,7 @@ class Urllib3Transport(httpx.BaseTransport):
 
     def __init__(self, connections: int, ssl_context: ssl.SSLContext) -> None:
         self._pools = urllib3.PoolManager(maxsize=connections, ssl_context=ssl_context, retries=False)
+        self._pools.pool_classes_by_scheme = _POOL_CLASSES
         proxies = urllib.request.getproxies_environment()
         self._proxied = {scheme: _proxy_manager(proxies.get(scheme) or proxies["all"], connections, ssl_context)
                          for scheme in ("http", "https") if proxies.get(scheme) or proxies.get("all")}
@@ -112,16 +179,21 @@ class Urllib3Transport(httpx.BaseTransport):
         headers = urllib3.HTTPHeaderDict()
         for name, value in request.headers.multi_items():
             headers.add(name, value)
+        interrupt = request.extensions.get(INTERRUPT) or Interrupt()
+        sending = _sending.set(interrupt)
         try:
             response = self._manager(request.url).urlopen(
                 request.method, str(request.url), body=request.read() or None,
                 headers=headers, redirect=False, retries=False,
                 preload_content=False, decode_content=False, timeout=timeout)
         except urllib3.exceptions.HTTPError as error:
+            interrupt.detach()
             raise _as_httpx_error(error, request) from error
-        body = _BodyStream(response, request)
-        return httpx.Response(response.status, headers=list(response.headers.items()), stream=body,
-                              extensions={"http_version": b"HTTP/1.1", INTERRUPT_READ: body.interrupt})
+        finally:
+            _sending.reset(sending)
+        return httpx.Response(response.status, headers=list(response.headers.items()),
+                              stream=_BodyStream(response, request, interrupt),
+                              extensions={"http_version": b"HTTP/1.1"})
 
     def close(self) -> None:
         self._pools.clear()

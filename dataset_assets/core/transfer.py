@@ -10,8 +10,9 @@ or whose content changed (its validator, the ETag or else the Last-Modified date
 differ from those the held bytes were fetched under) answers the whole file, or is asked again,
 and the transfer restarts cleanly from byte 0. Size and sha1 are verified (sha256 recorded) before
 the sink publishes atomically, and a file already complete and verified at the destination is
-never fetched again. Stopping (`TransferStop`) ends waits and also reads in flight, so a server gone
-silent mid-body does not hold the stop until the read timeout; the bytes received stay held.
+never fetched again. Stopping (`TransferStop`) ends waits and also requests in flight, so a server that
+never answers a request, or goes silent mid-body, does not hold the stop until the read timeout; the bytes
+received stay held.
 
 Signed links expire: an entry whose URL expiry has passed is not requested, and 401/403/410 is not
 retried; both end in `LinkExpired`, which names the files needing fresh links. An unsigned link (no
@@ -44,7 +45,7 @@ import httpx
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from dataset_assets.core.errors import DatasetAssetsError
-from dataset_assets.core.http_transport import INTERRUPT_READ, Urllib3Transport
+from dataset_assets.core.http_transport import INTERRUPT, Interrupt, Urllib3Transport
 from dataset_assets.core.manifest import (
     MAX_MANIFEST_BYTES,
     ManifestEntry,
@@ -96,52 +97,53 @@ class TransferCancelled(TransferError):
 
 
 class TransferStop:
-    """A transfer's stop: the event that sets it (Ctrl-C, a failing run) and the responses being read meanwhile.
+    """A transfer's stop: the event that sets it (Ctrl-C, a failing run) and the requests in flight meanwhile.
 
-    Setting the event ends waits (backoff, locks) at once, but not a read from a server gone silent, which would
-    block until the read timeout: `interrupt_reads` ends every read within `reading`, which then raises
-    `TransferCancelled`. A transfer nobody stops keeps its full inactivity timeout.
+    Setting the event ends waits (backoff, locks) at once, but not a request waiting on a server that never answers
+    or went silent mid-body, which would block until the read timeout: `interrupt_requests` ends the waits of
+    every request sent with `stream`, which then raises `TransferCancelled`. A transfer nobody stops keeps its
+    full inactivity timeout.
     """
 
     def __init__(self, event: threading.Event | None = None) -> None:
         self.event = event if event is not None else threading.Event()
         self._lock = threading.Lock()
-        self._interrupts: list[Callable[[], None]] = []
+        self._interrupts: list[Interrupt] = []
 
     def is_set(self) -> bool:
         return self.event.is_set()
 
     def set(self) -> None:
         self.event.set()
-        self.interrupt_reads()
+        self.interrupt_requests()
 
-    def interrupt_reads(self) -> None:
-        # Under the lock: a response leaves `reading` (and may then go back to the pool) only after this.
+    def interrupt_requests(self) -> None:
         with self._lock:
             for interrupt in self._interrupts:
                 interrupt()
 
     @contextlib.contextmanager
-    def reading(self, response: httpx.Response, what: str) -> Iterator[None]:
-        """Within the block, stopping ends the read of `response`'s body, raising `TransferCancelled` naming
-        `what`. Bodies of a transport without the `INTERRUPT_READ` extension are read until the timeout."""
-        interrupt = response.extensions.get(INTERRUPT_READ)
-        if interrupt is not None:
-            with self._lock:
-                self._interrupts.append(interrupt)
+    def stream(self, client: httpx.Client, url: str, headers: Mapping[str, str], what: str
+               ) -> Iterator[httpx.Response]:
+        """`client.stream("GET", url, headers=headers)`, ended by stopping from the moment it is sent to the end
+        of the block, with `TransferCancelled` naming `what`. Through a transport that ignores the `INTERRUPT`
+        extension (not `make_client`'s), a silent server holds the stop until the timeout."""
+        interrupt = Interrupt()
+        with self._lock:
+            self._interrupts.append(interrupt)
         try:
-            # Registered first, checked second: a stop set meanwhile is seen here or by its `interrupt_reads`.
+            # Registered first, checked second: a stop set meanwhile is seen here or by its `interrupt_requests`.
             if self.is_set():
                 raise TransferCancelled(f"{what}: cancelled")
-            yield
+            with client.stream("GET", url, headers=headers, extensions={INTERRUPT: interrupt}) as response:
+                yield response
         except httpx.TransportError:
             if not self.is_set():
                 raise
-            raise TransferCancelled(f"{what}: cancelled while reading") from None
+            raise TransferCancelled(f"{what}: cancelled while waiting for the server") from None
         finally:
-            if interrupt is not None:
-                with self._lock:
-                    self._interrupts.remove(interrupt)
+            with self._lock:
+                self._interrupts.remove(interrupt)
 
 
 # Returns a fresh manifest; given the transfer's stop, so that stopping ends its fetch too (`fetch_manifest(stop=)`).
@@ -428,8 +430,7 @@ def fetch_bytes(client: httpx.Client, url: str, settings: TransferSettings = Tra
     def attempt() -> bytes:
         if stop.is_set():
             raise TransferCancelled(f"{url}: cancelled")
-        with (client.stream("GET", url, headers={"Accept-Encoding": "gzip, deflate"}) as response,
-              stop.reading(response, url)):
+        with stop.stream(client, url, {"Accept-Encoding": "gzip, deflate"}, url) as response:
             if response.status_code in RETRYABLE_STATUS:
                 raise RetryableStatus(f"{url}: HTTP {response.status_code}", _retry_after_seconds(response))
             if response.status_code != 200:
@@ -667,8 +668,8 @@ class _Engine:
         range's size), so the rest is still to be asked for."""
         entry, sink = job.entry, job.sink
         offset = sink.held
-        with (self._client.stream("GET", entry.url, headers=range_headers(offset, sink.validator)) as response,
-              self.stop.reading(response, entry.relative_path)):
+        with self.stop.stream(self._client, entry.url, range_headers(offset, sink.validator),
+                              entry.relative_path) as response:
             if response.status_code == 416 and offset and self._total_size(job, response) == offset:
                 return False  # the held bytes already are the whole file (a manifest without its size): verify them
             self._check_status(entry, response, offset, sink)
@@ -703,8 +704,8 @@ class _Engine:
         if total is not None:
             return total
         entry = job.entry
-        with (self._client.stream("GET", entry.url, headers=range_headers(0, job.sink.validator, last=0)) as probe,
-              self.stop.reading(probe, entry.relative_path)):
+        with self.stop.stream(self._client, entry.url, range_headers(0, job.sink.validator, last=0),
+                              entry.relative_path) as probe:
             return _announced_total(probe) if probe.status_code == 206 else None
 
     @staticmethod
@@ -755,15 +756,15 @@ def _as_destination(target: Path | Destination) -> Destination:
 
 
 def _wait_for(futures: list[Future[None]], stop: TransferStop) -> None:
-    """Wait for every file; once `stop` is set (a signal handler only sets the event), end the reads in flight
-    too, again each poll, since a file may start a read just after one."""
+    """Wait for every file; once `stop` is set (a signal handler only sets the event), end the requests in
+    flight too."""
     pending: set[Future[None]] = set(futures)
     while pending:
         done, pending = wait(pending, timeout=STOP_POLL_SECONDS)
         for future in done:
             future.result()
         if stop.is_set():
-            stop.interrupt_reads()
+            stop.interrupt_requests()
 
 
 def transfer_entries(entries: Iterable[ManifestEntry], destinations: Mapping[str, Path | Destination],
@@ -776,7 +777,7 @@ def transfer_entries(entries: Iterable[ManifestEntry], destinations: Mapping[str
     Every file is attempted even when some fail, so verified bytes accumulate; failures are in
     the report, not raised. `refresh` returns a fresh manifest when links expire (see module doc).
     Setting `stop` (say, from a SIGINT handler) ends the transfer in order: files streaming or waiting
-    to retry stop at once (a read a silent server holds, within `STOP_POLL_SECONDS`), keeping their held
+    to retry stop at once (a request a silent server holds, within `STOP_POLL_SECONDS`), keeping their held
     bytes, and the report lists them as interrupted.
     """
     entries = list(entries)

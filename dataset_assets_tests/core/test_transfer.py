@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from dataset_assets.core.storage import FileDigest, LocalDestination
 from dataset_assets.core.transfer import (
     LinkExpired,
     PermanentTransferError,
+    TransferCancelled,
     TransferError,
     TransferSettings,
     download_entries,
@@ -749,6 +751,78 @@ def test_a_server_silent_mid_body_fails_the_file_only_after_the_read_timeout_kee
     assert "ReadTimeout" in report.failures["cubercnn/seq_000/silent.tar"]
     assert report.elapsed_seconds >= settings.timeout_seconds
     assert (tmp_path / "cubercnn" / "seq_000" / "silent.tar.part").read_bytes() == data[:cut]
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s"
+        time.sleep(0.01)
+
+
+def test_stopping_a_transfer_whose_server_never_answers_its_request_ends_it_at_once_and_a_rerun_resumes(
+    plain_server: PlainServer, tmp_path: Path
+) -> None:
+    """The resume request is read and held without a status line: only the stop ends the wait for its headers,
+    long before the 30 s read timeout, and the bytes held before stay for the next run."""
+    path, data, cut = "/hung.tar", os.urandom(50_000), 20_000
+    plain_server.serve(path, data)
+    plain_server.drop_after(path, cut)
+    entry = ManifestEntry("cubercnn", "seq_000", "hung.tar", plain_server.url(path), size=len(data))
+    part = tmp_path / "cubercnn" / "seq_000" / "hung.tar.part"
+    settings = TransferSettings(workers=1, max_attempts=1, timeout_seconds=30)
+    assert transfer_entries([entry], folders(tmp_path), settings).failures
+    assert part.read_bytes() == data[:cut]
+
+    plain_server.never_answer(path)
+    stop = threading.Event()
+    reports: list[transfer.DownloadReport] = []
+    worker = threading.Thread(target=lambda: reports.append(
+        transfer_entries([entry], folders(tmp_path), settings, stop=stop)), daemon=True)
+    worker.start()
+    wait_for(lambda: plain_server.unanswered == [path], "request held by the server")
+    stopped = time.monotonic()
+    stop.set()
+    worker.join(timeout=10)
+
+    assert not worker.is_alive(), "the transfer still waits for the response headers"
+    assert time.monotonic() - stopped < 2
+    assert reports[0].interrupted == ("cubercnn/seq_000/hung.tar",) and not reports[0].failures
+    with pytest.raises(TransferCancelled):
+        reports[0].raise_for_failures()
+    assert part.read_bytes() == data[:cut]
+
+    assert download_entries([entry], folders(tmp_path), settings).count("resumed") == 1
+    assert (tmp_path / "cubercnn" / "seq_000" / "hung.tar").read_bytes() == data
+    assert plain_server.requests[-1].range_header == f"bytes={cut}-"
+
+
+def test_setting_the_stop_of_a_fetch_waiting_for_response_headers_raises_transfer_cancelled_naming_the_url(
+    plain_server: PlainServer
+) -> None:
+    plain_server.serve("/manifest.json", b"{}")
+    plain_server.never_answer("/manifest.json")
+    url, stop = plain_server.url("/manifest.json"), transfer.TransferStop()
+    settings = TransferSettings(max_attempts=1, timeout_seconds=30)
+    errors: list[BaseException] = []
+
+    def fetch() -> None:
+        with transfer.make_client(settings) as client:
+            try:
+                transfer.fetch_bytes(client, url, settings, stop=stop)
+            except BaseException as error:
+                errors.append(error)
+
+    worker = threading.Thread(target=fetch, daemon=True)
+    worker.start()
+    wait_for(lambda: plain_server.unanswered == ["/manifest.json"], "request held by the server")
+    stopped = time.monotonic()
+    stop.set()
+    worker.join(timeout=10)
+
+    assert not worker.is_alive(), "the fetch still waits for the response headers"
+    assert time.monotonic() - stopped < 2
+    assert len(errors) == 1 and isinstance(errors[0], TransferCancelled) and url in str(errors[0])
 
 
 # Holds the lock of the file `argv[1]` with some bytes in its `.part`, as a second run downloading it does,
