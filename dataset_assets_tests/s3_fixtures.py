@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from moto.server import ThreadedMotoServer
 
-from dataset_assets.core.s3 import make_s3_client
+from dataset_assets.core.s3 import MIB, make_s3_client
 
 DUMMY_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -42,6 +42,12 @@ class S3Bucket:
 
     def read(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
+
+    def leave_incomplete_upload(self, key: str) -> None:
+        """What a run killed mid-upload leaves: a multipart upload with one part and no CompleteMultipartUpload."""
+        upload = self.client.create_multipart_upload(Bucket=self.name, Key=key)
+        self.client.upload_part(Bucket=self.name, Key=key, UploadId=upload["UploadId"], PartNumber=1,
+                                Body=b"x" * (5 * MIB))
 
 
 @pytest.fixture(scope="session")

@@ -114,13 +114,6 @@ def test_republish_uploads_nothing_and_a_changed_file_is_uploaded_again(tmp_path
     assert [file.status for file in changed.files] == ["uploaded", "skipped", "skipped"]
 
 
-def leave_incomplete_upload(bucket: S3Bucket, key: str) -> None:
-    """What a run killed mid-upload leaves: a multipart upload with one part and no CompleteMultipartUpload."""
-    upload = bucket.client.create_multipart_upload(Bucket=bucket.name, Key=key)
-    bucket.client.upload_part(Bucket=bucket.name, Key=key, UploadId=upload["UploadId"], PartNumber=1,
-                              Body=b"x" * (5 * MIB))
-
-
 def test_a_publish_that_skips_an_object_aborts_the_incomplete_upload_a_killed_run_left_for_it(
         tmp_path: Path, s3_bucket: S3Bucket) -> None:
     """A run killed while it re-uploaded a file leaves parts S3 bills for; the next run finds the object
@@ -129,7 +122,7 @@ def test_a_publish_that_skips_an_object_aborts_the_incomplete_upload_a_killed_ru
     destination = version_destination(spec_for(s3_bucket), DS, V1, s3_bucket.client)
     publish_folder(folder, FILES, destination)
     for name in FILES:
-        leave_incomplete_upload(s3_bucket, f"public/{DS}/{V1}/{name}")
+        s3_bucket.leave_incomplete_upload(f"public/{DS}/{V1}/{name}")
 
     again = publish_folder(folder, FILES, destination)
 
@@ -147,7 +140,7 @@ def test_a_file_uploaded_in_one_put_aborts_the_incomplete_upload_an_earlier_run_
     small file in one PutObject, and the earlier run's parts go too."""
     folder = big_version(tmp_path / V1)
     key = f"public/{DS}/{V1}/annotations.json.gz"
-    leave_incomplete_upload(s3_bucket, key)
+    s3_bucket.leave_incomplete_upload(key)
 
     report = publish_folder(folder, ["annotations.json.gz"],
                             version_destination(spec_for(s3_bucket), DS, V1, s3_bucket.client))
