@@ -90,7 +90,7 @@ def publish_file(path: Path, destination: S3Destination, name: str, digest: File
     digest = digest or digest_file(path)
     skipped = destination.verified(name, digest.size, digest.sha1) is not None
     status = "skipped" if skipped else _upload_file(path, destination, name, digest)
-    _abort_leftover_uploads(destination, name)
+    destination.drop_leftovers(name)
     return PublishedFile(name, destination.describe(name), status, digest.size, digest.sha1, digest.sha256)
 
 
@@ -110,19 +110,6 @@ def _upload_file(path: Path, destination: S3Destination, name: str, digest: File
         sink.close()
     logger.info("published %s (%d bytes)", uri, digest.size)
     return "uploaded"
-
-
-def _abort_leftover_uploads(destination: S3Destination, name: str) -> None:
-    """Abort the multipart uploads a killed run left for a key that is now published and verified.
-
-    The sink aborts them only after a multipart upload of its own; a skipped object or a single
-    PutObject would leave them, and S3 bills their parts until a lifecycle rule (if any) removes them.
-    Failing to list them fails nothing: the object is published.
-    """
-    try:
-        destination.abort_stale_uploads(name)
-    except StorageError as error:
-        logger.warning("%s", error)
 
 
 def _upload(path: Path, sink: FileSink, digest: FileDigest, uri: str) -> None:

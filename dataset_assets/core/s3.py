@@ -10,7 +10,8 @@ failure aborts the upload, so no parts are left behind. The object carries its c
 metadata (`sha1`; `sha256` too for single-part objects, since multipart metadata is fixed before
 the bytes are seen) and is checked with a HEAD (size + stored sha1) once published; a multipart
 object then gets both digests as tags, so later runs report them too. Existing objects whose size
-and stored sha1 match the manifest are not transferred again.
+and stored sha1 match the manifest are not transferred again. Uploaded or skipped, a key is left
+without the incomplete multipart uploads killed runs left for it (`drop_leftovers`).
 """
 from __future__ import annotations
 
@@ -179,8 +180,20 @@ class S3Destination:
         digest.update(data)
         self.call("put_object", relative_path, Body=data, Metadata=_metadata(digest.result()))
 
+    def drop_leftovers(self, relative_path: str) -> None:
+        """Abort the multipart uploads a killed run left for a key that is now published and verified.
+
+        Whether this run uploaded the object (in parts or in one PutObject) or found it published and skipped
+        it, S3 bills a killed run's parts until a lifecycle rule (if any) removes them. Failing to list them
+        fails nothing: the object is published.
+        """
+        try:
+            self.abort_stale_uploads(relative_path)
+        except StorageError as error:
+            logger.warning("%s", error)
+
     def abort_stale_uploads(self, relative_path: str) -> None:
-        """Abort the other multipart uploads of this key, once this run published it.
+        """Abort the other multipart uploads of this key, once it is published and verified.
 
         They were left by an interrupted run (their hash state is gone) or belong to a concurrent run
         of the same partition, which then finds the object published and verified. Aborting them
@@ -357,10 +370,6 @@ class _S3Sink:
         self._check_published(digest)
         if multipart:
             self._destination.tag_digests(self._path, digest)
-            try:
-                self._destination.abort_stale_uploads(self._path)
-            except StorageError as error:  # the object is published and verified; leftovers only cost storage
-                logger.warning("%s", error)
 
     def _check_published(self, digest: FileDigest) -> None:
         head = self._destination.head(self._path) or {}

@@ -354,6 +354,8 @@ class Destination(Protocol):
     """A place files land, addressed by `<sequence>/<filename>` relative paths.
 
     Where `verified` or `open` wait for another process, setting `stop` ends the wait with `LockWaitCancelled`.
+    `drop_leftovers` removes what runs killed while writing a file left for it, once the file is published and
+    verified (uploaded by this run or found so); failing to fails nothing.
     """
 
     def describe(self, relative_path: str = "") -> str: ...
@@ -362,6 +364,8 @@ class Destination(Protocol):
                  stop: threading.Event | None = None) -> FileDigest | None: ...
 
     def open(self, relative_path: str, sha1: str | None, stop: threading.Event | None = None) -> FileSink: ...
+
+    def drop_leftovers(self, relative_path: str) -> None: ...
 
 
 def matches(digest: FileDigest, size: int | None, sha1: str | None) -> bool:
@@ -488,3 +492,7 @@ class LocalDestination:
 
     def open(self, relative_path: str, sha1: str | None, stop: threading.Event | None = None) -> FileSink:
         return _LocalSink(self.root / relative_path, stop)
+
+    def drop_leftovers(self, relative_path: str) -> None:
+        """Nothing: a killed download leaves its `.part` bytes for the next run to resume, and publishing the file
+        renames them."""

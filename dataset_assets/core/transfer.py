@@ -609,10 +609,15 @@ class _Engine:
         self._progress.finish(key, "failed")
 
     def transfer(self, entry: ManifestEntry) -> FileResult:
+        """The file verified at its destination, fetched unless it already was there; either way, what killed
+        runs left for it there (an S3 key's incomplete multipart uploads) is dropped."""
         destination = self._destinations[entry.config]
         existing = destination.verified(entry.relative_path, entry.size, entry.sha1, self.stop.event)
-        if existing is not None:
-            return _skipped(entry, existing)
+        result = _skipped(entry, existing) if existing is not None else self._download(entry, destination)
+        destination.drop_leftovers(entry.relative_path)
+        return result
+
+    def _download(self, entry: ManifestEntry, destination: Destination) -> FileResult:
         job = _Job(entry, destination.open(entry.relative_path, entry.sha1, self.stop.event))
         try:
             existing = job.sink.published(entry.size, entry.sha1)

@@ -260,6 +260,42 @@ def test_verified_objects_are_skipped_and_mismatching_ones_replaced(source_serve
     assert s3_bucket.read(stale) == bytes([0]) * 70_000
 
 
+def test_a_run_that_skips_a_verified_object_aborts_the_incomplete_upload_a_killed_run_left_for_it(
+    source_server: DemoServer, big_source: Path, s3_bucket: S3Bucket
+) -> None:
+    """A run killed while it re-uploaded a file leaves parts S3 bills for; the next run finds the object already
+    published and verified, skips it without fetching it, and must still clean up behind it."""
+    entries = entries_of(source_server, "seq_001")
+    target = destination(s3_bucket)
+    download_entries(entries, {"big": target}, FAST)
+    key = f"mirror/raw/{entries[0].relative_path}"
+    s3_bucket.leave_incomplete_upload(key)
+    source_server.stats.reset()
+
+    report = download_entries(entries, {"big": target}, FAST)
+
+    assert [result.status for result in report.results] == ["skipped"] * 3
+    assert source_server.stats.requests == []
+    assert [upload for upload in s3_bucket.multipart_uploads() if upload["Key"] == key] == []
+    assert s3_bucket.read(key) == (big_source / "big" / entries[0].relative_path).read_bytes()
+
+
+def test_a_file_uploaded_in_one_put_aborts_the_incomplete_upload_an_earlier_run_left_for_it(
+    source_server: DemoServer, big_source: Path, s3_bucket: S3Bucket
+) -> None:
+    """An earlier run with smaller parts was killed mid-upload of a small file; this run sends it in one
+    PutObject, and the earlier run's parts go too."""
+    [entry] = entries_of(source_server, "seq_001")[:1]
+    key = f"mirror/raw/{entry.relative_path}"
+    s3_bucket.leave_incomplete_upload(key)
+
+    report = download_entries([entry], {"big": destination(s3_bucket)}, FAST)
+
+    assert [result.status for result in report.results] == ["downloaded"]
+    assert s3_bucket.multipart_uploads() == []
+    assert s3_bucket.read(key) == (big_source / "big" / entry.relative_path).read_bytes()
+
+
 @pytest.mark.parametrize("url", ["http://bucket/x", "s3://", "s3://bucket/x?y=1"])
 def test_bad_s3_url_is_refused_naming_the_value(url: str) -> None:
     with pytest.raises(InvalidInputError, match=r"field 'destination' must look like s3://bucket/prefix"):
