@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 import httpx
-from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.http_transport import INTERRUPT, Interrupt, Urllib3Transport
@@ -384,11 +384,10 @@ def _retrying(settings: TransferSettings, sleep: Callable[[float], object] = tim
         error = state.outcome.exception() if state.outcome else None
         logger.warning("retrying after attempt %d: %s", state.attempt_number, redact_text(str(error)))
 
-    policy = retry(retry=retry_if_exception(_is_retryable), stop=stop_after_attempt(settings.max_attempts),
-                   wait=wait, sleep=sleep, before_sleep=log_retry, reraise=True)
+    policy = Retrying(retry=retry_if_exception(_is_retryable), stop=stop_after_attempt(settings.max_attempts),
+                      wait=wait, sleep=sleep, before_sleep=log_retry, reraise=True)
 
     def decorate(attempt: Callable[..., T]) -> Callable[..., T]:
-        @functools.wraps(attempt)
         def bounded(*args: object, **kwargs: object) -> T:
             try:
                 return attempt(*args, **kwargs)
@@ -397,7 +396,12 @@ def _retrying(settings: TransferSettings, sleep: Callable[[float], object] = tim
                     raise RetryAfterTooLong(error, settings.retry_after_max_seconds) from None
                 raise
 
-        return policy(bounded)
+        @functools.wraps(attempt)
+        def retried(*args: object, **kwargs: object) -> T:
+            # A fresh copy per call, as tenacity's own decorator makes: calls never share attempt state.
+            return policy.copy()(bounded, *args, **kwargs)
+
+        return retried
 
     return decorate
 
@@ -572,7 +576,8 @@ class _Engine:
         self._progress = progress
         self._links = _FreshLinks(refresh) if refresh is not None else None
         self.stop = stop
-        self._retry = _retrying(settings, self.stop.event.wait)
+        # Decorated once per transfer, not once per file: each call still gets its own retry state.
+        self._attempt_with_retries = _retrying(settings, self.stop.event.wait)(self._attempt)
         self.lock = threading.Lock()
         self.results: list[FileResult] = []
         self.failures: dict[str, str] = {}
@@ -641,7 +646,7 @@ class _Engine:
         refreshes = 0
         while True:
             try:
-                return self._retry(self._attempt)(job)
+                return self._attempt_with_retries(job)
             except LinkExpired:
                 if self._links is None or refreshes >= self._settings.max_link_refreshes:
                     raise
