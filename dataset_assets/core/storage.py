@@ -401,10 +401,25 @@ class _LocalSink:
             total = state.get("total")
             self.validator: str | None = validator if isinstance(validator, str) else None
             self.total: int | None = total if isinstance(total, int) else None
-            self.held = digest_file(self._part, self._digest).size if self._part.exists() else 0
+            self.held = self._held_bytes()
         except BaseException:
             self.close()
             raise
+
+    def _held_bytes(self) -> int:
+        """How many bytes the `.part` holds (hashed into the sink's digest); 0 without a part."""
+        try:
+            return digest_file(self._part, self._digest).size
+        except FileNotFoundError:
+            return 0
+
+    def _open_part(self, mode: str) -> BinaryIO:
+        """The `.part` opened with `mode`; its folder, there when the sink opened, is made again if removed since."""
+        try:
+            return open(self._part, mode)
+        except FileNotFoundError:
+            self._final.parent.mkdir(parents=True, exist_ok=True)
+            return open(self._part, mode)
 
     def _read_sidecar(self) -> dict[str, object]:
         try:
@@ -416,16 +431,14 @@ class _LocalSink:
     def restart(self, validator: str | None, total: int | None) -> None:
         self._close_handle()
         # Truncate before recording the new validator: a crash in between leaves an empty part.
-        self._final.parent.mkdir(parents=True, exist_ok=True)
-        self._part.write_bytes(b"")
+        self._handle = self._open_part("wb")
         self._sidecar.write_text(json.dumps(_sidecar_state(validator, total)))
         self.validator, self.total, self.held = validator, total, 0
         self._digest = StreamDigest()
 
     def write(self, chunk: bytes) -> None:
         if self._handle is None:
-            self._final.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self._part, "ab")
+            self._handle = self._open_part("ab")
         self._handle.write(chunk)
         self._digest.update(chunk)
         self.held += len(chunk)
@@ -436,7 +449,7 @@ class _LocalSink:
         return self._digest.result()
 
     def commit(self) -> None:
-        if not self._part.exists():
+        if self._handle is None and not self._part.exists():
             self._part.write_bytes(b"")
         self._close_handle()
         # Sidecar first: a crash before the rename leaves a complete part that is verified again.

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -154,3 +156,58 @@ def test_a_download_sink_whose_last_bytes_hit_a_full_disk_still_releases_the_fil
     threading.Thread(target=lambda: (destination.verified("seq_000/shards-0000.tar", None, None), checked.set()),
                      daemon=True).start()
     assert checked.wait(10)
+
+
+def test_a_download_sink_resumes_its_held_bytes_and_a_restart_truncates_them_before_recording_the_new_version(
+        tmp_path: Path) -> None:
+    destination = LocalDestination(tmp_path)
+    sink = destination.open("seq_000/shards-0000.tar", None)
+    sink.restart('"v1"', 6)
+    sink.write(b"abc")
+    sink.close()
+
+    resumed = destination.open("seq_000/shards-0000.tar", None)
+    assert (resumed.held, resumed.validator, resumed.total) == (3, '"v1"', 6)
+    resumed.write(b"def")
+    assert resumed.digest() == _expected([b"abcdef"])
+    resumed.close()
+
+    restarted = destination.open("seq_000/shards-0000.tar", None)
+    restarted.restart('"v2"', 3)
+    part = tmp_path / "seq_000" / "shards-0000.tar.part"
+    assert restarted.held == 0 and part.read_bytes() == b""
+    assert json.loads(part.with_name("shards-0000.tar.part.json").read_text())["etag"] == '"v2"'
+    restarted.write(b"xyz")
+    assert restarted.digest() == _expected([b"xyz"])
+    restarted.commit()
+    restarted.close()
+
+    assert sorted(path.name for path in (tmp_path / "seq_000").iterdir()) == ["shards-0000.tar"]
+    assert (tmp_path / "seq_000" / "shards-0000.tar").read_bytes() == b"xyz"
+
+
+@pytest.mark.parametrize("restart", [True, False], ids=["restarted", "appended"])
+def test_a_download_sink_whose_folder_was_removed_meanwhile_makes_it_again_and_publishes(
+        tmp_path: Path, restart: bool) -> None:
+    destination = LocalDestination(tmp_path)
+    sink = destination.open("seq_000/shards-0000.tar", None)
+    shutil.rmtree(tmp_path / "seq_000")
+    if restart:
+        sink.restart(None, 4)
+    sink.write(b"data")
+    assert sink.digest() == _expected([b"data"])
+    sink.commit()
+    sink.close()
+
+    assert (tmp_path / "seq_000" / "shards-0000.tar").read_bytes() == b"data"
+
+
+def test_a_download_sink_given_no_bytes_publishes_an_empty_file(tmp_path: Path) -> None:
+    destination = LocalDestination(tmp_path)
+    sink = destination.open("seq_000/empty.bin", None)
+    assert sink.digest() == _expected([])
+    sink.commit()
+    sink.close()
+
+    assert (tmp_path / "seq_000" / "empty.bin").read_bytes() == b""
+    assert destination.verified("seq_000/empty.bin", 0, hashlib.sha1(b"").hexdigest()) == _expected([])
