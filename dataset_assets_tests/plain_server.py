@@ -27,12 +27,13 @@ LAST_MODIFIED = formatdate(1_700_000_000, usegmt=True)
 
 @dataclass(frozen=True)
 class PlainRequest:
-    """One answered request: its path, Range and If-Range headers and the status sent."""
+    """One answered request: its path, Range and If-Range headers, the status sent and the Cookie header."""
 
     path: str
     range_header: str | None
     if_range: str | None
     status: int
+    cookie: str | None = None
 
 
 @dataclass
@@ -132,7 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         record = PlainRequest(self.path, self.headers.get("Range"), self.headers.get("If-Range"),
-                              code if isinstance(code, int) else 0)
+                              code if isinstance(code, int) else 0, self.headers.get("Cookie"))
         with self.server.script.lock:
             self.server.script.requests.append(record)
 

@@ -216,6 +216,17 @@ def test_a_retry_after_beyond_its_cap_fails_the_file_at_once_naming_the_wait_and
     assert [r.status for r in plain_server.requests] == [503]
 
 
+def test_a_cookie_an_answer_sets_is_sent_with_the_next_request(plain_server: PlainServer, tmp_path: Path) -> None:
+    plain_server.serve("/sticky.tar", b"x" * 1000)
+    plain_server.fail("/sticky.tar", 503, headers={"Retry-After": "0", "Set-Cookie": "node=b7; Path=/"})
+    entry = ManifestEntry("cubercnn", "seq_000", "sticky.tar", plain_server.url("/sticky.tar"))
+
+    report = download_entries([entry], folders(tmp_path), FAST)
+
+    assert report.results[0].status == "downloaded"
+    assert [(r.status, r.cookie) for r in plain_server.requests] == [(503, None), (200, "node=b7")]
+
+
 def test_a_retry_after_that_is_not_a_number_of_seconds_falls_back_to_backoff(
     demo_server: DemoServer, tmp_path: Path
 ) -> None:
