@@ -27,13 +27,17 @@ LAST_MODIFIED = formatdate(1_700_000_000, usegmt=True)
 
 @dataclass(frozen=True)
 class PlainRequest:
-    """One answered request: its path, Range and If-Range headers, the status sent and the Cookie header."""
+    """One answered request: its path, Range and If-Range headers, the status sent and every header as received."""
 
     path: str
     range_header: str | None
     if_range: str | None
     status: int
-    cookie: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def values(self, name: str) -> list[str]:
+        """The values of the header `name` (any case), in the order received."""
+        return [value for key, value in self.headers if key.lower() == name.lower()]
 
 
 @dataclass
@@ -133,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         record = PlainRequest(self.path, self.headers.get("Range"), self.headers.get("If-Range"),
-                              code if isinstance(code, int) else 0, self.headers.get("Cookie"))
+                              code if isinstance(code, int) else 0, tuple(self.headers.items()))
         with self.server.script.lock:
             self.server.script.requests.append(record)
 
