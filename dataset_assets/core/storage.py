@@ -138,9 +138,11 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def publish_file(part: Path, final: Path) -> None:
-    """fsync `part` and atomically rename it to `final`."""
-    fsync_path(part)
+def publish_file(part: Path, final: Path, synced: bool = False) -> None:
+    """fsync `part` (unless `synced`: its writer did, through the handle it wrote with) and atomically
+    rename it to `final`."""
+    if not synced:
+        fsync_path(part)
     os.replace(part, final)
     fsync_path(final.parent)
 
@@ -449,12 +451,14 @@ class _LocalSink:
         return self._digest.result()
 
     def commit(self) -> None:
-        if self._handle is None and not self._part.exists():
-            self._part.write_bytes(b"")
+        if self._handle is None:  # all bytes held from an earlier run, or none at all (an empty part is made)
+            self._handle = open(self._part, "ab")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
         self._close_handle()
         # Sidecar first: a crash before the rename leaves a complete part that is verified again.
         self._sidecar.unlink(missing_ok=True)
-        publish_file(self._part, self._final)
+        publish_file(self._part, self._final, synced=True)
 
     def published(self, size: int | None, sha1: str | None) -> FileDigest | None:
         return _verified_file(self._final, size, sha1)
