@@ -12,6 +12,7 @@ plain names that cannot escape their folder.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -43,7 +44,7 @@ class ManifestEntry:
     sha1: str | None = None
     size: int | None = None
 
-    @property
+    @functools.cached_property  # asked for about ten times per file transferred
     def relative_path(self) -> str:
         """`<sequence>/<filename>`, the ATEK local layout below the output folder."""
         return f"{self.sequence}/{self.filename}"
