@@ -16,6 +16,7 @@ import argparse
 import os
 import platform
 import random
+import re
 import shlex
 import shutil
 import statistics
@@ -34,7 +35,7 @@ from results import replace_section
 
 from dataset_assets.core.index import read_index, write_index
 from dataset_assets.core.loading import IndexedShardDataset, ShardStream
-from dataset_assets.core.shards import ShardWriter
+from dataset_assets.core.shards import ShardWriter, map_shard
 
 Sample = tuple[str, dict[str, bytes]]
 SECTION = "## Shards"
@@ -44,73 +45,70 @@ memory) or, with `ShardStream(views=True)`, as zero-copy `memoryview`s of the ma
 yet a read: its bytes come from the page cache when a decoder touches them, so the views rows
 measure how fast samples are delivered, while `cat` and the bytes rows move every byte once. A
 views row at 0.8x `cat` or more therefore does not mean that every byte was read that fast; the
-bytes row shows that.
+bytes row shows that. The "pread per member" row is a bare loop of one `os.pread` per member at
+offsets from `_index.json`, nothing else. Random access reads a sample with one `pread` (one per
+member past 64 KiB) through the index, where `wids` slices an mmap.
+
+**Huge pages (since 2026-12-07, third session).** On this machine's Linux (6.18, ext4, transparent
+huge pages in `madvise` mode) the page cache holds a file in folios of up to 2 MiB, sized by the
+write or the readahead that made them, and a read-only map takes a 2 MiB folio with one page-table
+entry, where 4 KiB folios cost a page fault per 64 KiB and a TLB entry per 4 KiB. `ShardWriter` now
+writes each shard in whole 2 MiB writes at 2 MiB offsets (`core/aligned_writes.py`; it used a 1 MiB
+`BufferedWriter`, whose writes fell at any offset), and `map_shard` asks for huge pages
+(`MADV_HUGEPAGE`), so a part of a shard read cold is read ahead in 2 MiB folios. The shards this
+benchmark writes are therefore mapped nearly whole through 2 MiB pages (the share is printed under
+each table; the tail of a shard that is not a whole 2 MiB stays in small pages). A shard first read
+into the page cache with `read()` (`cat`, `tarfile`, webdataset) is held in small folios, and our map
+then takes it page by page: the bytes row is then about 0.58x `cat` (below). `cat` is faster on
+large folios too, by about a fifth in one measurement (22.2 against 17.8 ms for the 8 small-sample
+shards, 9 runs each).
+
+Reading the 8 small-sample shards evicted from the page cache before each read (7 interleaved
+rounds, medians): `iter_tar_samples` 82.9 ms without the huge-page request, 47.4 ms with it; `cat`
+47.4 ms.
 
 Local shards are walked in C (`core/_tarwalk.c`, since 2026-12-06): header parse and checksum,
-name checks, key split and grouping into samples, with the next header prefetched. Before, that
-walk was Python and cost about 5 µs per member, nearly all of the time for 4 KiB members (the
-"Before and after" table below). What is left in the 4 KiB bytes row is the copy itself plus a
-Python object per member: the copy reads the same bytes `cat` reads, through the map (one TLB entry
-and, when first touched, a page fault per 4 KiB page), and a `bytes`, a dict entry and, per sample,
-a tuple cost a few hundred ns more than `cat` spends on a member. The "pread per member" row is a
-bare loop of one `os.pread` per member at offsets from `_index.json`, nothing else. Random access
-reads a sample with one `pread` (one per member past 64 KiB) through the index, where `wids`
-slices an mmap.
+name checks, key split and grouping into samples, with the next header prefetched, zstd blocks
+expanded through a callback, and (since 2026-12-07, third session) each sample tagged with its
+shard, so that no Python frame runs per sample of a local shard. On 2026-12-07 the name is scanned
+16 bytes at a time with SSE2, the octal size and checksum fields are read 8 digits at a time, a
+sample's key is copied rather than decoded, and a member joins its sample in one dict lookup.
+Instructions to walk one 1000-sample small-sample shard in bytes mode (callgrind, 5 walks less 1,
+divided by 4): 7.60 M at `a0fbea4` (the second session's end), 6.09 M after (-20%).
 
-On 2026-12-07 (second session) the walk lost a fifth of its time: the header checksum is summed
-with SSE2 (`psadbw`; the byte loop, which the compiler had widened to 64-bit lanes, was about a third
-of `walker_next` in `perf`), each extension string is made and hashed once per shard instead of once
-per member, and zstd blocks are expanded inside the walker, so no Python frame runs per sample of a
-plain shard (before, every sample passed through two generators). Measured with a one-off script over
-the 8 small-sample shards, 8 processes of each build alternating, 15 interleaved repetitions with `cat`
-in each, medians: bytes 31.6 ms before against 24.6 ms after (0.47x against 0.56x `cat`), views 25.2
-against 19.4 ms (0.58x against 0.71x). The same build's per-process medians spread from 0.44x to 0.63x
-`cat` in bytes mode on this shared machine, which is why rows here move between runs; see the runs
-listed at the end of this section.
+Before and after this session, measured with a one-off script: 6 processes of each build
+alternating, each building its own 8 small-sample shards with its own writer and reading them in
+11 rounds interleaved with `cat` of the same shards, medians of the process medians:
 
-Tried on 2026-12-06 and not kept: prefetching the shard 16 or 64 KiB ahead of the walk (a software
-prefetch of every cache line) made the 4 KiB bytes row slower, 0.41x–0.44x `cat` against 0.53x
-without it (five processes of each build, interleaved, with a one-off script). A `perf` profile of
-the walk alone, 4 KiB members in bytes mode, puts 32–41% of its time in the copy (`memmove`),
-18–20% in the header walk and most of the rest in making and freeing the Python objects.
+| build | bytes | views | `cat` | bytes / `cat` | views / `cat` |
+|---|---|---|---|---|---|
+| `a0fbea4` | 14.3 ms | 9.6 ms | 9.3 ms | 0.64x | 0.95x |
+| this session | 11.5 ms | 7.1 ms | 8.6 ms | 0.74x | 1.17x |
 
-Before and after: `iter_tar_samples` with the Python walk of commit `b2ebf39` and with the C walk,
-interleaved in one process with `cat` (a one-off script, 7 repetitions, medians; three runs,
-2026-12-06), in µs per member:
+Both builds reading the same shards held in small folios (the old writer's), 4 processes each,
+11 rounds: bytes 0.53x `cat` at `a0fbea4` against 0.58x now, views 0.73x against 0.78x. Between
+minutes this machine's speed moves by 2x (`cat` of the same shards took 8.6 ms in one run and
+20.7 ms in another a quarter of an hour later), so only ratios within one run compare.
+
+Tried and not kept: prefetching the shard 16 or 64 KiB ahead of the walk (a software prefetch of
+every cache line; 0.41x-0.44x `cat` against 0.53x without, 2026-12-06); populating the map up front
+(`MAP_POPULATE`, until 2026-11-23: for a 38 MB camera shard, populating and tearing down the map cost
+about what `cat` spends reading it, and nothing was gained when every byte is read); glibc's
+`rep movsb` threshold raised so that member copies use vector loops (`GLIBC_TUNABLES`, 3 processes
+each: 11.9 against 11.8 ms). After this session's changes, `perf` of a loop of bytes-mode reads puts
+43% of the time in copying members (`memmove`), 15% in the walk (`walker_next`, mostly waiting for
+each header's cache line) and about 12% in `malloc`/`free`; page faults are gone from the profile.
+
+Before and after the C walk: `iter_tar_samples` with the Python walk of commit `b2ebf39` and with
+the C walk, interleaved in one process with `cat` (a one-off script, 7 repetitions, medians; three
+runs, 2026-12-06), in µs per member:
 
 | | Python walk | C walk | `cat` |
 |---|---|---|---|
 | camera frames, bytes | 11.5–12.1 | 6.9–7.3 | 7.6–9.7 |
 | camera frames, views | 6.3–6.9 | 2.0–2.1 | |
 | 4 KiB members, bytes | 5.6–5.7 | 1.07–1.11 | 0.60–0.76 |
-| 4 KiB members, views | 5.0–5.1 | 0.68–0.71 | |
-
-Until 2026-11-23 the map was populated up front (`MAP_POPULATE`). For a 38 MB camera shard,
-populating the map and tearing it down cost about as much as `cat` reading the shard. It bought
-nothing when every byte was read. Measured back to back with a one-off script (commit `440e750`),
-in µs per member:
-
-| camera frames | populated | mapped as touched |
-|---|---|---|
-| bytes | 13.7–13.9 | 13.7–13.9 |
-| views, consumer copies every member | 13.9–15.4 | 13.0–14.2 |
-| views, consumer reads only the JSON | 10.4–11.4 | 6.7–7.0 |
-
-For 4 KiB members there was no difference.
-
-What the 4 KiB bytes row could reach at best, measured on 2026-12-07 (first session, before the walk
-changes above) with a one-off C program over
-the same 8 shards (7 repetitions, medians), beside `cat` run as this benchmark runs it: mapping each
-shard and copying every 4 KiB member into its own `malloc`ed buffer, with no parsing and no
-Python, took 7.3 ms on ext4 (`/tmp`) against 8.0 ms for `cat` (in `/dev/shm`: 12.5 against 10.6),
-so the copy through the map is not what is missing. Our walk over the map (`_buffer_samples`, as
-`iter_tar_samples` runs it) took 15.9 ms on ext4 in the same runs: about 360 ns per member above
-that floor, for the header walk and the `bytes`, dict entry, key and tuple each member or sample
-needs. 0.8x `cat` leaves about 110 ns per member for all of that. Reading with `read()` instead of
-a map is no way round it: `read()` into a buffer that is not 64-byte aligned, as a `bytearray` is,
-took 33 ms in `/dev/shm` against 7.9 ms into an aligned one, and reading into an aligned 128 KiB
-buffer plus copying each member out of it took 7.2 ms on ext4 against the map's 7.3 (9.5 against
-12.5 in `/dev/shm`)."""
+| 4 KiB members, views | 5.0–5.1 | 0.68–0.71 | |"""
 
 
 @dataclass(frozen=True)
@@ -226,10 +224,28 @@ def read_floor(folder: Path) -> None:
             os.close(descriptor)
 
 
+def huge_page_share(paths: list[str]) -> float:
+    """The share of the shards' bytes their read-only maps take through 2 MiB pages (FilePmdMapped in
+    /proc/self/smaps): the page cache holds them in 2 MiB folios, as ShardWriter's writes or a cold read
+    through the map leave them, or in smaller ones, as a first read with `read()` does."""
+    huge = 0
+    for path in paths:
+        mapping = map_shard(Path(path))
+        assert mapping is not None
+        with mapping, memoryview(mapping) as view:
+            sum(view[::4096])
+            for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", Path("/proc/self/smaps").read_text()):
+                found = re.search(r"FilePmdMapped:\s+(\d+) kB", block)
+                if block.split("\n", 1)[0].endswith(path) and found is not None:
+                    huge += int(found.group(1)) * 1024
+    return huge / sum(os.path.getsize(path) for path in paths)
+
+
 def bench_sequential(folder: Path, paths: list[str], repeats: int) -> tuple[list[Row], str]:
     """Rows against each reference, and the time each reader spends per member."""
     size = sum(os.path.getsize(path) for path in paths)
     read_ours(paths)  # warm the page cache
+    huge = huge_page_share(paths)
     medians = interleaved({
         "cat": lambda: subprocess.run(["cat", *paths], stdout=subprocess.DEVNULL, check=True),
         "floor": lambda: read_floor(folder),
@@ -247,7 +263,8 @@ def bench_sequential(folder: Path, paths: list[str], repeats: int) -> tuple[list
             if mode == "bytes" or name == "cat"]
     members = sum(len(entry.members) for entry in read_index(folder).entries)
     per_member = ", ".join(f"{name} {medians[name] / members * 1e6:.1f} µs" for name in ("bytes", "views", "cat"))
-    return rows, f"Sequential read, time per member ({members:,} members): {per_member}."
+    return rows, (f"Sequential read, time per member ({members:,} members): {per_member}. Mapped through "
+                  f"2 MiB pages: {huge:.0%} of the shards' bytes.")
 
 
 def bench_random(paths: list[str], reads: int, repeats: int) -> Row:
