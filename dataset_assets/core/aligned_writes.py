@@ -40,21 +40,31 @@ class AlignedFile:
         return len(data)
 
     def _write_out(self, count: int) -> None:
-        with memoryview(self._pending) as pending:
-            _write_all(self._fd, pending[:count])
+        try:
+            with memoryview(self._pending) as pending:
+                _write_all(self._fd, pending[:count])
+        except BaseException:
+            self._discard()
+            raise
         del self._pending[:count]
 
     def close(self) -> None:
-        """Writes what is left and closes; the file is closed even when that last write fails."""
+        """Writes what is left and closes; the file is closed even when that last write fails. After a write
+        failed (a full disk), the file is closed already and nothing more is written."""
         if self.closed:
             return
-        fd, self._fd = self._fd, -1
         try:
             with memoryview(self._pending) as pending:
-                _write_all(fd, pending)
+                _write_all(self._fd, pending)
         finally:
-            self._pending.clear()
-            os.close(fd)
+            self._discard()
+
+    def _discard(self) -> None:
+        """Close without writing what is pending. The buffer is let go, not emptied: the traceback of a failed
+        write may still hold views of it, and a buffer with views cannot be resized."""
+        fd, self._fd = self._fd, -1
+        self._pending = bytearray()
+        os.close(fd)
 
     def __enter__(self) -> AlignedFile:
         return self

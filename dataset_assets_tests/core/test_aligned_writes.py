@@ -1,6 +1,7 @@
 """`AlignedFile`: the bytes written and the writes the kernel sees (the folios they make: test_huge_pages.py)."""
 from __future__ import annotations
 
+import errno
 import os
 import random
 from pathlib import Path
@@ -61,3 +62,18 @@ def test_a_closed_file_refuses_writes_and_closes_once(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="closed"):
         file.write(b"more")
     assert (tmp_path / "f").read_bytes() == b"abc"
+
+
+def test_a_failed_write_raises_its_own_error_and_leaves_the_file_closed() -> None:
+    """/dev/full fails every write with ENOSPC, as a full disk does. The error must come out as it is, also
+    while its traceback (which holds views of the pending bytes) is alive, and nothing more is written."""
+    file = AlignedFile("/dev/full")
+    with pytest.raises(OSError) as raised:
+        file.write(b"x" * (CHUNK_BYTES + 1))
+    assert raised.value.errno == errno.ENOSPC
+
+    file.close()
+
+    assert file.closed
+    with pytest.raises(ValueError, match="closed"):
+        file.write(b"more")
