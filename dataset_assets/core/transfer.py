@@ -448,8 +448,6 @@ def fetch_bytes(client: httpx.Client, url: str, settings: TransferSettings = Tra
 
     @_retrying(settings, stop.event.wait)
     def attempt() -> bytes:
-        if stop.is_set():
-            raise TransferCancelled(f"{url}: cancelled")
         with stop.stream(client, url, {"Accept-Encoding": "gzip, deflate"}, url) as response:
             if response.status_code in RETRYABLE_STATUS:
                 raise RetryableStatus(f"{url}: HTTP {response.status_code}", _retry_after_seconds(response))
