@@ -942,17 +942,20 @@ def iter_tar_samples(path: Path, views: bool = False) -> Iterator[tuple[str, dic
     Data is `bytes`, or with `views` a read-only `memoryview` of the mapped shard (zero-copy;
     `bytes(view)`, `numpy.frombuffer`, `torch.frombuffer` and `io.BytesIO` take it).
     """
-    mapping = map_shard(path)
-    return iter(()) if mapping is None else _buffer_samples(mapping, str(path), views)
+    return _mapped_samples(path, views)
 
 
 def iter_shard_samples(shard: str, views: bool = False) -> Iterator[tuple[str, str, dict[str, MemberData]]]:
     """`(shard, key, {extension: data})` of each sample of the local shard `shard`, as `iter_tar_samples`
     reads them. The compiled walk puts `shard` in each item, where a generator adding it would cost a
     Python frame per sample, a tenth of a 4 KiB sample's read (benchmarks/RESULTS.md "Shards")."""
-    path = Path(shard)
+    return _mapped_samples(Path(shard), views, tag=shard)
+
+
+def _mapped_samples(path: Path, views: bool, tag: str | None = None) -> SampleWalker | Iterator[object]:
+    """The samples of the local shard at `path` through its map, tagged with `tag` if given; none if it is empty."""
     mapping = map_shard(path)
-    return iter(()) if mapping is None else _buffer_samples(mapping, str(path), views, tag=shard)
+    return iter(()) if mapping is None else _buffer_samples(mapping, str(path), views, tag=tag)
 
 
 def count_samples(path: Path) -> int:
