@@ -7,12 +7,18 @@
  * against 0.92 GB/s for OpenSSL's sha1 then sha256 (benchmarks/RESULTS.md "Downloads").
  *
  * `Sha1Sha256()` has `update(bytes-like)` (the GIL is released for 4 KiB or more) and `hexdigests()`
- * -> `(sha1 hex, sha256 hex)` of everything so far (updating may go on). `HAS_SHA_NI` says whether
+ * -> `(sha1 hex, sha256 hex)` of everything so far (updating may go on). `state()` is the hashing state
+ * as bytes and `Sha1Sha256(state)` goes on from it, so a later process can continue a stream whose
+ * bytes it no longer has (a multipart upload, `core.s3`): the five sha1 and eight sha256 state words
+ * big-endian, the length absorbed as 8 bytes big-endian, then the length % 64 bytes not yet
+ * compressed; `length` is the byte count absorbed. `HAS_SHA_NI` says whether
  * this CPU has the instructions; without them constructing one raises RuntimeError (off x86-64 the
  * type does not exist) and callers use hashlib (`core.storage`).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -200,25 +206,69 @@ static void lock(Digests *self)
     }
 }
 
+#define STATE_WORDS (5 + 8)
+#define STATE_HEAD (4 * STATE_WORDS + 8)
+
+static void put_be(unsigned char *out, uint64_t value, int bytes)
+{
+    for (int i = 0; i < bytes; i++)
+        out[i] = (unsigned char)(value >> (8 * (bytes - 1 - i)));
+}
+
+static uint64_t get_be(const unsigned char *in, int bytes)
+{
+    uint64_t value = 0;
+    for (int i = 0; i < bytes; i++)
+        value = value << 8 | in[i];
+    return value;
+}
+
+/* `state` from the bytes `state()` made; -1 with ValueError if they cannot be such bytes. */
+static int restore(State *state, const unsigned char *data, Py_ssize_t length)
+{
+    if (length < STATE_HEAD) {
+        PyErr_Format(PyExc_ValueError, "a Sha1Sha256 state has at least %d bytes, got %zd", STATE_HEAD, length);
+        return -1;
+    }
+    uint64_t absorbed = get_be(data + 4 * STATE_WORDS, 8);
+    if (length != STATE_HEAD + (Py_ssize_t)(absorbed % BLOCK)) {
+        PyErr_Format(PyExc_ValueError, "a Sha1Sha256 state of %llu bytes absorbed has %d bytes, got %zd",
+                     (unsigned long long)absorbed, STATE_HEAD + (int)(absorbed % BLOCK), length);
+        return -1;
+    }
+    for (int i = 0; i < 5; i++)
+        state->sha1[i] = (uint32_t)get_be(data + 4 * i, 4);
+    for (int i = 0; i < 8; i++)
+        state->sha256[i] = (uint32_t)get_be(data + 4 * (5 + i), 4);
+    state->length = absorbed;
+    memcpy(state->pending, data + STATE_HEAD, (size_t)(absorbed % BLOCK));
+    return 0;
+}
+
 static int digests_init(Digests *self, PyObject *args, PyObject *kwargs)
 {
-    if (!PyArg_ParseTuple(args, ":Sha1Sha256") || (kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0)) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "Sha1Sha256() takes no arguments");
+    static char *keywords[] = {"state", NULL};
+    Py_buffer saved = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|y*:Sha1Sha256", keywords, &saved))
         return -1;
-    }
+    int failed = -1;
     if (!has_sha_ni()) {
         PyErr_SetString(PyExc_RuntimeError, "this CPU has no SHA extensions (SHA-NI); use hashlib");
-        return -1;
-    }
-    if (self->lock == NULL && (self->lock = PyThread_allocate_lock()) == NULL) {
+    } else if (self->lock == NULL && (self->lock = PyThread_allocate_lock()) == NULL) {
         PyErr_NoMemory();
-        return -1;
+    } else {
+        memset(&self->state, 0, sizeof self->state);
+        failed = 0;
+        if (saved.buf != NULL) {
+            failed = restore(&self->state, saved.buf, saved.len);
+        } else {
+            memcpy(self->state.sha1, SHA1_INITIAL, sizeof SHA1_INITIAL);
+            memcpy(self->state.sha256, SHA256_INITIAL, sizeof SHA256_INITIAL);
+        }
     }
-    memset(&self->state, 0, sizeof self->state);
-    memcpy(self->state.sha1, SHA1_INITIAL, sizeof SHA1_INITIAL);
-    memcpy(self->state.sha256, SHA256_INITIAL, sizeof SHA256_INITIAL);
-    return 0;
+    if (saved.buf != NULL)
+        PyBuffer_Release(&saved);
+    return failed;
 }
 
 static void digests_dealloc(Digests *self)
@@ -263,11 +313,38 @@ static PyObject *digests_hexdigests(Digests *self, PyObject *Py_UNUSED(ignored))
     return Py_BuildValue("(s#s#)", sha1_hex, (Py_ssize_t)40, sha256_hex, (Py_ssize_t)64);
 }
 
+static PyObject *digests_state(Digests *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->lock == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Sha1Sha256 was not initialised");
+        return NULL;
+    }
+    unsigned char out[STATE_HEAD + BLOCK];
+    lock(self);
+    for (int i = 0; i < 5; i++)
+        put_be(out + 4 * i, self->state.sha1[i], 4);
+    for (int i = 0; i < 8; i++)
+        put_be(out + 4 * (5 + i), self->state.sha256[i], 4);
+    put_be(out + 4 * STATE_WORDS, self->state.length, 8);
+    size_t pending = (size_t)(self->state.length % BLOCK);
+    memcpy(out + STATE_HEAD, self->state.pending, pending);
+    PyThread_release_lock(self->lock);
+    return PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)(STATE_HEAD + pending));
+}
+
 static PyMethodDef digests_methods[] = {
     {"update", (PyCFunction)digests_update, METH_O, PyDoc_STR("Absorb a bytes-like object.")},
     {"hexdigests", (PyCFunction)digests_hexdigests, METH_NOARGS,
      PyDoc_STR("(sha1, sha256) of everything absorbed so far, as lowercase hex.")},
+    {"state", (PyCFunction)digests_state, METH_NOARGS,
+     PyDoc_STR("The hashing state as bytes; Sha1Sha256(state) goes on from it.")},
     {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef digests_members[] = {
+    {"length", T_ULONGLONG, offsetof(Digests, state) + offsetof(State, length), READONLY,
+     PyDoc_STR("How many bytes were absorbed.")},
+    {NULL, 0, 0, 0, NULL},
 };
 
 static PyTypeObject DigestsType = {
@@ -280,6 +357,7 @@ static PyTypeObject DigestsType = {
     .tp_init = (initproc)digests_init,
     .tp_dealloc = (destructor)digests_dealloc,
     .tp_methods = digests_methods,
+    .tp_members = digests_members,
 };
 
 #endif

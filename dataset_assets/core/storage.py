@@ -76,6 +76,8 @@ class HashlibDigests:
 
 # Both digests in one pass where the CPU can (`_digests.c`: 0.70 CPU-s per GiB against hashlib's 1.17).
 _Digests = _digests.Sha1Sha256 if _digests.HAS_SHA_NI else HashlibDigests
+# Whether a stream's hashing state can be saved for another process (`StreamDigest.state`): hashlib's cannot.
+STATE_SAVABLE = _Digests is not HashlibDigests
 
 
 class StreamDigest:
@@ -112,12 +114,36 @@ class StreamDigest:
             self._pending.result()
             self._pending = None
 
-    def result(self) -> FileDigest:
+    def _absorb_all(self) -> None:
         self._wait()
         self._hash(self._batch)
         self._batch, self._batched = [], 0
+
+    def result(self) -> FileDigest:
+        self._absorb_all()
         sha1, sha256 = self._digests.hexdigests()
         return FileDigest(size=self.size, sha1=sha1, sha256=sha256)
+
+    def state(self) -> bytes | None:
+        """The hashing state after every byte so far, from which `resumed` goes on; None where it cannot be
+        saved (`STATE_SAVABLE`)."""
+        if not STATE_SAVABLE:
+            return None
+        self._absorb_all()
+        return self._digests.state()  # type: ignore[union-attr]
+
+    @classmethod
+    def resumed(cls, state: bytes) -> StreamDigest:
+        """The digest of a stream whose first bytes another `StreamDigest` hashed into `state`.
+
+        Raises ValueError if `state` cannot be such bytes, or no state can be restored here (`STATE_SAVABLE`).
+        """
+        if not STATE_SAVABLE:
+            raise ValueError("this CPU hashes with hashlib, whose state cannot be restored")
+        digest = cls()
+        digest._digests = _digests.Sha1Sha256(state)
+        digest.size = digest._digests.length
+        return digest
 
 
 def digest_file(path: Path, digest: StreamDigest | None = None) -> FileDigest:
@@ -330,7 +356,8 @@ class FileSink(Protocol):
     `held` bytes (the resume offset) were fetched under `validator` (the server's ETag, or its
     Last-Modified date when it sent no ETag) when the server announced `total` bytes; `restart`
     drops them. `commit` publishes what was written, atomically; `close` releases the sink,
-    keeping held bytes for a later run where it can.
+    keeping held bytes for a later run where it can: a local part always, an S3 upload (which is
+    billed while it waits) only when `resumable` says the transfer stopped rather than failed.
     `published` is the final file, verified, if another run published it while `open` waited
     for the file (a check before `open` may have come just before that run's rename).
     """
@@ -347,7 +374,7 @@ class FileSink(Protocol):
 
     def commit(self) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, resumable: bool = False) -> None: ...
 
     def published(self, size: int | None, sha1: str | None) -> FileDigest | None: ...
 
@@ -463,7 +490,9 @@ class _LocalSink:
     def published(self, size: int | None, sha1: str | None) -> FileDigest | None:
         return _verified_file(self._final, size, sha1)
 
-    def close(self) -> None:
+    def close(self, resumable: bool = False) -> None:
+        """Release the part, kept for a later run however the transfer ended (`resumable` is for sinks whose
+        held bytes cost)."""
         # Closing flushes the last buffered bytes, which can fail (disk full): the lock goes all the same.
         try:
             self._close_handle()

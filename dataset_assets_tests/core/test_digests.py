@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 
@@ -87,3 +89,41 @@ def test_a_stream_digest_hashed_in_batches_equals_hashlibs(make: Callable[[], ob
 def test_update_refuses_what_is_not_bytes() -> None:
     with pytest.raises(TypeError):
         _digests.Sha1Sha256().update("text")  # type: ignore[arg-type]
+
+
+@needs_sha_ni
+@pytest.mark.parametrize("split", [0, 1, 63, 64, 65, 5 * 64 + 7, 300_001])
+def test_a_saved_state_goes_on_in_another_process_to_hashlibs_digests(split: int) -> None:
+    """The state crosses a process boundary as bytes, as an upload record carries it (`core.s3_resume`)."""
+    data = random.Random(split).randbytes(400_000)
+    first = StreamDigest()
+    first.update(data[:split])
+    state = first.state()
+    assert state is not None
+    script = ("import sys; from dataset_assets.core.storage import StreamDigest; "
+              "digest = StreamDigest.resumed(bytes.fromhex(sys.argv[1])); digest.update(sys.stdin.buffer.read()); "
+              "result = digest.result(); print(result.size, result.sha1, result.sha256)")
+    finished = subprocess.run([sys.executable, "-c", script, state.hex()], input=data[split:], capture_output=True,
+                              check=True)
+    assert finished.stdout.decode().split() == [str(len(data)), *expected(data)]
+
+
+@needs_sha_ni
+@pytest.mark.parametrize(("state", "problem"), [
+    (b"", "at least 60 bytes, got 0"),
+    (bytes(52) + (70).to_bytes(8, "big") + bytes(5), "of 70 bytes absorbed has 66 bytes, got 65"),
+    (bytes(52) + (64).to_bytes(8, "big") + bytes(1), "of 64 bytes absorbed has 60 bytes, got 61"),
+])
+def test_a_state_of_the_wrong_length_for_its_byte_count_is_refused(state: bytes, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        StreamDigest.resumed(state)
+
+
+def test_without_sha_ni_no_state_is_saved_or_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "_Digests", HashlibDigests)
+    monkeypatch.setattr(storage, "STATE_SAVABLE", False)
+    digest = StreamDigest()
+    digest.update(b"abc")
+    assert digest.state() is None
+    with pytest.raises(ValueError, match="hashlib, whose state cannot be restored"):
+        StreamDigest.resumed(bytes(60))
