@@ -22,11 +22,13 @@ import yaml
 
 from dataset_assets.cli import main
 from dataset_assets.core.manifest import MAX_MANIFEST_BYTES, UrlManifest, parse_manifest
+from dataset_assets.core.s3 import MIN_PART_SIZE
+from dataset_assets.core.s3_resume import RECORD_SUFFIX, UploadRecord
 from dataset_assets.core.splits import split_sequences
 from dataset_assets.demo.generate import DemoFile
 from dataset_assets.demo.server import DemoServer
 from dataset_assets_tests import s3_fixtures
-from dataset_assets_tests.cli_interrupt import interrupt_cli
+from dataset_assets_tests.cli_interrupt import interrupt_cli, wait_until
 from dataset_assets_tests.demo import fixtures
 from dataset_assets_tests.plain_server import PlainServer
 from dataset_assets_tests.s3_fixtures import S3Bucket
@@ -39,6 +41,7 @@ moto_client = s3_fixtures.moto_client
 s3_bucket = s3_fixtures.s3_bucket
 
 CONFIG = "efm"
+EMPTY_RECORD = UploadRecord("", None, None, None, 0, (), b"")
 
 
 def save_manifest(server: DemoServer, folder: Path) -> tuple[Path, UrlManifest]:
@@ -240,6 +243,55 @@ def test_kill_9_mid_run_then_rerun_fetches_only_what_was_missing(
     for demo_file in files:
         assert hashlib.sha1((out / demo_file.sequence / demo_file.filename).read_bytes()).hexdigest() == demo_file.sha1
     assert not list(out.glob("*/*.part*"))
+
+
+def test_kill_9_mid_upload_to_s3_then_rerun_continues_the_upload_fetching_only_the_rest(
+    tmp_path: Path, s3_bucket: S3Bucket, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """S3 cannot give back the parts of an incomplete upload, so the rerun goes on from the upload's record:
+    its parts, and the hashing state after them."""
+    source = tmp_path / "source"
+    data = hashlib.shake_256(b"kill-9 to s3").digest(4 * MIN_PART_SIZE + 12_345)
+    (source / CONFIG / "seq_000").mkdir(parents=True)
+    (source / CONFIG / "seq_000" / "shards-0000.tar").write_bytes(data)
+    key = "atek/seq_000/shards-0000.tar"
+    out = tmp_path / "out"
+
+    def record() -> UploadRecord | None:
+        if key + RECORD_SUFFIX not in s3_bucket.keys():
+            return None
+        return UploadRecord.parse(s3_bucket.read(key + RECORD_SUFFIX), "record")
+
+    with DemoServer(source, secret=b"kill-9-s3") as first:
+        manifest_path, _ = save_manifest(first, tmp_path)
+        args = download_args(manifest_path, out, "--download-wds-to-local", "--destination",
+                             f"s3://{s3_bucket.name}/atek", "--s3-endpoint-url", s3_bucket.endpoint_url,
+                             "--part-size-mib", "5", "--part-concurrency", "2")
+        first.faults.trickle(4 * MIN_PART_SIZE)  # about a second for the file
+        process = subprocess.Popen([sys.executable, "-m", "dataset_assets.cli", *args],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: (record() or EMPTY_RECORD).held >= 2 * MIN_PART_SIZE, process,
+                       "a record of two uploaded parts")
+            os.kill(process.pid, signal.SIGKILL)
+        finally:
+            process.wait()
+        port = urlsplit(first.base_url).port
+    left = record()
+    assert left is not None and [upload["UploadId"] for upload in s3_bucket.multipart_uploads()] == [left.upload_id]
+    assert key not in s3_bucket.keys()
+
+    with DemoServer(source, secret=b"kill-9-s3", port=port or 0) as second:
+        assert main(args) == 0
+
+    assert "1 file(s): 0 downloaded, 1 resumed, 0 skipped, 0 failed" in capsys.readouterr().out
+    assert [r.range_header for r in second.stats.requests if r.path.startswith("/files/")] == [
+        f"bytes={left.held}-"]
+    assert second.stats.body_bytes_sent() == len(data) - left.held
+    assert s3_bucket.read(key) == data
+    assert s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=key)["Metadata"]["sha1"] == hashlib.sha1(
+        data).hexdigest()
+    assert s3_bucket.multipart_uploads() == [] and key + RECORD_SUFFIX not in s3_bucket.keys()
 
 
 def test_a_missing_manifest_file_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

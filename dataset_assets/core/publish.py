@@ -5,10 +5,11 @@ Each file goes through `core.s3`'s streaming multipart sink: parts of `part_size
 CompleteMultipartUpload succeeds (any failure aborts the upload; a file of one part is a single
 PutObject). The file's sha1 is computed first and stored as object metadata, so after the upload a
 HEAD checks size and sha1, and a re-publish skips every object whose size and stored sha1 already
-match. Uploaded or skipped, an object is left without incomplete multipart uploads (a killed run's
-parts). Annotations go last: the versions sensor treats a version whose annotations object exists
-as complete. `publish_version` first refuses a packed version whose annotations describe other
-objects than its `assets.tar`.
+match. A run killed mid-upload leaves a record of its parts beside the object (`core.s3_resume`), and
+the next publish of the same file goes on from it. Uploaded or skipped, an object is left without
+incomplete multipart uploads (a killed run's parts). Annotations go last: the versions sensor
+treats a version whose annotations object exists as complete. `publish_version` first refuses a
+packed version whose annotations describe other objects than its `assets.tar`.
 """
 from __future__ import annotations
 
@@ -113,8 +114,12 @@ def _upload_file(path: Path, destination: S3Destination, name: str, digest: File
 
 
 def _upload(path: Path, sink: FileSink, digest: FileDigest, uri: str) -> None:
-    sink.restart(None, digest.size)  # the known size lets the sink keep within S3's 10,000 parts
+    """Upload `path`, going on from the bytes the sink holds: an upload a killed run left of the same file
+    (the sink continues only an upload made for this sha1)."""
+    if sink.held == 0 or sink.total != digest.size:
+        sink.restart(None, digest.size)  # the known size lets the sink keep within S3's 10,000 parts
     with open(path, "rb") as handle:
+        handle.seek(sink.held)
         while chunk := handle.read(CHUNK_BYTES):
             sink.write(chunk)
     if sink.digest() != digest:

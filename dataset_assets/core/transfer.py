@@ -638,11 +638,15 @@ class _Engine:
 
     def _download(self, entry: ManifestEntry, destination: Destination) -> FileResult:
         job = _Job(entry, destination.open(entry.relative_path, entry.sha1, self.stop.event))
+        resumable = False
         try:
             existing = job.sink.published(entry.size, entry.sha1)
             if existing is not None:  # another run published it between the check above and `open`
                 return _skipped(entry, existing)
             digest = self._with_fresh_links(job, destination)
+        except (TransferCancelled, LinkExpired):
+            resumable = True  # stopped, not failed: a later run (with fresh links) goes on from the held bytes
+            raise
         except StorageError:
             # A destination without locks (S3) lets a concurrent run of the same partition publish the file
             # meanwhile, aborting this run's upload: its verified copy is as good as ours.
@@ -651,7 +655,7 @@ class _Engine:
                 raise
             return _skipped(entry, existing)
         finally:
-            job.sink.close()
+            job.sink.close(resumable)
         status = "resumed" if job.appended else "downloaded"
         return FileResult(entry.config, entry.relative_path, status, digest.size, digest.sha1, digest.sha256,
                           job.fetched)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from botocore.exceptions import EndpointConnectionError
 from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.publish import PublishReport, list_published_versions, publish_folder, version_destination
 from dataset_assets.core.s3 import MIB
+from dataset_assets.core.s3_resume import RECORD_SUFFIX, UploadRecord
 from dataset_assets.core.storage import StorageError
 from dataset_assets.core.versioned import PublishSpec, download_components, load_annotations, pack_assets
 from dataset_assets_tests import s3_fixtures
@@ -132,6 +134,35 @@ def test_a_publish_that_skips_an_object_aborts_the_incomplete_upload_a_killed_ru
         listed = s3_bucket.client.list_multipart_uploads(Bucket=s3_bucket.name, Prefix=key)
         assert listed.get("Uploads", []) == [], key
         assert s3_bucket.read(key) == (folder / name).read_bytes()
+
+
+def test_a_publish_goes_on_with_the_upload_a_killed_run_left_uploading_only_the_rest(
+        tmp_path: Path, s3_bucket: S3Bucket) -> None:
+    """The killed run is played in this process: a sink is fed the first parts of assets.tar and then
+    dropped without being closed, which leaves in the bucket what a killed process leaves."""
+    folder = big_version(tmp_path / V1)
+    destination = version_destination(spec_for(s3_bucket, concurrency=1), DS, V1, s3_bucket.client)
+    data = (folder / "assets.tar").read_bytes()
+    key = f"public/{DS}/{V1}/assets.tar"
+    killed = destination.open("assets.tar", hashlib.sha1(data).hexdigest())
+    killed.restart(None, len(data))
+    killed.write(data[:2 * 5 * MIB + 1000])
+    deadline = time.monotonic() + 20
+    while key + RECORD_SUFFIX not in s3_bucket.keys() or UploadRecord.parse(
+            s3_bucket.read(key + RECORD_SUFFIX), "record").held < 2 * 5 * MIB:
+        assert time.monotonic() < deadline, "no record of two parts"
+        time.sleep(0.01)
+
+    with S3Calls(s3_bucket.client) as calls:
+        report = publish_folder(folder, FILES, destination)
+
+    assert [file.status for file in report.files] == ["uploaded"] * 3
+    assert calls.counts["UploadPart"] == 1 and calls.counts["CreateMultipartUpload"] == 0
+    assert s3_bucket.read(key) == data
+    assert s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=key)["Metadata"]["sha1"] == hashlib.sha1(
+        data).hexdigest()
+    assert s3_bucket.multipart_uploads() == []
+    assert sorted(s3_bucket.keys()) == sorted(f"public/{DS}/{V1}/{name}" for name in FILES)
 
 
 def test_a_file_uploaded_in_one_put_aborts_the_incomplete_upload_an_earlier_run_left_for_it(

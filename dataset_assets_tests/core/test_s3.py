@@ -5,7 +5,7 @@ import dataclasses
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from dataset_assets.core.errors import InvalidInputError
 from dataset_assets.core.manifest import ManifestEntry, parse_manifest
 from dataset_assets.core.s3 import MIB, MIN_PART_SIZE, MultipartSettings, S3Destination, S3Url
+from dataset_assets.core.s3_resume import RECORD_SUFFIX, UploadRecord
 from dataset_assets.core.transfer import (
     DownloadReport,
     TransferError,
@@ -34,6 +35,7 @@ s3_bucket = s3_fixtures.s3_bucket
 BIG = "big/seq_000/shards-0000.tar"
 BIG_SIZE = 6 * MIN_PART_SIZE + 123_457
 PARTS = MultipartSettings(part_size=MIN_PART_SIZE, concurrency=4)
+EMPTY = UploadRecord("", None, None, None, 0, (), b"")
 FAST = TransferSettings(workers=4, max_attempts=3, backoff_initial_seconds=0.01, backoff_max_seconds=0.1)
 
 
@@ -294,6 +296,128 @@ def test_a_file_uploaded_in_one_put_aborts_the_incomplete_upload_an_earlier_run_
     assert [result.status for result in report.results] == ["downloaded"]
     assert s3_bucket.multipart_uploads() == []
     assert s3_bucket.read(key) == (big_source / "big" / entry.relative_path).read_bytes()
+
+
+def record_of(bucket: S3Bucket, key: str) -> UploadRecord | None:
+    if key + RECORD_SUFFIX not in bucket.keys():
+        return None
+    return UploadRecord.parse(bucket.read(key + RECORD_SUFFIX), "record")
+
+
+def stop_after_two_recorded_parts(server: DemoServer, bucket: S3Bucket, entry: ManifestEntry) -> DownloadReport:
+    """Transfer `entry` from a trickling source and set the stop once its upload's record holds two parts."""
+    key = f"mirror/raw/{entry.relative_path}"
+    server.faults.trickle(BIG_SIZE)  # about a second for the file
+    stop = threading.Event()
+    reports: list[DownloadReport] = []
+    run = threading.Thread(target=lambda: reports.append(
+        transfer_entries([entry], {"big": destination(bucket)}, FAST, stop=stop)))
+    run.start()
+    deadline = time.monotonic() + 30
+    while ((record_of(bucket, key) or EMPTY).held < 2 * MIN_PART_SIZE and run.is_alive()
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
+    stop.set()
+    run.join()
+    server.faults.clear()
+    server.stats.reset()
+    return reports[0]
+
+
+def test_a_stopped_upload_is_left_with_its_record_and_the_next_run_continues_it(
+    source_server: DemoServer, big_source: Path, s3_bucket: S3Bucket
+) -> None:
+    [entry] = entries_of(source_server)
+    key = f"mirror/raw/{entry.relative_path}"
+
+    stopped = stop_after_two_recorded_parts(source_server, s3_bucket, entry)
+
+    left = record_of(s3_bucket, key)
+    assert stopped.interrupted == (f"big/{entry.relative_path}",)
+    assert left is not None and left.held >= 2 * MIN_PART_SIZE and left.sha1 == entry.sha1
+    assert [upload["UploadId"] for upload in s3_bucket.multipart_uploads()] == [left.upload_id]
+
+    report = download_entries([entry], {"big": destination(s3_bucket)}, FAST)
+
+    assert [result.status for result in report.results] == ["resumed"]
+    assert [r.range_header for r in source_server.stats.requests] == [f"bytes={left.held}-"]
+    assert source_server.stats.body_bytes_sent() == BIG_SIZE - left.held
+    assert s3_bucket.read(key) == (big_source / BIG).read_bytes()
+    assert report.results[0].sha256 == hashlib.sha256((big_source / BIG).read_bytes()).hexdigest()
+    assert s3_bucket.multipart_uploads() == [] and s3_bucket.keys() == [key]
+
+
+def test_an_upload_ended_by_an_expired_link_is_left_for_the_run_with_fresh_links_to_continue(
+    big_source: Path, s3_bucket: S3Bucket
+) -> None:
+    key = "mirror/raw/seq_000/shards-0000.tar"
+    with DemoServer(big_source, secret=b"expiring") as server:
+        [entry] = entries_of(server)
+        cut = 3 * MIN_PART_SIZE + 1000
+        server.faults.drop_after_bytes(cut)
+
+        def expire_links_once_streaming(nbytes: int) -> None:
+            server.advance_clock(2 * server.link_ttl_seconds)  # the retry after the drop finds its link expired
+
+        report = transfer_entries([entry], {"big": destination(s3_bucket)}, FAST, progress=expire_links_once_streaming)
+        assert report.expired == (f"big/{entry.relative_path}",)
+        left = record_of(s3_bucket, key)
+        assert left is not None and left.held == 3 * MIN_PART_SIZE
+        assert [upload["UploadId"] for upload in s3_bucket.multipart_uploads()] == [left.upload_id]
+
+        server.stats.reset()
+        [fresh] = entries_of(server)
+        report = download_entries([fresh], {"big": destination(s3_bucket)}, FAST)
+
+    assert [result.status for result in report.results] == ["resumed"]
+    assert [r.range_header for r in server.stats.requests if r.path.startswith("/files/")] == [
+        f"bytes={left.held}-"]
+    assert s3_bucket.read(key) == (big_source / BIG).read_bytes()
+    assert s3_bucket.multipart_uploads() == [] and s3_bucket.keys() == [key]
+
+
+def _other_sha1(bucket: S3Bucket, key: str, record: UploadRecord) -> None:
+    bucket.client.put_object(Bucket=bucket.name, Key=key + RECORD_SUFFIX,
+                             Body=dataclasses.replace(record, sha1="0" * 40).to_json())
+
+
+def _upload_gone(bucket: S3Bucket, key: str, record: UploadRecord) -> None:
+    bucket.client.abort_multipart_upload(Bucket=bucket.name, Key=key, UploadId=record.upload_id)
+
+
+def _other_parts(bucket: S3Bucket, key: str, record: UploadRecord) -> None:
+    first = dataclasses.replace(record.parts[0], etag='"0123456789abcdef0123456789abcdef"')
+    bucket.client.put_object(Bucket=bucket.name, Key=key + RECORD_SUFFIX,
+                             Body=dataclasses.replace(record, parts=(first, *record.parts[1:])).to_json())
+
+
+def _garbled(bucket: S3Bucket, key: str, record: UploadRecord) -> None:
+    bucket.client.put_object(Bucket=bucket.name, Key=key + RECORD_SUFFIX, Body=record.to_json()[:-9])
+
+
+def _tiny_parts(bucket: S3Bucket, key: str, record: UploadRecord) -> None:
+    bucket.client.put_object(Bucket=bucket.name, Key=key + RECORD_SUFFIX,
+                             Body=dataclasses.replace(record, part_size=0).to_json())
+
+
+@pytest.mark.parametrize("spoil", [_other_sha1, _upload_gone, _other_parts, _garbled, _tiny_parts])
+def test_an_upload_whose_record_does_not_fit_is_not_continued_and_is_cleaned_up_after_a_fresh_upload(
+    source_server: DemoServer, big_source: Path, s3_bucket: S3Bucket,
+    spoil: Callable[[S3Bucket, str, UploadRecord], None]
+) -> None:
+    [entry] = entries_of(source_server)
+    key = f"mirror/raw/{entry.relative_path}"
+    stop_after_two_recorded_parts(source_server, s3_bucket, entry)
+    left = record_of(s3_bucket, key)
+    assert left is not None
+    spoil(s3_bucket, key, left)
+
+    report = download_entries([entry], {"big": destination(s3_bucket)}, FAST)
+
+    assert [result.status for result in report.results] == ["downloaded"]
+    assert [r.range_header for r in source_server.stats.requests] == [None]
+    assert s3_bucket.read(key) == (big_source / BIG).read_bytes()
+    assert s3_bucket.multipart_uploads() == [] and s3_bucket.keys() == [key]
 
 
 @pytest.mark.parametrize("url", ["http://bucket/x", "s3://", "s3://bucket/x?y=1"])
