@@ -432,7 +432,7 @@ class _S3Sink:
         described = self._destination.describe(self._path)
         why = self._why_not_continue(record)
         if why is not None:
-            logger.info("%s: not continuing the upload of an earlier run: %s", described, why)
+            logger.warning("%s: not continuing the upload of an earlier run: %s", described, why)
             return
         self._upload = _MultipartUpload(self._destination, self._path, {}, self._record_part, resumed=record)
         self._digest, self.held = StreamDigest.resumed(record.digest_state), record.held
@@ -454,7 +454,10 @@ class _S3Sink:
             return f"its part size {record.part_size} is not one S3 takes"
         if any(part.size != record.part_size for part in record.parts):
             return f"not all of its parts have its part size {record.part_size}"
-        held = self._destination.uploaded_parts(self._path, record.upload_id)
+        try:
+            held = self._destination.uploaded_parts(self._path, record.upload_id)
+        except StorageError as error:  # say, credentials without s3:ListMultipartUploadParts
+            return f"its parts could not be listed ({error})"
         if held is None:
             return "S3 no longer has the upload"
         if any(held.get(part.number) != part for part in record.parts):

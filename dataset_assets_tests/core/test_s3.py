@@ -420,6 +420,30 @@ def test_an_upload_whose_record_does_not_fit_is_not_continued_and_is_cleaned_up_
     assert s3_bucket.multipart_uploads() == [] and s3_bucket.keys() == [key]
 
 
+def test_an_upload_whose_parts_may_not_be_listed_is_not_continued_and_the_file_still_uploads(
+    source_server: DemoServer, big_source: Path, s3_bucket: S3Bucket, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Credentials without s3:ListMultipartUploadParts: the record cannot be checked, so a fresh upload is made."""
+    [entry] = entries_of(source_server)
+    key = f"mirror/raw/{entry.relative_path}"
+    stop_after_two_recorded_parts(source_server, s3_bucket, entry)
+
+    def deny(**kwargs: Any) -> None:
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "ListParts")
+
+    s3_bucket.client.meta.events.register("before-call.s3.ListParts", deny)
+    try:
+        report = download_entries([entry], {"big": destination(s3_bucket)}, FAST)
+    finally:
+        s3_bucket.client.meta.events.unregister("before-call.s3.ListParts", deny)
+
+    assert [result.status for result in report.results] == ["downloaded"]
+    assert f"s3://{s3_bucket.name}/{key}: not continuing the upload of an earlier run: its parts could not be listed" \
+        in caplog.text and "AccessDenied" in caplog.text
+    assert s3_bucket.read(key) == (big_source / BIG).read_bytes()
+    assert s3_bucket.multipart_uploads() == [] and s3_bucket.keys() == [key]
+
+
 @pytest.mark.parametrize("url", ["http://bucket/x", "s3://", "s3://bucket/x?y=1"])
 def test_bad_s3_url_is_refused_naming_the_value(url: str) -> None:
     with pytest.raises(InvalidInputError, match=r"field 'destination' must look like s3://bucket/prefix"):
