@@ -1,18 +1,15 @@
 """`dataset-assets download`: ATEK flags and outputs, run in-process and as a killed or interrupted subprocess."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,6 +29,7 @@ from dataset_assets_tests.cli_interrupt import interrupt_cli, wait_until
 from dataset_assets_tests.demo import fixtures
 from dataset_assets_tests.plain_server import PlainServer
 from dataset_assets_tests.s3_fixtures import S3Bucket
+from dataset_assets_tests.silent_listener import connecting_to, server_that_never_accepts
 
 demo_source = fixtures.demo_source
 demo_files = fixtures.demo_files
@@ -479,32 +477,42 @@ def test_ctrl_c_while_a_server_never_answers_the_request_exits_130_at_once_and_a
     assert (out / "seq_000" / "shards-0000.tar").read_bytes() == data
 
 
-@contextlib.contextmanager
-def server_that_never_accepts() -> Iterator[int]:
-    """The port of a loopback listener whose accept queue is full: Linux drops the SYN of every further connect,
-    which then hangs until its timeout."""
-    with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
-        port = listener.getsockname()[1]
-        with socket.create_connection(("127.0.0.1", port)):
-            yield port
-
-
-def connecting_to(port: int) -> bool:
-    """Whether a socket on this machine is sending its SYN to 127.0.0.1:`port` (state 02 in /proc/net/tcp)."""
-    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return any(row.split()[2] == f"0100007F:{port:04X}" and row.split()[3] == "02" for row in rows)
-
-
-def test_a_second_ctrl_c_quits_at_once_while_a_connect_hangs_and_a_rerun_completes(
+def test_ctrl_c_while_a_connect_hangs_exits_130_at_once_and_a_rerun_completes(
     plain_server: PlainServer, tmp_path: Path
 ) -> None:
-    """A connect has no socket for the stop to shut: the orderly stop would wait for the 60 s connect timeout;
-    a second Ctrl-C does not."""
+    """The host drops the SYN: the stop ends the connect, which would otherwise last the 60 s connect timeout."""
     path, data = "/seq_000/shards-0000.tar", os.urandom(10_000)
     manifest_path, out = tmp_path / "manifest.json", tmp_path / "out"
     with server_that_never_accepts() as port:
         manifest_path.write_bytes(one_file_manifest(data, f"http://127.0.0.1:{port}{path}"))
         ended = interrupt_cli(download_args(manifest_path, out, "--download-wds-to-local"),
+                              [(lambda: connecting_to(port), "a connect to the full listener")])
+
+    assert ended.seconds_to_exit < 10  # not the 60 s connect timeout: a loaded machine has margin
+    assert ended.returncode == 130, ended.stderr
+    assert "Traceback" not in ended.stderr and "quitting now" not in ended.stderr
+    assert "0 failed, 1 interrupted" in ended.stdout
+
+    plain_server.serve(path, data)
+    manifest_path.write_bytes(one_file_manifest(data, plain_server.url(path)))
+    assert main(download_args(manifest_path, out, "--download-wds-to-local")) == 0
+    assert (out / "seq_000" / "shards-0000.tar").read_bytes() == data
+
+
+def test_a_second_ctrl_c_quits_at_once_while_an_s3_call_hangs_on_connect(
+    plain_server: PlainServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """boto3's connects cannot be ended from Python: the orderly stop would wait for botocore's connect timeouts
+    and retries; a second Ctrl-C does not."""
+    for name, value in s3_fixtures.DUMMY_AWS_ENV.items():  # boto3 signs, then connects
+        monkeypatch.setenv(name, value)
+    path, data = "/seq_000/shards-0000.tar", os.urandom(10_000)
+    plain_server.serve(path, data)
+    manifest_path, out = tmp_path / "manifest.json", tmp_path / "out"
+    manifest_path.write_bytes(one_file_manifest(data, plain_server.url(path)))
+    with server_that_never_accepts() as port:
+        ended = interrupt_cli(download_args(manifest_path, out, "--download-wds-to-local", "--destination",
+                                            "s3://bucket/atek", "--s3-endpoint-url", f"http://127.0.0.1:{port}"),
                               [(lambda: connecting_to(port), "a connect to the full listener")],
                               again_after="Ctrl-C again quits at once")
 
@@ -512,11 +520,6 @@ def test_a_second_ctrl_c_quits_at_once_while_a_connect_hangs_and_a_rerun_complet
     assert ended.returncode == 130, ended.stderr
     assert "quitting now; run the same command again to resume" in ended.stderr
     assert "Traceback" not in ended.stderr
-
-    plain_server.serve(path, data)
-    manifest_path.write_bytes(one_file_manifest(data, plain_server.url(path)))
-    assert main(download_args(manifest_path, out, "--download-wds-to-local")) == 0
-    assert (out / "seq_000" / "shards-0000.tar").read_bytes() == data
 
 
 def test_ctrl_c_while_fresh_links_are_fetched_from_a_silent_manifest_server_exits_130_at_once(

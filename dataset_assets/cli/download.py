@@ -10,8 +10,8 @@ verified files as `<sequence>/<file>`. A summary says what was downloaded, resum
 what failed and why; the exit status is 1 if any file failed (or, with an S3 destination, the YAMLs
 could not be put beside the files), 2 on bad input. Ctrl-C stops the files in flight, keeping their
 bytes for the next run, prints the summary without writing the YAMLs, and exits with status 130. A
-second Ctrl-C quits at once (status 130): for a connect that hangs (a server that never accepts it),
-which the orderly stop would wait for until the connect timeout. What is on disk then is what a killed
+second Ctrl-C quits at once (status 130): for an S3 call (boto3) or a host name lookup that hangs,
+which the orderly stop would wait for until their timeouts. What is on disk then is what a killed
 run leaves, and the same command resumes from it.
 """
 from __future__ import annotations
@@ -146,8 +146,8 @@ def _put_beside_files(written: dict[str, Path], destination: Destination) -> boo
 def _stop_on_ctrl_c() -> Iterator[threading.Event]:
     """Within the block, SIGINT sets the yielded event instead of raising KeyboardInterrupt wherever the main
     thread happens to be, so the transfer stops in order and still reports what it did. A second SIGINT
-    ends the process at once: a connect that hangs cannot be interrupted from Python, and would hold the
-    orderly stop until the connect timeout."""
+    ends the process at once: an S3 call (boto3) or a host name lookup that hangs cannot be ended from
+    Python, and would hold the orderly stop until its timeouts."""
     stop = threading.Event()
 
     def on_sigint(signum: int, frame: object) -> None:
@@ -172,7 +172,8 @@ def _print_summary(report: DownloadReport, destination: Destination) -> None:
 
 
 def _print_interrupted(destination: Destination) -> None:
-    kept = "bytes held in .part files are kept, " if isinstance(destination, LocalDestination) else ""
+    kept = ("bytes held in .part files are kept, " if isinstance(destination, LocalDestination)
+            else "uploaded parts are kept and continued, ")
     print(f"interrupted: run the same command again to resume ({kept}verified files are not fetched again); "
           "the split YAMLs were not written")
 

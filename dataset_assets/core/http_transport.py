@@ -6,14 +6,18 @@ seconds per GiB, benchmarks/RESULTS.md "Downloads"). Everything above the wire s
 client API, redirects, content decoding. httpx ignores the environment's proxies for a client given
 a transport, so this transport honours them itself. urllib3's errors become the matching
 `httpx.TransportError`s, so retry policies keep working. A request may carry an `Interrupt` as the extension
-`INTERRUPT`: another thread calling it ends at once the request's wait on a silent server, for the response's
-headers or for its body.
+`INTERRUPT`: another thread calling it ends at once the request's waits on its server: for a connect (a host
+that drops the SYN), for the response's headers or for its body.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import select
 import socket
 import ssl
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -25,12 +29,15 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import (
     ConnectTimeoutError,
+    LocationParseError,
+    NameResolutionError,
     NewConnectionError,
     ProtocolError,
     ProxyError,
     ReadTimeoutError,
     SSLError,
 )
+from urllib3.util.connection import allowed_gai_family
 
 READ_BYTES = 1 << 20
 # The request extension holding the request's `Interrupt`.
@@ -41,10 +48,10 @@ class Interrupt:
     """Ends one request's waits on its server, from another thread: for the response's headers, then for its body.
 
     Calling it shuts the socket of the request's connection for reading, so that a read waiting for a silent
-    server returns at once, as a broken connection (closing instead would wait for that read). Called before the
-    request is sent, it ends the wait as soon as the request is; once the body is closed, and its connection
-    perhaps back in the pool for another request, there is nothing left to end. A connect is not ended: it has no
-    socket to shut until it succeeds (then the wait for headers ends) or times out.
+    server returns at once, as a broken connection (closing instead would wait for that read); shutting a socket
+    whose connect is under way aborts the connect (Linux). Called before the request is sent, it ends the wait as
+    soon as the request is; once the body is closed, and its connection perhaps back in the pool for another
+    request, there is nothing left to end. A host name being resolved is not interrupted: there is no socket yet.
     """
 
     def __init__(self) -> None:
@@ -56,6 +63,10 @@ class Interrupt:
         with self._lock:
             self._called = True
             self._shut()
+
+    @property
+    def called(self) -> bool:
+        return self._called
 
     def attach(self, sock: socket.socket) -> None:
         """The request waits on `sock` from now on."""
@@ -79,8 +90,73 @@ class Interrupt:
 _sending: ContextVar[Interrupt] = ContextVar("sending")
 
 
+def _connect_socket(sock: socket.socket, peer: tuple[str, int], timeout: float | None, interrupt: Interrupt) -> None:
+    """Connect `sock` (which `interrupt` holds) to `peer` within `timeout`; OSError if it fails or was interrupted.
+
+    Non-blocking, so that the interrupt is checked once the connect is under way: called earlier, its shutdown found
+    no connect to abort.
+    """
+    sock.setblocking(False)
+    code = sock.connect_ex(peer)
+    if code == errno.EINPROGRESS:
+        if interrupt.called:
+            raise ConnectionAbortedError(errno.ECONNABORTED, "connect interrupted")
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        if not poller.poll(None if timeout is None else timeout * 1000):
+            raise TimeoutError("timed out")
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
+    sock.settimeout(timeout)
+
+
+def _connect(address: tuple[str, int], timeout: float | None, source_address: tuple[str, int] | None,
+             options: list[tuple[int, int, int | bytes]] | None, interrupt: Interrupt) -> socket.socket:
+    """urllib3's `create_connection`, connecting each address it resolves to with a socket `interrupt` holds."""
+    host, port = address
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise LocationParseError(f"'{host}', label empty or too long") from None
+    failure: OSError = OSError(f"{host}: the name resolved to no address")
+    for family, kind, protocol, _, peer in socket.getaddrinfo(host.strip("[]"), port, allowed_gai_family(),
+                                                              socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, protocol)
+        try:
+            for option in options or ():
+                sock.setsockopt(*option)
+            if source_address:
+                sock.bind(source_address)
+            interrupt.attach(sock)
+            _connect_socket(sock, peer, timeout, interrupt)
+            return sock
+        except OSError as error:
+            interrupt.detach()
+            sock.close()
+            failure = error
+    raise failure
+
+
 class _InterruptibleConnection(HTTPConnection):
-    """A connection whose socket the `Interrupt` of the request it sends can shut, once the request is sent."""
+    """A connection whose socket the `Interrupt` of the request it sends can shut: while it connects, and once
+    the request is sent."""
+
+    def _new_conn(self) -> socket.socket:
+        """urllib3's, through `_connect`; the same errors."""
+        timeout = self.timeout if isinstance(self.timeout, (int, float)) else socket.getdefaulttimeout()
+        try:
+            sock = _connect((self._dns_host, self.port), timeout, self.source_address, self.socket_options,
+                            _sending.get())
+        except socket.gaierror as error:
+            raise NameResolutionError(self.host, self, error) from error
+        except TimeoutError as error:
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})") from error
+        except OSError as error:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error
+        sys.audit("http.client.connect", self, self.host, self.port)
+        return sock
 
     def getresponse(self) -> urllib3.HTTPResponse:
         if self.sock is not None:
