@@ -98,7 +98,7 @@ def publish_file(path: Path, destination: S3Destination, name: str, digest: File
 def _upload_file(path: Path, destination: S3Destination, name: str, digest: FileDigest) -> str:
     """Upload `path`: "uploaded", or "skipped" when a concurrent run published the same bytes meanwhile."""
     uri = destination.describe(name)
-    sink = destination.open(name, digest.sha1)
+    sink = destination.open(name, digest.sha1, size=digest.size)
     try:
         _upload(path, sink, digest, uri)
     except StorageError:

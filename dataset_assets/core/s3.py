@@ -163,8 +163,9 @@ class S3Destination:
         digest = FileDigest(head["ContentLength"], stored_sha1 or "", metadata.get("sha256", ""))
         return digest if matches(digest, size, None) else None
 
-    def open(self, relative_path: str, sha1: str | None, stop: threading.Event | None = None) -> FileSink:
-        return _S3Sink(self, relative_path, sha1)
+    def open(self, relative_path: str, sha1: str | None, stop: threading.Event | None = None,
+             size: int | None = None) -> FileSink:
+        return _S3Sink(self, relative_path, sha1, size)
 
     def tag_digests(self, relative_path: str, digest: FileDigest) -> None:
         """Tag a published multipart object with both digests, which its metadata could not hold.
@@ -402,14 +403,16 @@ class _S3Sink:
     point leaves a record of parts S3 holds, with the hashing state after their last byte.
     """
 
-    def __init__(self, destination: S3Destination, relative_path: str, sha1: str | None) -> None:
+    def __init__(self, destination: S3Destination, relative_path: str, sha1: str | None, size: int | None) -> None:
         self._destination = destination
         self._path = relative_path
         self._sha1 = sha1
         self.validator: str | None = None
         self.total: int | None = None
         self._reset()
-        record = destination.read_upload_record(relative_path) if STATE_SAVABLE else None
+        # A file smaller than a part goes in one PutObject: no upload of it to continue, and no GET to look for one.
+        may_be_in_parts = size is None or size >= destination.settings.part_size
+        record = destination.read_upload_record(relative_path) if STATE_SAVABLE and may_be_in_parts else None
         if record is not None:
             self._continue(record)
 

@@ -383,6 +383,8 @@ class Destination(Protocol):
     """A place files land, addressed by `<sequence>/<filename>` relative paths.
 
     Where `verified` or `open` wait for another process, setting `stop` ends the wait with `LockWaitCancelled`.
+    `open` is given the file's `size` when it is known (an S3 sink then looks for an upload to continue only
+    for a file that may need more than one part).
     `drop_leftovers` removes what runs killed while writing a file left for it, once the file is published and
     verified (uploaded by this run or found so); failing to fails nothing.
     """
@@ -392,7 +394,8 @@ class Destination(Protocol):
     def verified(self, relative_path: str, size: int | None, sha1: str | None,
                  stop: threading.Event | None = None) -> FileDigest | None: ...
 
-    def open(self, relative_path: str, sha1: str | None, stop: threading.Event | None = None) -> FileSink: ...
+    def open(self, relative_path: str, sha1: str | None, stop: threading.Event | None = None,
+             size: int | None = None) -> FileSink: ...
 
     def drop_leftovers(self, relative_path: str) -> None: ...
 
@@ -536,7 +539,8 @@ class LocalDestination:
         with locked(final, stop):
             return _verified_file(final, size, sha1)
 
-    def open(self, relative_path: str, sha1: str | None, stop: threading.Event | None = None) -> FileSink:
+    def open(self, relative_path: str, sha1: str | None, stop: threading.Event | None = None,
+             size: int | None = None) -> FileSink:
         return _LocalSink(self.root / relative_path, stop)
 
     def drop_leftovers(self, relative_path: str) -> None:

@@ -637,7 +637,7 @@ class _Engine:
         return result
 
     def _download(self, entry: ManifestEntry, destination: Destination) -> FileResult:
-        job = _Job(entry, destination.open(entry.relative_path, entry.sha1, self.stop.event))
+        job = _Job(entry, destination.open(entry.relative_path, entry.sha1, self.stop.event, entry.size))
         resumable = False
         try:
             existing = job.sink.published(entry.size, entry.sha1)
@@ -671,7 +671,7 @@ class _Engine:
             fresh = self._links.fresh(job.entry, self.stop)
             if (fresh.sha1, fresh.size) != (job.entry.sha1, job.entry.size):
                 job.sink.close()
-                job.sink = destination.open(fresh.relative_path, fresh.sha1, self.stop.event)
+                job.sink = destination.open(fresh.relative_path, fresh.sha1, self.stop.event, fresh.size)
             job.entry, refreshes = fresh, refreshes + 1
 
     def _attempt(self, job: _Job) -> FileDigest:

@@ -188,13 +188,23 @@ def test_two_runs_of_the_same_partition_at_once_both_succeed_leaving_one_object_
     assert s3_bucket.multipart_uploads() == []
 
 
-def test_small_files_are_single_puts_carrying_sha1_and_sha256(source_server: DemoServer, big_source: Path,
-                                                              s3_bucket: S3Bucket, part_calls: PartCalls) -> None:
+def test_small_files_are_single_puts_carrying_sha1_and_sha256_and_no_upload_record_is_looked_for(
+    source_server: DemoServer, big_source: Path, s3_bucket: S3Bucket, part_calls: PartCalls
+) -> None:
     entries = entries_of(source_server, "seq_001")
+    gets: list[str] = []
 
-    download_entries(entries, {"big": destination(s3_bucket)}, FAST)
+    def count_get(params: dict[str, Any], **kwargs: Any) -> None:
+        gets.append(params["Key"])
+
+    s3_bucket.client.meta.events.register("before-parameter-build.s3.GetObject", count_get)
+    try:
+        download_entries(entries, {"big": destination(s3_bucket)}, FAST)
+    finally:
+        s3_bucket.client.meta.events.unregister("before-parameter-build.s3.GetObject", count_get)
 
     assert part_calls.calls == 0
+    assert gets == []  # smaller than a part: no upload record is looked for
     for entry in entries:
         data = (big_source / "big" / entry.relative_path).read_bytes()
         head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=f"mirror/raw/{entry.relative_path}")
