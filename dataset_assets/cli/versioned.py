@@ -161,9 +161,9 @@ def run_versioned(args: argparse.Namespace) -> int:
     folder = version_folder(args.path, args.dataset, args.version)
     try:
         return _run(args, source, folder)
-    except KeyboardInterrupt:  # files are written atomically and multipart uploads aborted: nothing is half-done
-        print("interrupted: run the same command again to resume (bytes held in .part files are kept, "
-              "verified files and published objects are not transferred again)", file=sys.stderr)
+    except KeyboardInterrupt:  # files are written atomically, an upload is kept with its record: none is half-done
+        print("interrupted: run the same command again to resume (bytes held in .part files and uploaded parts "
+              "are kept, verified files and published objects are not transferred again)", file=sys.stderr)
         return 130
 
 

@@ -5,11 +5,12 @@ Each file goes through `core.s3`'s streaming multipart sink: parts of `part_size
 CompleteMultipartUpload succeeds (any failure aborts the upload; a file of one part is a single
 PutObject). The file's sha1 is computed first and stored as object metadata, so after the upload a
 HEAD checks size and sha1, and a re-publish skips every object whose size and stored sha1 already
-match. A run killed mid-upload leaves a record of its parts beside the object (`core.s3_resume`), and
-the next publish of the same file goes on from it. Uploaded or skipped, an object is left without
-incomplete multipart uploads (a killed run's parts). Annotations go last: the versions sensor
-treats a version whose annotations object exists as complete. `publish_version` first refuses a
-packed version whose annotations describe other objects than its `assets.tar`.
+match. A run killed or stopped with Ctrl-C mid-upload leaves its upload with a record of its parts
+beside the object (`core.s3_resume`), and the next publish of the same file goes on from it.
+Uploaded or skipped, an object is left without incomplete multipart uploads (a killed run's parts).
+Annotations go last: the versions sensor treats a version whose annotations object exists as
+complete. `publish_version` first refuses a packed version whose annotations describe other objects
+than its `assets.tar`.
 """
 from __future__ import annotations
 
@@ -99,8 +100,12 @@ def _upload_file(path: Path, destination: S3Destination, name: str, digest: File
     """Upload `path`: "uploaded", or "skipped" when a concurrent run published the same bytes meanwhile."""
     uri = destination.describe(name)
     sink = destination.open(name, digest.sha1, size=digest.size)
+    interrupted = False
     try:
         _upload(path, sink, digest, uri)
+    except KeyboardInterrupt:
+        interrupted = True  # Ctrl-C: the upload is kept for the next publish to continue
+        raise
     except StorageError:
         # S3 has no locks: a concurrent run of the same version may have published the object meanwhile
         # and aborted this run's upload as stale (`abort_stale_uploads`); its verified copy is as good.
@@ -108,7 +113,7 @@ def _upload_file(path: Path, destination: S3Destination, name: str, digest: File
             raise
         return "skipped"
     finally:
-        sink.close()
+        sink.close(resumable=interrupted)
     logger.info("published %s (%d bytes)", uri, digest.size)
     return "uploaded"
 

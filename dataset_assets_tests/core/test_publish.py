@@ -1,6 +1,7 @@
 """Publishing versions to moto's standalone S3 server, and the round trip back over its public HTTP URLs."""
 from __future__ import annotations
 
+import _thread
 import hashlib
 import json
 import socket
@@ -161,6 +162,40 @@ def test_a_publish_goes_on_with_the_upload_a_killed_run_left_uploading_only_the_
     assert s3_bucket.read(key) == data
     assert s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=key)["Metadata"]["sha1"] == hashlib.sha1(
         data).hexdigest()
+    assert s3_bucket.multipart_uploads() == []
+    assert sorted(s3_bucket.keys()) == sorted(f"public/{DS}/{V1}/{name}" for name in FILES)
+
+
+def test_ctrl_c_mid_publish_keeps_the_upload_and_the_next_publish_continues_it(
+        tmp_path: Path, s3_bucket: S3Bucket) -> None:
+    """The SIGINT is raised in this (the main) thread by `_thread.interrupt_main`, once two parts are uploaded."""
+    folder = big_version(tmp_path / V1)
+    destination = version_destination(spec_for(s3_bucket, concurrency=1), DS, V1, s3_bucket.client)
+    key = f"public/{DS}/{V1}/assets.tar"
+    data = (folder / "assets.tar").read_bytes()
+    uploaded: list[object] = []
+
+    def interrupt_after_two_parts(**kwargs: Any) -> None:
+        uploaded.append(kwargs)
+        if len(uploaded) == 2:
+            _thread.interrupt_main()
+
+    s3_bucket.client.meta.events.register("after-call.s3.UploadPart", interrupt_after_two_parts)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            publish_folder(folder, FILES, destination)
+    finally:
+        s3_bucket.client.meta.events.unregister("after-call.s3.UploadPart", interrupt_after_two_parts)
+    left = UploadRecord.parse(s3_bucket.read(key + RECORD_SUFFIX), "record")
+    assert [upload["UploadId"] for upload in s3_bucket.multipart_uploads()] == [left.upload_id]
+    assert key not in s3_bucket.keys()
+
+    with S3Calls(s3_bucket.client) as calls:
+        report = publish_folder(folder, FILES, destination)
+
+    assert [file.status for file in report.files] == ["uploaded"] * 3
+    assert calls.counts["CreateMultipartUpload"] == 0 and calls.counts["UploadPart"] == 3 - len(left.parts)
+    assert s3_bucket.read(key) == data
     assert s3_bucket.multipart_uploads() == []
     assert sorted(s3_bucket.keys()) == sorted(f"public/{DS}/{V1}/{name}" for name in FILES)
 
