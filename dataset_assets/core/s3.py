@@ -232,20 +232,17 @@ class S3Destination:
 
     def uploaded_parts(self, relative_path: str, upload_id: str) -> dict[int, UploadedPart] | None:
         """The parts S3 holds for an incomplete upload, by number; None if the upload is gone."""
-        parts: dict[int, UploadedPart] = {}
-        marker = 0
-        while True:
-            try:
-                answer = self.call("list_parts", relative_path, UploadId=upload_id, PartNumberMarker=marker)
-            except StorageError as error:
-                if _error_code(error) in ("NoSuchUpload", "404"):
-                    return None
-                raise
-            for part in answer.get("Parts", []):
-                parts[part["PartNumber"]] = UploadedPart(part["PartNumber"], part["ETag"], part["Size"])
-            if not answer.get("IsTruncated"):
-                return parts
-            marker = answer["NextPartNumberMarker"]
+        pages = self.client.get_paginator("list_parts").paginate(
+            Bucket=self.url.bucket, Key=self.url.key(relative_path), UploadId=upload_id)
+        try:
+            return {part["PartNumber"]: UploadedPart(part["PartNumber"], part["ETag"], part["Size"])
+                    for page in pages for part in page.get("Parts", [])}
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404"):
+                return None
+            raise _s3_error(self.describe(relative_path), "list_parts", error) from error
+        except BotoCoreError as error:
+            raise _s3_error(self.describe(relative_path), "list_parts", error) from error
 
     def drop_leftovers(self, relative_path: str) -> None:
         """Abort the multipart uploads a killed run left for a key that is now published and verified, and
