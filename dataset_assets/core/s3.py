@@ -430,24 +430,26 @@ class _S3Sink:
         """Go on with the upload `record` describes, if it is of this file and S3 still holds its parts as
         recorded; otherwise leave it (`drop_leftovers` aborts it once the file is published) and start afresh."""
         described = self._destination.describe(self._path)
-        why = self._why_not_continue(record)
+        try:
+            digest = StreamDigest.resumed(record.digest_state)
+        except ValueError as error:
+            why: str | None = f"its hashing state is unusable ({error})"
+        else:
+            why = self._why_not_continue(record, digest.size)
         if why is not None:
             logger.warning("%s: not continuing the upload of an earlier run: %s", described, why)
             return
         self._upload = _MultipartUpload(self._destination, self._path, {}, self._record_part, resumed=record)
-        self._digest, self.held = StreamDigest.resumed(record.digest_state), record.held
+        self._digest, self.held = digest, record.held
         self.validator, self.total, self._part_size = record.validator, record.total, record.part_size
         self._recorded = list(record.parts)
         logger.info("%s: continuing the upload of an earlier run from byte %d (%d parts uploaded)", described,
                     record.held, len(record.parts))
 
-    def _why_not_continue(self, record: UploadRecord) -> str | None:
+    def _why_not_continue(self, record: UploadRecord, hashed: int) -> str | None:
+        """Why the upload `record` describes, whose hashing state covers `hashed` bytes, cannot be continued."""
         if record.sha1 != self._sha1:
             return f"it was made for sha1 {record.sha1}, the manifest now says {self._sha1}"
-        try:
-            hashed = StreamDigest.resumed(record.digest_state).size
-        except ValueError as error:
-            return f"its hashing state is unusable ({error})"
         if hashed != record.held:
             return f"its hashing state covers {hashed} bytes, its parts {record.held}"
         if not MIN_PART_SIZE <= record.part_size <= MAX_PART_SIZE:
