@@ -17,6 +17,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from dataset_assets.core.s3 import MIB, make_s3_client
+from dataset_assets.core.s3_resume import RECORD_SUFFIX, UploadRecord
 
 DUMMY_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -42,6 +43,17 @@ class S3Bucket:
 
     def read(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
+
+    def upload_record(self, key: str) -> UploadRecord | None:
+        """The record of `key`'s incomplete upload (`core.s3_resume`), if the bucket holds one."""
+        if key + RECORD_SUFFIX not in self.keys():
+            return None
+        return UploadRecord.parse(self.read(key + RECORD_SUFFIX), f"{self.name}/{key}{RECORD_SUFFIX}")
+
+    def recorded_bytes(self, key: str) -> int:
+        """How many bytes the record of `key`'s incomplete upload says its parts hold; 0 without a record."""
+        record = self.upload_record(key)
+        return 0 if record is None else record.held
 
     def leave_incomplete_upload(self, key: str) -> None:
         """What a run killed mid-upload leaves: a multipart upload with one part and no CompleteMultipartUpload."""

@@ -20,7 +20,7 @@ import yaml
 from dataset_assets.cli import main
 from dataset_assets.core.manifest import MAX_MANIFEST_BYTES, UrlManifest, parse_manifest
 from dataset_assets.core.s3 import MIN_PART_SIZE
-from dataset_assets.core.s3_resume import RECORD_SUFFIX, UploadRecord
+from dataset_assets.core.s3_resume import RECORD_SUFFIX
 from dataset_assets.core.splits import split_sequences
 from dataset_assets.demo.generate import DemoFile
 from dataset_assets.demo.server import DemoServer
@@ -39,7 +39,6 @@ moto_client = s3_fixtures.moto_client
 s3_bucket = s3_fixtures.s3_bucket
 
 CONFIG = "efm"
-EMPTY_RECORD = UploadRecord("", None, None, None, 0, (), b"")
 
 
 def save_manifest(server: DemoServer, folder: Path) -> tuple[Path, UrlManifest]:
@@ -255,11 +254,6 @@ def test_kill_9_mid_upload_to_s3_then_rerun_continues_the_upload_fetching_only_t
     key = "atek/seq_000/shards-0000.tar"
     out = tmp_path / "out"
 
-    def record() -> UploadRecord | None:
-        if key + RECORD_SUFFIX not in s3_bucket.keys():
-            return None
-        return UploadRecord.parse(s3_bucket.read(key + RECORD_SUFFIX), "record")
-
     with DemoServer(source, secret=b"kill-9-s3") as first:
         manifest_path, _ = save_manifest(first, tmp_path)
         args = download_args(manifest_path, out, "--download-wds-to-local", "--destination",
@@ -269,13 +263,13 @@ def test_kill_9_mid_upload_to_s3_then_rerun_continues_the_upload_fetching_only_t
         process = subprocess.Popen([sys.executable, "-m", "dataset_assets.cli", *args],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_until(lambda: (record() or EMPTY_RECORD).held >= 2 * MIN_PART_SIZE, process,
+            wait_until(lambda: s3_bucket.recorded_bytes(key) >= 2 * MIN_PART_SIZE, process,
                        "a record of two uploaded parts")
             os.kill(process.pid, signal.SIGKILL)
         finally:
             process.wait()
         port = urlsplit(first.base_url).port
-    left = record()
+    left = s3_bucket.upload_record(key)
     assert left is not None and [upload["UploadId"] for upload in s3_bucket.multipart_uploads()] == [left.upload_id]
     assert key not in s3_bucket.keys()
 

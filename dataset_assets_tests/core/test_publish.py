@@ -18,7 +18,6 @@ from botocore.exceptions import EndpointConnectionError
 from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.publish import PublishReport, list_published_versions, publish_folder, version_destination
 from dataset_assets.core.s3 import MIB
-from dataset_assets.core.s3_resume import RECORD_SUFFIX, UploadRecord
 from dataset_assets.core.storage import StorageError
 from dataset_assets.core.versioned import PublishSpec, download_components, load_annotations, pack_assets
 from dataset_assets_tests import s3_fixtures
@@ -149,8 +148,7 @@ def test_a_publish_goes_on_with_the_upload_a_killed_run_left_uploading_only_the_
     killed.restart(None, len(data))
     killed.write(data[:2 * 5 * MIB + 1000])
     deadline = time.monotonic() + 20
-    while key + RECORD_SUFFIX not in s3_bucket.keys() or UploadRecord.parse(
-            s3_bucket.read(key + RECORD_SUFFIX), "record").held < 2 * 5 * MIB:
+    while s3_bucket.recorded_bytes(key) < 2 * 5 * MIB:
         assert time.monotonic() < deadline, "no record of two parts"
         time.sleep(0.01)
 
@@ -186,7 +184,8 @@ def test_ctrl_c_mid_publish_keeps_the_upload_and_the_next_publish_continues_it(
             publish_folder(folder, FILES, destination)
     finally:
         s3_bucket.client.meta.events.unregister("after-call.s3.UploadPart", interrupt_after_two_parts)
-    left = UploadRecord.parse(s3_bucket.read(key + RECORD_SUFFIX), "record")
+    left = s3_bucket.upload_record(key)
+    assert left is not None
     assert [upload["UploadId"] for upload in s3_bucket.multipart_uploads()] == [left.upload_id]
     assert key not in s3_bucket.keys()
 

@@ -35,7 +35,6 @@ s3_bucket = s3_fixtures.s3_bucket
 BIG = "big/seq_000/shards-0000.tar"
 BIG_SIZE = 6 * MIN_PART_SIZE + 123_457
 PARTS = MultipartSettings(part_size=MIN_PART_SIZE, concurrency=4)
-EMPTY = UploadRecord("", None, None, None, 0, (), b"")
 FAST = TransferSettings(workers=4, max_attempts=3, backoff_initial_seconds=0.01, backoff_max_seconds=0.1)
 
 
@@ -308,12 +307,6 @@ def test_a_file_uploaded_in_one_put_aborts_the_incomplete_upload_an_earlier_run_
     assert s3_bucket.read(key) == (big_source / "big" / entry.relative_path).read_bytes()
 
 
-def record_of(bucket: S3Bucket, key: str) -> UploadRecord | None:
-    if key + RECORD_SUFFIX not in bucket.keys():
-        return None
-    return UploadRecord.parse(bucket.read(key + RECORD_SUFFIX), "record")
-
-
 def stop_after_two_recorded_parts(server: DemoServer, bucket: S3Bucket, entry: ManifestEntry) -> DownloadReport:
     """Transfer `entry` from a trickling source and set the stop once its upload's record holds two parts."""
     key = f"mirror/raw/{entry.relative_path}"
@@ -324,8 +317,7 @@ def stop_after_two_recorded_parts(server: DemoServer, bucket: S3Bucket, entry: M
         transfer_entries([entry], {"big": destination(bucket)}, FAST, stop=stop)))
     run.start()
     deadline = time.monotonic() + 30
-    while ((record_of(bucket, key) or EMPTY).held < 2 * MIN_PART_SIZE and run.is_alive()
-           and time.monotonic() < deadline):
+    while bucket.recorded_bytes(key) < 2 * MIN_PART_SIZE and run.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
     stop.set()
     run.join()
@@ -342,7 +334,7 @@ def test_a_stopped_upload_is_left_with_its_record_and_the_next_run_continues_it(
 
     stopped = stop_after_two_recorded_parts(source_server, s3_bucket, entry)
 
-    left = record_of(s3_bucket, key)
+    left = s3_bucket.upload_record(key)
     assert stopped.interrupted == (f"big/{entry.relative_path}",)
     assert left is not None and left.held >= 2 * MIN_PART_SIZE and left.sha1 == entry.sha1
     assert [upload["UploadId"] for upload in s3_bucket.multipart_uploads()] == [left.upload_id]
@@ -371,7 +363,7 @@ def test_an_upload_ended_by_an_expired_link_is_left_for_the_run_with_fresh_links
 
         report = transfer_entries([entry], {"big": destination(s3_bucket)}, FAST, progress=expire_links_once_streaming)
         assert report.expired == (f"big/{entry.relative_path}",)
-        left = record_of(s3_bucket, key)
+        left = s3_bucket.upload_record(key)
         assert left is not None and left.held == 3 * MIN_PART_SIZE
         assert [upload["UploadId"] for upload in s3_bucket.multipart_uploads()] == [left.upload_id]
 
@@ -418,7 +410,7 @@ def test_an_upload_whose_record_does_not_fit_is_not_continued_and_is_cleaned_up_
     [entry] = entries_of(source_server)
     key = f"mirror/raw/{entry.relative_path}"
     stop_after_two_recorded_parts(source_server, s3_bucket, entry)
-    left = record_of(s3_bucket, key)
+    left = s3_bucket.upload_record(key)
     assert left is not None
     spoil(s3_bucket, key, left)
 
