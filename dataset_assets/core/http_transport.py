@@ -45,7 +45,7 @@ INTERRUPT = "interrupt"
 
 
 class Interrupt:
-    """Ends one request's waits on its server, from another thread: for the response's headers, then for its body.
+    """Ends one request's waits on its server, from another thread: for its connect, the response's headers, its body.
 
     Calling it shuts the socket of the request's connection for reading, so that a read waiting for a silent
     server returns at once, as a broken connection (closing instead would wait for that read); shutting a socket
