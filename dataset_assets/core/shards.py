@@ -24,6 +24,7 @@ skips members exactly as webdataset does (`split_member_name`), so a foreign tar
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -34,6 +35,7 @@ import mmap
 import os
 import re
 import shutil
+import stat
 import struct
 import tarfile
 import threading
@@ -924,10 +926,16 @@ def map_shard(path: Path) -> mmap.mmap | None:
     our writers only ever replace shards by rename, which leaves the mapped file intact.
     """
     try:
-        with open(path, "rb") as file:
-            if os.fstat(file.fileno()).st_size == 0:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # no file object: a third of this call's time
+        try:
+            info = os.fstat(descriptor)
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            if info.st_size == 0:
                 return None
-            mapping = mmap.mmap(file.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            mapping = mmap.mmap(descriptor, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        finally:
+            os.close(descriptor)
     except OSError as error:
         raise DatasetAssetsError(f"{path}: cannot open shard ({error.strerror})") from error
     if hasattr(mmap, "MADV_HUGEPAGE"):

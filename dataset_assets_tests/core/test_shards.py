@@ -535,11 +535,14 @@ def test_views_outlive_the_iterator_and_a_shard_replaced_by_rename(tmp_path: Pat
     assert list(iter_tar_samples(shard)) == []
 
 
-def test_empty_shard_has_no_samples_and_a_missing_one_is_named(tmp_path: Path) -> None:
+def test_empty_shard_has_no_samples_and_a_missing_one_or_a_folder_is_named(tmp_path: Path) -> None:
     (tmp_path / "empty.tar").write_bytes(b"")
     assert list(iter_tar_samples(tmp_path / "empty.tar")) == []
-    with pytest.raises(DatasetAssetsError, match=r"missing\.tar: cannot open shard"):
+    with pytest.raises(DatasetAssetsError, match=r"missing\.tar: cannot open shard \(No such file or directory\)"):
         list(iter_tar_samples(tmp_path / "missing.tar"))
+    (tmp_path / "folder.tar").mkdir()
+    with pytest.raises(DatasetAssetsError, match=r"folder\.tar: cannot open shard \(Is a directory\)"):
+        list(iter_tar_samples(tmp_path / "folder.tar"))
 
 
 @pytest.mark.parametrize("tar_format", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
