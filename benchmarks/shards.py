@@ -99,6 +99,30 @@ each: 11.9 against 11.8 ms). After this session's changes, `perf` of a loop of b
 43% of the time in copying members (`memmove`), 15% in the walk (`walker_next`, mostly waiting for
 each header's cache line) and about 12% in `malloc`/`free`; page faults are gone from the profile.
 
+**Prefetching the next member (since 2026-12-07, fifth session).** With the shards mapped through
+2 MiB pages, a 4 KiB member's copy waited on memory: `perf` of a loop of bytes-mode reads put 37% of
+the time in `memmove` (nearly all of it in its `rep movsb`), 15% in the walk and 11% in
+`malloc`/`free`. In bytes mode the walk now prefetches every cache line up to 8 KiB past the next
+header, each line once (`_tarwalk.c`, `prefetch_ahead`), so the next member comes from memory while
+Python builds the current sample. Old and new walk built side by side and alternated in one process
+with `cat` (15 rounds, 3 processes): 4 KiB members 4-11% faster, camera frames unchanged within
+noise (-8% to +2%). Windows of 6-12 KiB gained alike and 24 KiB less; prefetching every other line,
+or one line in four, was slower than none (13.5-14.1 against 12.1-12.4 ms). Views still prefetch only
+the header: prefetching data they do not read slowed them by a tenth. The 2026-12-06 attempt above,
+which lost, read shards held in 4 KiB folios. After the change `perf` puts 25% in `memmove`, 22% in
+the walk (a third of that in the prefetch loop) and 12% in `malloc`/`free`. glibc 2.36, as here,
+ignores a `glibc.malloc.tcache_max` above 1032 bytes (its per-thread cache's largest chunk), so no
+tunable takes a 4 KiB member's `malloc`/`free` off the slow path: the fourth session's tcache
+experiment could not have changed anything. `map_shard` also opens a shard with `os.open` instead of a Python file
+object: 35-41 against 55-61 µs per shard mapped.
+
+Slow spells: in about a third of the processes started for these measurements (2026-12-07, fifth
+session), reading the 8 small-sample shards took 6-8 ms longer in both modes (bytes 17-20 against
+12-13 ms, views 13-16 against 8 ms), for seconds at a time or for the whole process, while `cat` in
+the same rounds did not slow. The maps were 2 MiB aligned and 95% mapped through 2 MiB pages in slow
+and fast processes alike; this VM has no performance counters, and the cause was not found. A run of
+this benchmark that falls in such a spell misses the small-sample bytes row.
+
 Before and after the C walk: `iter_tar_samples` with the Python walk of commit `b2ebf39` and with
 the C walk, interleaved in one process with `cat` (a one-off script, 7 repetitions, medians; three
 runs, 2026-12-06), in µs per member:
