@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -284,9 +285,16 @@ def test_pack_of_empty_tree_fails_and_writes_nothing(tmp_path: Path) -> None:
 
 
 def _make_special(path: Path, kind: str) -> None:
-    """A FIFO, or a socket bound from inside its folder (a socket path is limited to about 100 bytes)."""
+    """A FIFO, a device node (a copy of /dev/null's; the test is skipped where mknod is not allowed), or a
+    socket bound from inside its folder (a socket path is limited to about 100 bytes)."""
     if kind == "fifo":
         os.mkfifo(path)
+        return
+    if kind in ("chardev", "blockdev"):
+        try:
+            os.mknod(path, (stat.S_IFCHR if kind == "chardev" else stat.S_IFBLK) | 0o600, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("this user may not make device nodes")
         return
     cwd = Path.cwd()
     os.chdir(path.parent)
@@ -297,8 +305,9 @@ def _make_special(path: Path, kind: str) -> None:
         os.chdir(cwd)
 
 
-@pytest.mark.parametrize(("kind", "described"), [("fifo", "FIFO"), ("socket", "socket")])
-def test_pack_refuses_a_fifo_or_socket_naming_it_and_writes_nothing(
+@pytest.mark.parametrize(("kind", "described"), [
+    ("fifo", "FIFO"), ("socket", "socket"), ("chardev", "character device"), ("blockdev", "block device")])
+def test_pack_refuses_a_fifo_socket_or_device_naming_it_and_writes_nothing(
         tmp_path: Path, kind: str, described: str) -> None:
     """The extractor accepts regular files only: a special file cannot travel in the tarball, and leaving it
     out without a word would publish a version that lacks it."""
