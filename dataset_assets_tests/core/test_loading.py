@@ -398,12 +398,17 @@ def test_map_style_dataset_refuses_urls_and_unindexed_shards(tmp_path: Path) -> 
         IndexedShardDataset([tars[0].with_name("shards-0009.tar")])
 
 
-def test_map_style_dataset_with_two_dataloader_workers_yields_every_sample_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_map_style_dataset_with_two_dataloader_workers_yields_every_sample_once(
+        tmp_path: Path, start_method: str) -> None:
+    """Forked workers inherit the dataset, and must not share the parent's open handles; spawned ones get
+    it pickled, open handles left behind."""
     tars = write_sequence(tmp_path, "seq_a", 9, 2, Compression(block_samples=2))
     dataset = IndexedShardDataset(tars, decoder=add_frame_index)
     dataset[0]  # handles opened in the parent must not leak into the workers
 
-    loaded = list(DataLoader(dataset, batch_size=None, num_workers=2, shuffle=True))
+    loaded = list(DataLoader(dataset, batch_size=None, num_workers=2, shuffle=True,
+                             multiprocessing_context=start_method))
 
     assert sorted(sample["frame"] for sample in loaded) == list(range(9))
 
