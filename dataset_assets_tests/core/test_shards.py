@@ -105,13 +105,33 @@ def test_plain_shards_are_the_bytes_tarfile_writes_in_pax_format(tmp_path: Path)
         assert {(m.mtime, m.uid, m.gid, m.mode) for m in tar} == {(0, 0, 0, 0o644)}
 
 
+def test_members_are_written_in_sorted_order_whatever_order_the_sample_gives(tmp_path: Path) -> None:
+    members = {"npy": b"1" * 10, "jpg": b"2" * 700, "json": b"{}"}
+    write_set(tmp_path / "given", [("k0", members)])
+    write_set(tmp_path / "reversed", [("k0", dict(reversed(members.items())))])
+
+    assert tar_files(tmp_path / "given") == tar_files(tmp_path / "reversed")
+    with tarfile.open(tmp_path / "given" / "shards-0000.tar") as tar:
+        assert tar.getnames() == ["k0.jpg", "k0.json", "k0.npy"]
+
+
 def test_rolls_to_a_new_shard_by_sample_count_or_bytes(tmp_path: Path) -> None:
+    """`max_bytes` is reached, not kept under (as webdataset's `maxsize`): a shard takes samples until it
+    holds that many bytes, so it ends past the limit by less than its last sample, and never sooner."""
+    limit = 3 * 4096
     by_count = write_set(tmp_path / "count", SEQUENCE[:10], max_samples=4)
-    by_bytes = write_set(tmp_path / "bytes", SEQUENCE[:10], max_bytes=3 * 4096)
+    by_bytes = write_set(tmp_path / "bytes", SEQUENCE[:10], max_bytes=limit)
 
     assert [shard.samples for shard in by_count.shards] == [4, 4, 2]
     assert len(by_bytes.shards) > 1 and sum(shard.samples for shard in by_bytes.shards) == 10
     assert all(shard.bytes == (tmp_path / "bytes" / shard.name).stat().st_size for shard in by_bytes.shards)
+    for number in range(len(by_bytes.shards)):
+        entries = [entry for entry in by_bytes.index.entries if entry.shard == number]
+        starts = [min(offset for _, offset, _ in entry.members) - tarfile.BLOCKSIZE for entry in entries]
+        ends = [max(offset + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE for _, offset, size in entry.members)
+                for entry in entries]
+        assert starts[-1] < limit
+        assert number == len(by_bytes.shards) - 1 or ends[-1] >= limit
 
 
 def test_index_entries_read_back_exactly_the_bytes_webdataset_reads(tmp_path: Path) -> None:
