@@ -120,8 +120,8 @@ Slow spells: in about a third of the processes started for these measurements (2
 session), reading the 8 small-sample shards took 6-8 ms longer in both modes (bytes 17-20 against
 12-13 ms, views 13-16 against 8 ms), for seconds at a time or for the whole process, while `cat` in
 the same rounds did not slow. The maps were 2 MiB aligned and 95% mapped through 2 MiB pages in slow
-and fast processes alike; this VM has no performance counters, and the cause was not found. A run of
-this benchmark that falls in such a spell misses the small-sample bytes row.
+and fast processes alike; this VM has no performance counters, and the cause was not found. The bytes
+row was 0.55x-0.74x `cat` in those processes: a benchmark run in such a spell would miss it.
 
 Before and after the C walk: `iter_tar_samples` with the Python walk of commit `b2ebf39` and with
 the C walk, interleaved in one process with `cat` (a one-off script, 7 repetitions, medians; three
