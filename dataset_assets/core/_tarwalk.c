@@ -352,14 +352,10 @@ static int same_key(Walker *self, Member *member)
         return 0;
     if (member->key != NULL)
         return PyUnicode_Compare(self->key, member->key) == 0;
-    Py_ssize_t length;
-    const char *key = PyUnicode_AsUTF8AndSize(self->key, &length);
-    if (key == NULL) {
-        PyErr_Clear();  /* a key with lone surrogates equals no ASCII key */
-        return 0;
-    }
-    return length == member->key_length
-           && memcmp(key, (const char *)self->buffer.buf + member->name_start, length) == 0;
+    /* the fast path's keys are printable ASCII, so a key that is not ASCII differs */
+    return PyUnicode_IS_ASCII(self->key) && PyUnicode_GET_LENGTH(self->key) == member->key_length
+           && memcmp(PyUnicode_1BYTE_DATA(self->key), (const char *)self->buffer.buf + member->name_start,
+                     member->key_length) == 0;
 }
 
 static PyObject *member_key(Walker *self, Member *member)
