@@ -22,7 +22,7 @@ import httpx
 
 from dataset_assets.core.errors import DatasetAssetsError
 from dataset_assets.core.redaction import may_be_signed, redact_text, redact_url
-from dataset_assets.core.s3 import make_s3_client
+from dataset_assets.core.s3 import client_error_code, make_s3_client
 from dataset_assets.core.tar_lists import URL_SCHEMES, url_scheme
 from dataset_assets.core.transfer import make_client, range_headers
 
@@ -140,7 +140,7 @@ def _s3_chunks(client: Any, url: str) -> Iterator[bytes]:
         try:
             response = client.get_object(Bucket=bucket, Key=key, **resume)
         except botocore.exceptions.ClientError as error:
-            if etag is not None and error.response.get("Error", {}).get("Code") == "PreconditionFailed":
+            if etag is not None and client_error_code(error) == "PreconditionFailed":
                 raise _changed(url, received) from error
             raise
         except S3_CONNECTION_ERRORS as error:

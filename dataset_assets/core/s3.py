@@ -104,9 +104,11 @@ def _s3_error(url: str, operation: str, error: Exception) -> StorageError:
     return StorageError(redact_text(f"{url}: S3 {operation} failed: {error}"))
 
 
-def _error_code(error: StorageError) -> str | None:
-    cause = error.__cause__
-    return cause.response.get("Error", {}).get("Code") if isinstance(cause, ClientError) else None
+def client_error_code(error: BaseException | None) -> str | None:
+    """The S3 error code of a botocore `ClientError`, given itself or the `StorageError` wrapping it; else None."""
+    if isinstance(error, StorageError):
+        error = error.__cause__
+    return error.response.get("Error", {}).get("Code") if isinstance(error, ClientError) else None
 
 
 class S3Destination:
@@ -139,7 +141,7 @@ class S3Destination:
         try:
             return self.call("head_object", relative_path)
         except StorageError as error:
-            if _error_code(error) in absent:
+            if client_error_code(error) in absent:
                 return None
             raise
 
@@ -200,7 +202,7 @@ class S3Destination:
             data = body.read(MAX_RECORD_BYTES + 1)
             body.close()
         except StorageError as error:
-            if _error_code(error) not in ("NoSuchKey", "404", "403"):
+            if client_error_code(error) not in ("NoSuchKey", "404", "403"):
                 logger.warning("%s; starting a fresh upload", error)
             return None
         except BotoCoreError as error:  # the connection dropped while reading the body
@@ -238,7 +240,7 @@ class S3Destination:
             return {part["PartNumber"]: UploadedPart(part["PartNumber"], part["ETag"], part["Size"])
                     for page in pages for part in page.get("Parts", [])}
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404"):
+            if client_error_code(error) in ("NoSuchUpload", "404"):
                 return None
             raise _s3_error(self.describe(relative_path), "list_parts", error) from error
         except BotoCoreError as error:
