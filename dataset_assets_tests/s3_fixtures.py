@@ -7,9 +7,10 @@ test, so tests never see each other's objects. Test modules bind the fixtures by
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,16 @@ class S3Bucket:
         """How many bytes the record of `key`'s incomplete upload says its parts hold; 0 without a record."""
         record = self.upload_record(key)
         return 0 if record is None else record.held
+
+    @contextlib.contextmanager
+    def hooked(self, event: str, handler: Callable[..., None]) -> Iterator[None]:
+        """Within the block, botocore calls `handler` on `event` (such as "before-call.s3.ListParts") of every
+        call this bucket's client makes."""
+        self.client.meta.events.register(event, handler)
+        try:
+            yield
+        finally:
+            self.client.meta.events.unregister(event, handler)
 
     def leave_incomplete_upload(self, key: str) -> None:
         """What a run killed mid-upload leaves: a multipart upload with one part and no CompleteMultipartUpload."""

@@ -196,11 +196,8 @@ def test_small_files_are_single_puts_carrying_sha1_and_sha256_and_no_upload_reco
     def count_get(params: dict[str, Any], **kwargs: Any) -> None:
         gets.append(params["Key"])
 
-    s3_bucket.client.meta.events.register("before-parameter-build.s3.GetObject", count_get)
-    try:
+    with s3_bucket.hooked("before-parameter-build.s3.GetObject", count_get):
         download_entries(entries, {"big": destination(s3_bucket)}, FAST)
-    finally:
-        s3_bucket.client.meta.events.unregister("before-parameter-build.s3.GetObject", count_get)
 
     assert part_calls.calls == 0
     assert gets == []  # smaller than a part: no upload record is looked for
@@ -243,11 +240,8 @@ def test_a_missing_object_hidden_behind_403_is_uploaded(source_server: DemoServe
         if params["Key"] not in s3_bucket.keys():
             raise forbidden
 
-    s3_bucket.client.meta.events.register("before-parameter-build.s3.HeadObject", refuse_head)
-    try:
+    with s3_bucket.hooked("before-parameter-build.s3.HeadObject", refuse_head):
         report = download_entries(entries_of(source_server, "seq_001"), {"big": destination(s3_bucket)}, FAST)
-    finally:
-        s3_bucket.client.meta.events.unregister("before-parameter-build.s3.HeadObject", refuse_head)
 
     assert report.count("downloaded") == 3 and heads >= 6
     for result in report.results:
@@ -433,11 +427,8 @@ def test_an_upload_whose_parts_may_not_be_listed_is_not_continued_and_the_file_s
     def deny(**kwargs: Any) -> None:
         raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "ListParts")
 
-    s3_bucket.client.meta.events.register("before-call.s3.ListParts", deny)
-    try:
+    with s3_bucket.hooked("before-call.s3.ListParts", deny):
         report = download_entries([entry], {"big": destination(s3_bucket)}, FAST)
-    finally:
-        s3_bucket.client.meta.events.unregister("before-call.s3.ListParts", deny)
 
     assert [result.status for result in report.results] == ["downloaded"]
     assert f"s3://{s3_bucket.name}/{key}: not continuing the upload of an earlier run: its parts could not be listed" \
