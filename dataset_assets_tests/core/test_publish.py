@@ -178,12 +178,8 @@ def test_ctrl_c_mid_publish_keeps_the_upload_and_the_next_publish_continues_it(
         if len(uploaded) == 2:
             _thread.interrupt_main()
 
-    s3_bucket.client.meta.events.register("after-call.s3.UploadPart", interrupt_after_two_parts)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            publish_folder(folder, FILES, destination)
-    finally:
-        s3_bucket.client.meta.events.unregister("after-call.s3.UploadPart", interrupt_after_two_parts)
+    with s3_bucket.hooked("after-call.s3.UploadPart", interrupt_after_two_parts), pytest.raises(KeyboardInterrupt):
+        publish_folder(folder, FILES, destination)
     left = s3_bucket.upload_record(key)
     assert left is not None
     assert [upload["UploadId"] for upload in s3_bucket.multipart_uploads()] == [left.upload_id]
